@@ -1,0 +1,33 @@
+"""Datasets, label protocols and transforms.
+
+Every reader returns a :class:`MultiLabelData`; ``create_dataset(name, root)`` picks the reader.
+"""
+
+from mlrkit.data.dataset import (
+    LABEL_VALUES,
+    NEGATIVE,
+    POSITIVE,
+    UNKNOWN,
+    DataFormatError,
+    MultiLabelData,
+    create_dataset,
+    list_datasets,
+    read_split_file,
+    register_dataset,
+)
+
+# Importing the reader modules registers them.
+from mlrkit.data import coco, csv_labels, cub, nuswide, vg, voc  # noqa: E402,F401
+
+__all__ = [
+    "LABEL_VALUES",
+    "NEGATIVE",
+    "POSITIVE",
+    "UNKNOWN",
+    "DataFormatError",
+    "MultiLabelData",
+    "create_dataset",
+    "list_datasets",
+    "read_split_file",
+    "register_dataset",
+]

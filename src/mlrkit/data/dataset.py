@@ -1,0 +1,226 @@
+"""The one object every dataset reader returns, and the reader registry.
+
+A :class:`MultiLabelData` holds class names, image paths and an ``int8`` label matrix of shape
+``(N, C)`` with the mlrkit convention ``1`` positive, ``0`` negative, ``-1`` unknown. Readers convert
+other conventions at the edge (HCP-MLR-PL's 1/-1/0, COCO instance lists, VOC XML) so that nothing
+downstream ever sees them.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+POSITIVE, NEGATIVE, UNKNOWN = 1, 0, -1
+LABEL_VALUES = (UNKNOWN, NEGATIVE, POSITIVE)
+
+
+class DataFormatError(ValueError):
+    """A dataset file is missing or malformed. The message names the file, line or field and the fix."""
+
+
+@dataclass(frozen=True)
+class MultiLabelData:
+    """Images with a multi-label annotation.
+
+    Attributes:
+        name: dataset name, e.g. ``"voc2007"``.
+        root: folder the dataset was read from.
+        class_names: ``C`` class names, in label-column order.
+        image_paths: ``N`` image paths (absolute, or relative to the working directory).
+        labels: ``(N, C)`` ``int8`` matrix, ``1`` positive, ``0`` negative, ``-1`` unknown.
+        splits: ``(N,)`` array of split names (``"train"``, ``"val"``, ``"test"``, ...) or ``None``.
+        extras: reader-specific ``(N, ...)`` arrays, e.g. ``"difficult"``: ``(N, C)`` bool for VOC.
+        class_groups: named lists of class indices, e.g. NUS-WIDE's ``"concepts81"``.
+    """
+
+    name: str
+    root: Path
+    class_names: list[str]
+    image_paths: list[Path]
+    labels: np.ndarray
+    splits: np.ndarray | None = None
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    class_groups: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        labels = self.labels
+        where = f"dataset {self.name!r} at {self.root}"
+        if not isinstance(labels, np.ndarray) or labels.dtype != np.int8 or labels.ndim != 2:
+            raise DataFormatError(
+                f"{where}: labels must be an int8 array of shape (N, C), got "
+                f"{getattr(labels, 'dtype', type(labels))} {getattr(labels, 'shape', '')}"
+            )
+        n, c = labels.shape
+        if c != len(self.class_names):
+            raise DataFormatError(
+                f"{where}: label matrix has {c} columns but {len(self.class_names)} class names"
+            )
+        if len(set(self.class_names)) != c:
+            dup = sorted({x for x in self.class_names if self.class_names.count(x) > 1})
+            raise DataFormatError(f"{where}: duplicate class names {dup}")
+        if len(self.image_paths) != n:
+            raise DataFormatError(
+                f"{where}: {len(self.image_paths)} image paths but {n} label rows"
+            )
+        bad = ~np.isin(labels, LABEL_VALUES)
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise DataFormatError(
+                f"{where}: label value {labels[i, j]} at image {self.image_paths[i]}, class "
+                f"{self.class_names[j]!r}; allowed values are 1 (positive), 0 (negative), -1 (unknown)"
+            )
+        if self.splits is not None and len(self.splits) != n:
+            raise DataFormatError(f"{where}: {len(self.splits)} split entries but {n} images")
+        for key, value in self.extras.items():
+            if len(value) != n:
+                raise DataFormatError(f"{where}: extra {key!r} has {len(value)} rows, expected {n}")
+
+    @property
+    def num_images(self) -> int:
+        return self.labels.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.labels.shape[1]
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def split_names(self) -> list[str]:
+        """Split names in order of first appearance (empty when the data has no split)."""
+        if self.splits is None:
+            return []
+        return list(dict.fromkeys(self.splits.tolist()))
+
+    def subset(self, split: str | Sequence[str]) -> MultiLabelData:
+        """The images of one split (or several), in their original order."""
+        wanted = [split] if isinstance(split, str) else list(split)
+        if self.splits is None:
+            raise DataFormatError(
+                f"dataset {self.name!r} at {self.root} has no split; add a split.csv "
+                f"(columns image,split) or read a split-aware layout"
+            )
+        unknown = [s for s in wanted if s not in self.split_names()]
+        if unknown:
+            raise DataFormatError(
+                f"dataset {self.name!r} at {self.root}: split(s) {unknown} not found; "
+                f"available: {self.split_names()}"
+            )
+        return self.select(np.flatnonzero(np.isin(self.splits, wanted)))
+
+    def select(self, index: np.ndarray) -> MultiLabelData:
+        """The images at ``index`` (an integer array), extras included."""
+        index = np.asarray(index, dtype=np.int64)
+        return replace(
+            self,
+            image_paths=[self.image_paths[i] for i in index],
+            labels=self.labels[index],
+            splits=None if self.splits is None else self.splits[index],
+            extras={k: v[index] for k, v in self.extras.items()},
+        )
+
+    def class_index(self, name: str) -> int:
+        """Column of class ``name``; unknown names raise with the list of known ones."""
+        try:
+            return self.class_names.index(name)
+        except ValueError:
+            raise DataFormatError(
+                f"unknown class name {name!r} in dataset {self.name!r}; known classes: "
+                f"{', '.join(self.class_names)}"
+            ) from None
+
+    def image_ids(self) -> list[str]:
+        """Image paths relative to ``root`` (as POSIX strings): the key used by split and mask files."""
+        ids = []
+        for p in self.image_paths:
+            try:
+                ids.append(Path(p).relative_to(self.root).as_posix())
+            except ValueError:
+                ids.append(Path(p).as_posix())
+        return ids
+
+
+def read_split_file(path: Path, image_ids: Sequence[str]) -> np.ndarray:
+    """Split names for ``image_ids`` from a ``split.csv`` with columns ``image,split``.
+
+    Each listed image must exist in the dataset and every dataset image must be listed: a split file
+    that silently drops or invents images would change a benchmark without anyone noticing. An image
+    id matches a row when they are equal or when the row names the file name of the id.
+    """
+    path = Path(path)
+    by_id = {k: i for i, k in enumerate(image_ids)}
+    by_file = {Path(k).name: i for i, k in enumerate(image_ids)}
+    splits = np.full(len(image_ids), "", dtype=object)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["image", "split"]:
+            raise DataFormatError(f"{path}:1: expected header 'image,split', got {header}")
+        for line_no, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != 2 or not row[0].strip() or not row[1].strip():
+                raise DataFormatError(f"{path}:{line_no}: expected 'image,split', got {row}")
+            image, split = row[0].strip(), row[1].strip()
+            i = by_id.get(image, by_file.get(image))
+            if i is None:
+                raise DataFormatError(
+                    f"{path}:{line_no}: image {image!r} is not in the dataset's label file"
+                )
+            if splits[i]:
+                raise DataFormatError(f"{path}:{line_no}: image {image!r} is listed twice")
+            splits[i] = split
+    missing = [image_ids[i] for i in np.flatnonzero(splits == "")]
+    if missing:
+        raise DataFormatError(
+            f"{path}: {len(missing)} image(s) have no split, e.g. {missing[:3]}; list every image"
+        )
+    return splits.astype(str)
+
+
+DatasetReader = Callable[..., MultiLabelData]
+_READERS: dict[str, DatasetReader] = {}
+
+
+def register_dataset(*names: str) -> Callable[[DatasetReader], DatasetReader]:
+    """Decorator that registers a reader function under one or more dataset names."""
+
+    def decorate(fn: DatasetReader) -> DatasetReader:
+        for name in names:
+            if name in _READERS:
+                raise ValueError(f"dataset name {name!r} registered twice")
+            _READERS[name] = fn
+        return fn
+
+    return decorate
+
+
+def list_datasets() -> list[str]:
+    return sorted(_READERS)
+
+
+def create_dataset(name: str, root: str | Path, **kwargs) -> MultiLabelData:
+    """Read dataset ``name`` from ``root``; ``kwargs`` go to the reader.
+
+    A ``split.csv`` in ``root`` (columns ``image,split``) overrides the reader's own split.
+
+    Example:
+        >>> data = create_dataset("csv", "../shared/data/voc12-animals")  # doctest: +SKIP
+        >>> data.labels.shape
+        (3576, 20)
+    """
+    if name not in _READERS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataFormatError(f"dataset root {root} does not exist or is not a folder")
+    data = _READERS[name](root, **kwargs)
+    split_file = root / "split.csv"
+    if split_file.is_file():
+        data = replace(data, splits=read_split_file(split_file, data.image_ids()))
+    return data
