@@ -3,6 +3,8 @@
 Every reader returns a :class:`MultiLabelData`; ``create_dataset(name, root)`` picks the reader.
 """
 
+# Importing the reader modules registers them.
+from mlrkit.data import coco, csv_labels, cub, nuswide, vg, voc  # noqa: F401
 from mlrkit.data.dataset import (
     LABEL_VALUES,
     NEGATIVE,
@@ -15,9 +17,6 @@ from mlrkit.data.dataset import (
     read_split_file,
     register_dataset,
 )
-
-# Importing the reader modules registers them.
-from mlrkit.data import coco, csv_labels, cub, nuswide, vg, voc  # noqa: E402,F401
 
 __all__ = [
     "LABEL_VALUES",

@@ -1,0 +1,101 @@
+"""What is in a dataset and in a protocol's mask, as numbers and as a readable report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlrkit.data.dataset import POSITIVE, UNKNOWN, MultiLabelData
+from mlrkit.data.protocols import ProtocolMask
+
+
+@dataclass
+class DatasetSummary:
+    """Counts describing a :class:`MultiLabelData` and, optionally, a mask drawn on one split."""
+
+    name: str
+    images: int
+    classes: int
+    split_sizes: dict[str, int]
+    positives_per_image: float
+    unknown_entries: int
+    positives_per_class: dict[str, int]
+    images_without_positive: int
+    mask_split: str | None = None
+    mask_params: dict = field(default_factory=dict)
+    mask_stats: dict = field(default_factory=dict)
+
+
+def summarize(
+    data: MultiLabelData, mask: ProtocolMask | None = None, mask_split: str | None = None
+) -> DatasetSummary:
+    """Summarise ``data``; ``mask`` must have been drawn on ``data.subset(mask_split)`` (or all)."""
+    labels = data.labels
+    pos = labels == POSITIVE
+    split_sizes = {}
+    if data.splits is not None:
+        names, counts = np.unique(data.splits, return_counts=True)
+        split_sizes = {str(k): int(v) for k, v in zip(names, counts, strict=True)}
+    summary = DatasetSummary(
+        name=data.name,
+        images=data.num_images,
+        classes=data.num_classes,
+        split_sizes=split_sizes,
+        positives_per_image=float(pos.sum(axis=1).mean()),
+        unknown_entries=int((labels == UNKNOWN).sum()),
+        positives_per_class=dict(zip(data.class_names, pos.sum(axis=0).tolist(), strict=True)),
+        images_without_positive=int((~pos.any(axis=1)).sum()),
+    )
+    if mask is not None:
+        masked = data if mask_split is None else data.subset(mask_split)
+        summary.mask_split = mask_split or "all"
+        summary.mask_params = {"protocol": mask.protocol, "seed": mask.seed, **mask.params}
+        summary.mask_stats = mask.stats(masked.labels)
+    return summary
+
+
+def format_summary(s: DatasetSummary) -> str:
+    """Plain-text report of a :class:`DatasetSummary`."""
+    lines = [
+        f"dataset           {s.name}",
+        f"images            {s.images:,}",
+        f"classes           {s.classes}",
+    ]
+    if s.split_sizes:
+        lines.append(
+            "splits            " + ", ".join(f"{k} {v:,}" for k, v in s.split_sizes.items())
+        )
+    lines += [
+        f"labels per image  {s.positives_per_image:.2f} positives on average",
+        f"no positive       {s.images_without_positive:,} images",
+        f"unknown entries   {s.unknown_entries:,}",
+        "",
+        "positives per class",
+    ]
+    width = max(len(n) for n in s.positives_per_class)
+    top = max(s.positives_per_class.values()) or 1
+    for name, count in sorted(s.positives_per_class.items(), key=lambda kv: -kv[1]):
+        bar = "#" * round(30 * count / top)
+        lines.append(f"  {name:<{width}}  {count:>7,}  {bar}")
+    if s.mask_stats:
+        params = ", ".join(f"{k}={v}" for k, v in s.mask_params.items())
+        st = s.mask_stats
+        lines += [
+            "",
+            f"mask on split '{s.mask_split}' ({params})",
+            (
+                f"  known entries      {st['known_fraction']:.2%} of "
+                f"{st['images']:,} x {st['classes']}"
+            ),
+            f"  known positives    {st['known_positives']:,}",
+            f"  known negatives    {st['known_negatives']:,}",
+            f"  unknown            {st['unknown']:,}",
+            f"  known per image    {st['known_per_image_mean']:.2f}",
+            f"  images with no known label  {st['images_without_known_label']:,}",
+        ]
+        if s.mask_params.get("protocol") == "single_positive":
+            lines.append(
+                f"  images with no positive to choose  {st['images_without_positive']:,}"
+            )
+    return "\n".join(lines)
