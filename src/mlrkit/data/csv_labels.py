@@ -1,1 +1,211 @@
-"""Placeholder until the reader lands."""
+"""Users' own multi-label data from one CSV file, in one of two formats told apart by the header.
+
+(a) One column per class; the first column holds image paths whatever its name (``image``, MIML's
+``Filenames``); cells are ``1`` positive, ``0`` negative, ``-1`` or empty unknown::
+
+    image,dog,cat,person
+    a.jpg,1,0,1
+    b.jpg,0,,1
+
+(b) The header is exactly ``image,labels``; ``labels`` lists the positive class names separated by
+``;`` (empty: no positive)::
+
+    image,labels
+    a.jpg,dog;person
+    b.jpg,
+
+Image paths are relative to ``root/images/`` when that folder exists, else to ``root``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from mlrkit.data.dataset import (
+    NEGATIVE,
+    POSITIVE,
+    UNKNOWN,
+    DataFormatError,
+    MultiLabelData,
+    register_dataset,
+    require_files,
+)
+
+CELL_VALUES = {"1": POSITIVE, "0": NEGATIVE, "-1": UNKNOWN, "": UNKNOWN}
+UNLISTED_LABEL = {"negative": NEGATIVE, "unknown": UNKNOWN}
+LIST_HEADER = ["image", "labels"]
+
+
+@register_dataset("csv")
+def read_csv_labels(
+    root: Path,
+    labels_file: str | Path = "labels.csv",
+    classes: Sequence[str] | None = None,
+    unlisted: Literal["negative", "unknown"] = "negative",
+    check_images: bool = True,
+) -> MultiLabelData:
+    """Read a label CSV (format (a) or (b), see the module docstring).
+
+    Args:
+        root: dataset folder; also the folder of ``split.csv`` when ``create_dataset`` reads it.
+        labels_file: the CSV, relative to ``root`` (or absolute).
+        classes: format (b): the class list, in column order; unknown names in the file are then
+            errors. Without it, a ``classes.txt`` next to the CSV (one name a line) is used, else
+            the sorted union of the names in the file. Format (a): the header defines the
+            classes; when given, ``classes`` must equal them (a check of the expected order).
+        unlisted: format (b): label of a class not listed for an image, ``"negative"`` (0) or
+            ``"unknown"`` (-1).
+        check_images: raise when an image file is missing.
+
+    Returns:
+        ``labels`` ``(N, C)`` int8; ``name`` is the name of the ``root`` folder; no ``splits``
+        (``create_dataset`` adds them from ``root/split.csv``).
+    """
+    if unlisted not in UNLISTED_LABEL:
+        raise ValueError(f"unlisted must be one of {list(UNLISTED_LABEL)}, got {unlisted!r}")
+    root = Path(root)
+    path = root / labels_file
+    header, rows = _read_rows(path)
+    if header == LIST_HEADER:
+        class_names, labels = _parse_lists(path, rows, classes, UNLISTED_LABEL[unlisted])
+    else:
+        class_names, labels = _parse_columns(path, header, rows, classes)
+
+    first_line: dict[str, int] = {}
+    for line_no, row in rows:
+        image = row[0].strip()
+        if not image:
+            raise DataFormatError(f"{path}:{line_no}: empty image name; every row needs an image")
+        if image in first_line:
+            raise DataFormatError(
+                f"{path}:{line_no}: image {image!r} is already listed on line {first_line[image]}; "
+                f"list each image once"
+            )
+        first_line[image] = line_no
+    image_dir = root / "images" if (root / "images").is_dir() else root
+    image_paths = [image_dir / image for image in first_line]
+    if check_images:
+        require_files(
+            image_paths,
+            f"{path} (images relative to {image_dir})",
+            "fix the image column or the files, or pass check_images=False",
+        )
+    return MultiLabelData(
+        name=root.resolve().name,
+        root=root,
+        class_names=class_names,
+        image_paths=image_paths,
+        labels=labels,
+    )
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The stripped header and the non-blank rows with their line numbers."""
+    if not path.is_file():
+        raise DataFormatError(
+            f"label file {path} not found; put labels.csv in the dataset folder or pass labels_file="
+        )
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise DataFormatError(
+                f"{path}: empty file; expected a header 'image,<class 1>,<class 2>,...' or "
+                f"'image,labels' and one row per image"
+            )
+        rows = [(reader.line_num, row) for row in reader if row]
+    if not rows:
+        raise DataFormatError(f"{path}: no image rows after the header; add one row per image")
+    return [h.strip() for h in header], rows
+
+
+def _parse_columns(
+    path: Path, header: list[str], rows: list[tuple[int, list[str]]], classes: Sequence[str] | None
+) -> tuple[list[str], np.ndarray]:
+    """Format (a): class names from the header and the ``(N, C)`` int8 cells."""
+    class_names = header[1:]
+    if not class_names or not all(class_names):
+        raise DataFormatError(
+            f"{path}:1: the header needs an image column then one non-empty name per class, got "
+            f"{header}"
+        )
+    repeated = sorted({c for c in class_names if class_names.count(c) > 1})
+    if repeated:
+        raise DataFormatError(f"{path}:1: class name(s) {repeated} appear twice in the header")
+    if classes is not None and list(classes) != class_names:
+        raise DataFormatError(
+            f"{path}:1: the header's classes {class_names} differ from classes={list(classes)}"
+        )
+    labels = np.empty((len(rows), len(class_names)), dtype=np.int8)
+    for r, (line_no, row) in enumerate(rows):
+        if len(row) != len(header):
+            raise DataFormatError(
+                f"{path}:{line_no}: {len(row)} cells, expected {len(header)} (the image and "
+                f"{len(class_names)} classes, as in the header)"
+            )
+        for j, cell in enumerate(row[1:]):
+            value = CELL_VALUES.get(cell.strip())
+            if value is None:
+                raise DataFormatError(
+                    f"{path}:{line_no}: column {class_names[j]!r} holds {cell!r}; allowed are "
+                    f"1 (positive), 0 (negative), -1 or an empty cell (unknown)"
+                )
+            labels[r, j] = value
+    return class_names, labels
+
+
+def _parse_lists(
+    path: Path, rows: list[tuple[int, list[str]]], classes: Sequence[str] | None, unlisted: int
+) -> tuple[list[str], np.ndarray]:
+    """Format (b): the class list and the ``(N, C)`` int8 labels (``unlisted`` off the lists)."""
+    positives = []
+    for line_no, row in rows:
+        if len(row) != 2:
+            raise DataFormatError(
+                f"{path}:{line_no}: {len(row)} cells, expected 2 ('image,labels' with the class "
+                f"names separated by ';')"
+            )
+        positives.append([name.strip() for name in row[1].split(";") if name.strip()])
+    classes_file = path.parent / "classes.txt"
+    if classes is not None:
+        class_names, source = list(classes), "classes="
+    elif classes_file.is_file():
+        class_names, source = _read_classes_file(classes_file), str(classes_file)
+    else:
+        class_names, source = sorted({name for names in positives for name in names}), str(path)
+    if not class_names:
+        raise DataFormatError(
+            f"{path}: no class names in {source}; list the classes in classes.txt next to the "
+            f"label file or pass classes="
+        )
+    column = {name: j for j, name in enumerate(class_names)}
+    labels = np.full((len(rows), len(class_names)), unlisted, dtype=np.int8)
+    for r, ((line_no, _), names) in enumerate(zip(rows, positives)):
+        unknown = [name for name in names if name not in column]
+        if unknown:
+            raise DataFormatError(
+                f"{path}:{line_no}: unknown class name(s) {unknown}; known classes (from "
+                f"{source}): {', '.join(class_names)}"
+            )
+        labels[r, [column[name] for name in names]] = POSITIVE
+    return class_names, labels
+
+
+def _read_classes_file(path: Path) -> list[str]:
+    """Class names, one per non-blank line; a name given twice is an error."""
+    names: dict[str, int] = {}
+    with open(path, encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, start=1):
+            name = line.strip()
+            if name in names:
+                raise DataFormatError(
+                    f"{path}:{line_no}: class {name!r} already given on line {names[name]}"
+                )
+            if name:
+                names[name] = line_no
+    return list(names)

@@ -183,6 +183,20 @@ def read_split_file(path: Path, image_ids: Sequence[str]) -> np.ndarray:
     return splits.astype(str)
 
 
+def require_files(paths: Sequence[Path], where: str, fix: str) -> None:
+    """Raise :class:`DataFormatError` when any of ``paths`` is not a file.
+
+    Readers call this instead of dropping what is missing: the message gives ``where`` (the label
+    file or folder the paths came from), how many are missing, the first few, and ``fix``.
+    """
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:5])
+        raise DataFormatError(
+            f"{where}: {len(missing)} of {len(paths)} file(s) not found, e.g. {shown}; {fix}"
+        )
+
+
 DatasetReader = Callable[..., MultiLabelData]
 _READERS: dict[str, DatasetReader] = {}
 

@@ -1,0 +1,139 @@
+"""Atomic, pickle-free checkpoints: safetensors for tensors, JSON for everything else.
+
+Layout of ``run_dir/checkpoints``::
+
+    epoch-0007/model.safetensors       weights and buffers (per-sample state included)
+    epoch-0007/optimizer.safetensors   optimizer tensors (moments, steps)
+    epoch-0007/state.json              epoch, optimizer hyperparameters, early-stopping state
+    best/...                           the same files for the best validation epoch
+    last.json                          {"name": "epoch-0007"}: the newest complete checkpoint
+
+A checkpoint folder is written under a temporary name and renamed when complete, and ``last.json``
+is replaced atomically afterwards, so a run killed at any moment resumes from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, LAST_FILE = (
+    "model.safetensors",
+    "optimizer.safetensors",
+    "state.json",
+    "last.json",
+)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into named tensors and a JSON-able rest."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return _tensors(tensors), {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], rest: dict
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in [*tensors.items(), *rest["scalars"].items()]:
+        pid, key = flat.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
+
+
+def save_checkpoint(
+    ckpt_dir: Path,
+    name: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict,
+    make_last: bool = True,
+) -> Path:
+    """Write checkpoint ``ckpt_dir/name`` atomically; point ``last.json`` at it if ``make_last``."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / name
+    tmp = ckpt_dir / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_tensors(model.state_dict()), tmp / MODEL_FILE)
+    payload = dict(state)
+    if optimizer is not None:
+        tensors, rest = optimizer_to_flat(optimizer)
+        save_file(tensors, tmp / OPTIMIZER_FILE)
+        payload["optimizer"] = rest
+    _write_json(tmp / STATE_FILE, payload)
+    if final.exists():
+        old = ckpt_dir / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    if make_last:
+        previous = last_checkpoint(ckpt_dir)
+        _write_json(ckpt_dir / LAST_FILE, {"name": name})
+        if previous is not None and previous.name != name and previous.name != "best":
+            shutil.rmtree(previous, ignore_errors=True)
+    return final
+
+
+def last_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder, or ``None``."""
+    pointer = Path(ckpt_dir) / LAST_FILE
+    if not pointer.is_file():
+        return None
+    path = Path(ckpt_dir) / json.loads(pointer.read_text())["name"]
+    return path if (path / STATE_FILE).is_file() else None
+
+
+def load_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    map_location: str | torch.device = "cpu",
+) -> dict:
+    """Load weights (strictly) and optimizer state from ``path``; returns the JSON state."""
+    path = Path(path)
+    if not (path / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"{path}: no {MODEL_FILE}; is this an mlrkit checkpoint folder?")
+    weights = load_file(path / MODEL_FILE, device=str(map_location))
+    result = model.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{path / MODEL_FILE} does not fit this model: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}; was it written for another method or config?"
+        )
+    state = json.loads((path / STATE_FILE).read_text())
+    if optimizer is not None and "optimizer" in state:
+        tensors = load_file(path / OPTIMIZER_FILE, device=str(map_location))
+        optimizer_from_flat(optimizer, tensors, state["optimizer"])
+    return state

@@ -1,0 +1,345 @@
+"""The training and evaluation loop shared by every method.
+
+``fit`` trains a :class:`~mlrkit.methods.base.Method` on a batch source (cached features or images),
+evaluates on a validation source every ``eval_every`` epochs, keeps the best checkpoint by validation
+mAP, stops early, and resumes exactly after a kill: every epoch's randomness (shuffling, dropout,
+augmentation) is seeded from ``(seed, epoch)``, so epochs re-run after a resume replay the same
+numbers. Under ``torchrun`` it trains with DistributedDataParallel (gloo on CPU, NCCL on CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from mlrkit import metrics
+from mlrkit.engine.batches import EpochBatchSampler, batch_loader
+from mlrkit.engine.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
+from mlrkit.engine.distributed import (
+    DistInfo,
+    all_gather_rows,
+    barrier,
+    init_distributed,
+    resolve_device,
+)
+from mlrkit.methods.base import Method, StepInfo
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (the ``train:`` section of a recipe).
+
+    ``batch_size`` is global: with ``K`` torchrun processes each takes ``batch_size / K`` rows.
+    ``amp``: ``"auto"`` uses bfloat16 autocast on CUDA devices that support it and full precision
+    elsewhere; ``"bf16"``/``"fp16"`` force it (fp16 with a gradient scaler), ``"off"`` disables it.
+    ``patience``: stop after this many evaluations without a better validation mAP (0 = never).
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_size: int = 10
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = None
+    amp: str = "auto"
+    eval_every: int = 1
+    patience: int = 0
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        choices = {
+            "optimizer": ("adamw", "adam", "sgd"),
+            "schedule": ("cosine", "step", "constant"),
+            "amp": ("auto", "off", "bf16", "fp16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"train.{name}={getattr(self, name)!r}; choose one of {allowed}")
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise ValueError("train.epochs, train.batch_size and train.eval_every must be >= 1")
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_factor(cfg: TrainConfig, progress: float) -> float:
+    """Learning-rate multiplier at ``progress`` epochs (fractional) into training."""
+    if cfg.warmup_epochs > 0 and progress < cfg.warmup_epochs:
+        return (progress + 1e-8) / cfg.warmup_epochs
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return cfg.gamma ** int(progress // cfg.step_size)
+    span = max(cfg.epochs - cfg.warmup_epochs, 1e-8)
+    t = min(max(progress - cfg.warmup_epochs, 0.0) / span, 1.0)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def build_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = []
+    for group in method.param_groups():
+        group = dict(group)
+        group["base_lr"] = cfg.lr * group.pop("lr_mult", 1.0)
+        group["lr"] = group["base_lr"]
+        groups.append(group)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return opt(groups, weight_decay=cfg.weight_decay)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    mode = cfg.amp
+    if mode == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        mode = "bf16" if cuda_bf16 else "off"
+    if mode == "off":
+        return nullcontext(), None
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
+    return torch.autocast(device.type, dtype=dtype), scaler
+
+
+def evaluate_logits(
+    model: nn.Module,
+    source: torch.utils.data.Dataset,
+    batch_size: int,
+    device: torch.device,
+    info: DistInfo | None = None,
+    num_workers: int = 0,
+) -> Tensor:
+    """Logits ``(N, C)`` for every row of ``source``, in order (gathered across ranks)."""
+    info = info or DistInfo()
+    sampler = EpochBatchSampler(
+        len(source), batch_size, shuffle=False, rank=info.rank, world_size=info.world_size,
+        pad=False,
+    )
+    logits, index = [], []
+    model.eval()
+    with torch.inference_mode():
+        for inputs, _, idx in batch_loader(source, sampler, num_workers):
+            logits.append(model(inputs.to(device)).logits.float())
+            index.append(idx.to(device))
+    logits_t = all_gather_rows(torch.cat(logits), info)
+    index_t = all_gather_rows(torch.cat(index), info)
+    return logits_t[torch.argsort(index_t)].cpu()
+
+
+def score_report(logits: Tensor, labels: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """mAP (non-interpolated and VOC-interpolated), CF1/OF1 at p >= 0.5 and top-3, as fractions."""
+    probs = torch.sigmoid(logits.double())
+    mean_ap = metrics.mean_average_precision(probs, labels)
+    voc_ap = metrics.mean_average_precision(probs, labels, interpolation="voc")
+    at_half = metrics.precision_recall_f1(probs, labels, threshold=0.5)
+    top3 = metrics.precision_recall_f1(probs, labels, threshold=0.5, top_k=min(3, labels.shape[1]))
+    report = {
+        "mAP": mean_ap.value,
+        "mAP_voc": voc_ap.value,
+        "classes_averaged": mean_ap.num_classes_averaged,
+        "CP": at_half.class_precision,
+        "CR": at_half.class_recall,
+        "CF1": at_half.class_f1,
+        "OP": at_half.overall_precision,
+        "OR": at_half.overall_recall,
+        "OF1": at_half.overall_f1,
+        "CF1_top3": top3.class_f1,
+        "OF1_top3": top3.overall_f1,
+    }
+    return {f"{prefix}{k}": v for k, v in report.items()}
+
+
+class _MetricsLog:
+    """JSON-lines metrics file (and TensorBoard when installed), rank 0 only."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_epoch: int) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        if self.path.exists():  # drop lines of epochs that the resume will redo
+            kept = [
+                line for line in self.path.read_text().splitlines()
+                if line and json.loads(line).get("epoch", -1) < resume_epoch
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self.tb.add_scalar(key, value, record["epoch"])
+            self.tb.flush()
+
+
+def fit(
+    method: Method,
+    train: torch.utils.data.Dataset,
+    val: torch.utils.data.Dataset | None,
+    val_labels: np.ndarray | None,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+) -> FitResult:
+    """Train ``method`` on ``train`` and select the best epoch by validation mAP.
+
+    Args:
+        method: the model; moved to the configured device.
+        train: batch source yielding ``(inputs, observed targets (B, C) int8, index)``.
+        val: batch source for validation, or ``None`` to keep the last epoch.
+        val_labels: ``(N_val, C)`` int8 ground truth the validation scores are compared with.
+        cfg: optimisation settings.
+        run_dir: checkpoints and ``metrics.jsonl`` go here.
+        resume: continue from ``run_dir/checkpoints/last.json`` when present.
+        on_epoch_end: called on rank 0 as ``(epoch, record)`` after each epoch.
+
+    Returns:
+        :class:`FitResult`. The best weights are loaded into ``method`` on return.
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    info = init_distributed(device)
+    seed_everything(cfg.seed)
+    method.to(device)
+    optimizer = build_optimizer(method, cfg)
+    state = {"epoch": -1, "best_epoch": -1, "best_val": {}, "bad_evals": 0, "history": []}
+    if resume and (last := last_checkpoint(ckpt_dir)) is not None:
+        state = load_checkpoint(last, method, optimizer, map_location=device)
+        state.pop("optimizer", None)
+    start_epoch = state["epoch"] + 1
+    model: nn.Module = method
+    if info.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    log = _MetricsLog(run_dir, info.is_main, start_epoch)
+    sampler = EpochBatchSampler(
+        len(train), cfg.batch_size, shuffle=True, seed=cfg.seed, rank=info.rank,
+        world_size=info.world_size,
+    )
+    loader = batch_loader(train, sampler, cfg.num_workers, pin_memory=device.type == "cuda")
+    autocast, scaler = _autocast(cfg, device)
+
+    def train_batches() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        ordered = EpochBatchSampler(len(train), cfg.eval_batch_size, shuffle=False, pad=False)
+        for inputs, targets, idx in batch_loader(train, ordered, cfg.num_workers):
+            yield inputs.to(device), targets.to(device), idx.to(device)
+
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs):
+        seed_everything(cfg.seed * 100_003 + epoch)
+        sampler.set_epoch(epoch)
+        method.on_train_epoch_start(epoch, train_batches)
+        model.train()
+        totals: dict[str, float] = {}
+        seen, started = 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not (cfg.progress and info.is_main))
+        for step, (inputs, targets, idx) in enumerate(bar):
+            info_step = StepInfo(epoch, step, len(sampler), cfg.epochs)
+            factor = lr_factor(cfg, epoch + step / len(sampler))
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            inputs, targets, idx = inputs.to(device), targets.to(device), idx.to(device)
+            with autocast:
+                out = model(inputs, targets, idx, info_step)
+            optimizer.zero_grad(set_to_none=True)
+            loss = out.loss.float()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at epoch {epoch}, step {step}; lower train.lr or set "
+                    f"train.grad_clip"
+                )
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(optimizer)
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            seen += len(idx)
+            for key, value in {"loss": loss.item(), **out.logs}.items():
+                totals[key] = totals.get(key, 0.0) + value
+            rate = seen * info.world_size / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.4f}", img_s=f"{rate:.0f}")
+        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                  "epoch_seconds": time.perf_counter() - started}
+        record.update({f"train_{k}": v / max(len(sampler), 1) for k, v in totals.items()})
+        improved = False
+        if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            logits = evaluate_logits(model, val, cfg.eval_batch_size, device, info,
+                                     cfg.num_workers)
+            report = score_report(logits, val_labels, prefix="val_")
+            record.update(report)
+            improved = state["best_epoch"] < 0 or report["val_mAP"] > state["best_val"]["val_mAP"]
+            state["bad_evals"] = 0 if improved else state["bad_evals"] + 1
+        elif val is None:
+            improved = True
+        if improved:
+            state["best_epoch"], state["best_val"] = epoch, {
+                k: v for k, v in record.items() if k.startswith("val_")
+            }
+        state["epoch"] = epoch
+        state["history"].append(record)
+        if info.is_main:
+            if improved:
+                save_checkpoint(ckpt_dir, "best", method, None, state, make_last=False)
+            save_checkpoint(ckpt_dir, f"epoch-{epoch:04d}", method, optimizer, state)
+            log.write(record)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, record)
+        barrier(info)
+        if cfg.patience and state["bad_evals"] >= cfg.patience:
+            stopped_early = True
+            break
+    load_checkpoint(ckpt_dir / "best", method, map_location=device)
+    return FitResult(state["best_epoch"], state["best_val"], state["history"], stopped_early)

@@ -1,0 +1,24 @@
+"""Methods: one module per family, found through ``create_method(name, spec, **hparams)``."""
+
+from mlrkit.methods import baselines  # noqa: F401  (registers its methods)
+from mlrkit.methods.base import (
+    Method,
+    MethodOutput,
+    StepInfo,
+    TaskSpec,
+    create_method,
+    list_methods,
+    partial_bce,
+    register_method,
+)
+
+__all__ = [
+    "Method",
+    "MethodOutput",
+    "StepInfo",
+    "TaskSpec",
+    "create_method",
+    "list_methods",
+    "partial_bce",
+    "register_method",
+]

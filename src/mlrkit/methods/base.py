@@ -1,0 +1,164 @@
+"""The small interface every method implements, and the registry the engine finds them through.
+
+A method is an ``nn.Module`` that maps inputs (cached features or the output of an image encoder)
+to class logits and, when given the observed training labels, computes its own loss. The engine calls
+only what is defined here and never switches on a method's name.
+
+Shapes: ``B`` batch, ``C`` classes, ``D`` feature channels, ``h x w`` spatial positions, ``N``
+training images. Observed labels follow the mlrkit convention: ``int8`` 1 / 0 / -1 (unknown).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a method needs to know about the task when it is built.
+
+    Attributes:
+        num_classes: ``C``.
+        feature_shape: shape of one input, ``(D,)`` for pooled or ``(D, h, w)`` for spatial features.
+        train_targets: ``(N, C)`` int8 observed training labels (1 / 0 / -1), in training-set
+            order; a batch's ``index`` points into its rows. Methods use it for label statistics
+            (co-occurrence graphs) and to size per-sample state.
+        label_embeddings: ``(C, E)`` float vectors of the class names, or ``None``.
+        class_names: the ``C`` class names.
+    """
+
+    num_classes: int
+    feature_shape: tuple[int, ...]
+    train_targets: np.ndarray
+    label_embeddings: Tensor | None = None
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def feature_dim(self) -> int:
+        return self.feature_shape[0]
+
+    @property
+    def num_train(self) -> int:
+        return self.train_targets.shape[0]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where training stands, for methods with schedules (warm-up, ramps, LL's rejection rate)."""
+
+    epoch: int
+    step: int
+    steps_per_epoch: int
+    epochs: int
+
+    @property
+    def epoch_fraction(self) -> float:
+        """Progress through the current epoch, in ``[0, 1)``."""
+        return self.step / max(self.steps_per_epoch, 1)
+
+
+@dataclass
+class MethodOutput:
+    """What ``Method.forward`` returns.
+
+    Attributes:
+        logits: ``(B, C)`` class scores before the sigmoid.
+        loss: scalar training loss, present when targets were given.
+        logs: named scalar parts of the loss (floats) for the metrics log.
+    """
+
+    logits: Tensor
+    loss: Tensor | None = None
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+TrainBatches = Callable[[], Iterator[tuple[Tensor, Tensor, Tensor]]]
+
+
+class Method(nn.Module):
+    """Base class of all methods.
+
+    Subclasses set ``input_kind`` (``"pooled"`` for ``(B, D)`` inputs, ``"spatial"`` for
+    ``(B, D, h, w)``) and implement :meth:`forward`. Per-sample state (e.g. ROLE's label estimates)
+    lives in parameters or buffers of size ``N`` indexed by ``index``, so checkpoints carry it.
+    """
+
+    input_kind: ClassVar[str] = "pooled"
+
+    def __init__(self, spec: TaskSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def forward(
+        self,
+        inputs: Tensor,
+        targets: Tensor | None = None,
+        index: Tensor | None = None,
+        step: StepInfo | None = None,
+    ) -> MethodOutput:
+        """Logits for ``inputs``; with ``targets`` ``(B, C)`` int8 and ``index`` ``(B,)``, the loss."""
+        raise NotImplementedError
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer parameter groups; an ``lr_mult`` key scales the base learning rate."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def on_train_epoch_start(self, epoch: int, train_batches: TrainBatches) -> None:
+        """Called before each training epoch. ``train_batches()`` iterates the whole training set
+        in order, without augmentation randomness beyond the dataset's, as ``(inputs, targets,
+        index)`` on the training device; use it for passes such as class prototypes."""
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator that registers a method under ``name``."""
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        if name in _METHODS:
+            raise ValueError(f"method name {name!r} registered twice")
+        _METHODS[name] = cls
+        cls.registered_name = name
+        return cls
+
+    return decorate
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def create_method(name: str, spec: TaskSpec, **hparams) -> Method:
+    """Build method ``name`` for ``spec``; ``hparams`` are the method's keyword arguments."""
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(list_methods())}")
+    try:
+        return _METHODS[name](spec, **hparams)
+    except TypeError as err:
+        raise ValueError(f"method {name!r}: bad hyperparameters {sorted(hparams)}: {err}") from err
+
+
+def known_mask(targets: Tensor) -> Tensor:
+    """``(B, C)`` bool, True where the observed label is known (not -1)."""
+    return targets >= 0
+
+
+def partial_bce(logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Binary cross-entropy over the known entries only, averaged over them.
+
+    ``targets`` may be int8 (1 / 0 / -1) or float soft targets in ``[0, 1]`` with ``-1`` unknown.
+    Returns 0 (with a gradient path) when no entry is known.
+    """
+    known = targets >= 0
+    losses = nn.functional.binary_cross_entropy_with_logits(
+        logits, targets.clamp(min=0).to(logits.dtype), reduction="none"
+    )
+    if weights is not None:
+        losses = losses * weights
+    return (losses * known).sum() / known.sum().clamp(min=1)

@@ -1,0 +1,124 @@
+"""SSGRL-style semantic graph head on spatial features: the backbone head shared by SARB, SST, HST.
+
+Pipeline (``methods.md`` §1.2-1.5), from a feature map ``(B, D, h, w)``:
+
+1. optional projection ``D -> d``: 1x1 conv without bias + BatchNorm2d (the reference's
+   ``changeChannel``), used when ``image_dim`` differs from ``D``;
+2. semantic decoupling with the fixed label embeddings → class features ``F`` ``(B, C, d)``;
+3. gated graph network over the classes on the co-occurrence graph of the observed training
+   positives, ``T`` steps → ``H`` ``(B, C, d)``;
+4. ``o_c = tanh(Linear(2d, d_out)([h_c ; f_c]))`` and the per-class score ``<w_c, o_c> + b_c``.
+
+:meth:`SemanticGraphHead.decouple`, :meth:`~SemanticGraphHead.propagate` and
+:meth:`~SemanticGraphHead.classify` are the three stages as separate calls, so methods that edit
+class features between them (SARB's blending) reuse this head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mlrkit.methods.base import Method, MethodOutput, StepInfo, TaskSpec, register_method
+from mlrkit.methods.baselines import LOSSES, baseline_loss
+from mlrkit.methods.layers import (
+    ElementWiseClassifier,
+    GatedGNN,
+    SemanticDecoupling,
+    cooccurrence_adjacency,
+)
+
+
+def _label_embeddings(spec: TaskSpec) -> Tensor:
+    """The ``(C, E)`` label embeddings of ``spec`` as float32, validated."""
+    embeddings = spec.label_embeddings
+    if embeddings is None:
+        raise ValueError(
+            "ssgrl needs label embeddings: TaskSpec.label_embeddings is None "
+            "(expected a (C, E) tensor of class-name vectors)"
+        )
+    if embeddings.ndim != 2 or embeddings.shape[0] != spec.num_classes:
+        raise ValueError(
+            f"label_embeddings must be (C={spec.num_classes}, E), got {tuple(embeddings.shape)}"
+        )
+    return embeddings.detach().clone().float()
+
+
+@register_method("ssgrl")
+class SemanticGraphHead(Method):
+    """Semantic decoupling + gated GNN + per-class classifier on ``(B, D, h, w)`` features.
+
+    Args:
+        spec: the task; needs ``label_embeddings`` ``(C, E)`` (kept fixed, a buffer) and
+            ``train_targets`` (its known positives build the adjacency).
+        image_dim: class-feature size ``d``; a 1x1 conv + BatchNorm projects ``D -> d`` when it
+            differs from ``D``. ``None`` keeps ``d = D``. Reference: 1024.
+        inter_dim: intermediate size of the decoupling attention. Reference: 512.
+        output_dim: size of ``o_c``; ``None`` uses ``d`` (the reference's default is 1024 = d).
+        time_steps: GNN propagation steps ``T``. Reference: 3.
+        class_chunk: classes per chunk in the decoupling attention (memory vs. loop length).
+        loss: ``"partial_bce"`` (unknown entries ignored) or ``"assume_negative"``.
+    """
+
+    input_kind = "spatial"
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        image_dim: int | None = 1024,
+        inter_dim: int = 512,
+        output_dim: int | None = None,
+        time_steps: int = 3,
+        class_chunk: int = 16,
+        loss: str = "partial_bce",
+    ) -> None:
+        super().__init__(spec)
+        if len(spec.feature_shape) != 3:
+            raise ValueError(f"ssgrl needs spatial (D, h, w) features, got {spec.feature_shape}")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+        self.loss_name = loss
+        embeddings = _label_embeddings(spec)
+        self.register_buffer("label_embeddings", embeddings)
+        in_dim = spec.feature_dim
+        dim = in_dim if image_dim is None else image_dim
+        output_dim = dim if output_dim is None else output_dim
+        self.projection = (
+            nn.Identity()
+            if dim == in_dim
+            else nn.Sequential(nn.Conv2d(in_dim, dim, kernel_size=1, bias=False), nn.BatchNorm2d(dim))
+        )
+        self.decoupling = SemanticDecoupling(dim, embeddings.shape[1], inter_dim, class_chunk)
+        self.gnn = GatedGNN(dim, cooccurrence_adjacency(spec.train_targets), time_steps)
+        self.fc = nn.Linear(2 * dim, output_dim)
+        self.classifier = ElementWiseClassifier(spec.num_classes, output_dim)
+
+    def decouple(self, inputs: Tensor, direct: bool = False) -> Tensor:
+        """Class features ``F`` ``(B, C, d)`` from feature maps ``(B, D, h, w)``.
+
+        ``direct`` runs the fully materialised reference attention instead of the chunked one.
+        """
+        tokens = self.projection(inputs).flatten(2).transpose(1, 2)  # (B, h*w, d)
+        return self.decoupling(tokens, self.label_embeddings, direct)
+
+    def propagate(self, features: Tensor) -> Tensor:
+        """Graph propagation, class features ``(B, C, d)`` → node states ``H`` ``(B, C, d)``."""
+        return self.gnn(features)
+
+    def classify(self, states: Tensor, features: Tensor) -> Tensor:
+        """Logits ``(B, C)`` from node states ``H`` and class features ``F``, both ``(B, C, d)``."""
+        return self.classifier(torch.tanh(self.fc(torch.cat((states, features), dim=-1))))
+
+    def forward(
+        self,
+        inputs: Tensor,
+        targets: Tensor | None = None,
+        index: Tensor | None = None,
+        step: StepInfo | None = None,
+    ) -> MethodOutput:
+        """``inputs`` ``(B, D, h, w)`` → logits ``(B, C)``; the loss when ``targets`` is given."""
+        features = self.decouple(inputs)
+        logits = self.classify(self.propagate(features), features)
+        if targets is None:
+            return MethodOutput(logits)
+        return MethodOutput(logits, baseline_loss(logits, targets, self.loss_name))

@@ -1,0 +1,121 @@
+"""The training loop: learns, resumes exactly after a kill, checkpoints atomically, DDP == 1 process."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mlrkit.engine.batches import EpochBatchSampler, FeatureBatches
+from mlrkit.engine.checkpoint import last_checkpoint
+from mlrkit.engine.trainer import TrainConfig, fit, lr_factor
+from mlrkit.methods import TaskSpec, create_method
+
+HERE = Path(__file__).resolve().parent
+
+
+def synthetic(n: int = 256, d: int = 16, c: int = 5, seed: int = 0):
+    """Linearly separable multi-label data: labels = (features @ W > 0.5)."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n, d)).astype(np.float32)
+    labels = (features @ rng.normal(size=(d, c)) > 0.5).astype(np.int8)
+    return features, labels
+
+
+def make_linear(train_targets: np.ndarray, d: int, seed: int = 0):
+    torch.manual_seed(seed)
+    spec = TaskSpec(train_targets.shape[1], (d,), train_targets)
+    return create_method("linear", spec, dropout=0.1)
+
+
+def run(tmp: Path, epochs: int = 4, resume: bool = False, on_epoch_end=None, known: float = 0.5):
+    features, labels = synthetic()
+    observed = np.where(np.random.default_rng(1).random(labels.shape) < known, labels, -1)
+    train = FeatureBatches(features[:192], observed[:192].astype(np.int8))
+    val = FeatureBatches(features[192:], labels[192:])
+    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=0.05, progress=False, device="cpu")
+    method = make_linear(train.targets, features.shape[1])
+    result = fit(method, train, val, labels[192:], cfg, tmp, resume=resume,
+                 on_epoch_end=on_epoch_end)
+    return method, result
+
+
+def test_fit_learns_a_separable_problem(tmp_path):
+    _, result = run(tmp_path, epochs=6)
+    first, best = result.history[0]["val_mAP"], result.best_val["val_mAP"]
+    assert best > 0.9 and best >= first
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 6
+    assert last_checkpoint(tmp_path / "checkpoints").name == "epoch-0005"
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_weights_and_metrics(tmp_path):
+    full, full_result = run(tmp_path / "full")
+
+    def kill_after_epoch_1(epoch, record):
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(tmp_path / "killed", on_epoch_end=kill_after_epoch_1)
+    assert last_checkpoint(tmp_path / "killed" / "checkpoints").name == "epoch-0001"
+    resumed, resumed_result = run(tmp_path / "killed", resume=True)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert resumed_result.best_val == full_result.best_val
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path):
+    run(tmp_path, epochs=2)
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / ".epoch-0002.tmp").mkdir()  # a crash while writing the next checkpoint
+    assert last_checkpoint(ckpt).name == "epoch-0001"
+    weights = load_file(ckpt / "epoch-0001" / "model.safetensors")
+    assert set(weights) == {"head.1.weight", "head.1.bias"}
+
+
+def test_sampler_splits_global_batches_across_ranks():
+    one = list(EpochBatchSampler(10, 4, shuffle=True, seed=3))
+    ranks = [list(EpochBatchSampler(10, 4, shuffle=True, seed=3, rank=r, world_size=2))
+             for r in range(2)]
+    for k, batch in enumerate(one):
+        together = np.concatenate([ranks[0][k], ranks[1][k]])
+        np.testing.assert_array_equal(together[: len(batch)], batch)
+    assert len(ranks[0][-1]) == len(ranks[1][-1]) == 1
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(epochs=10, warmup_epochs=2, schedule="cosine")
+    assert lr_factor(cfg, 1.0) == pytest.approx(0.5)
+    assert lr_factor(cfg, 2.0) == pytest.approx(1.0)
+    assert lr_factor(cfg, 10.0) == pytest.approx(0.0)
+    step = TrainConfig(epochs=20, schedule="step", step_size=10, gamma=0.1)
+    assert lr_factor(step, 9.9) == 1.0 and lr_factor(step, 10.0) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="train.optimizer"):
+        TrainConfig(optimizer="lbfgs")
+
+
+def test_two_process_torchrun_equals_single_process(tmp_path):
+    worker = HERE / "ddp_worker.py"
+    single = tmp_path / "single"
+    subprocess.run([sys.executable, str(worker), str(single)], check=True, timeout=300)
+    ddp = tmp_path / "ddp"
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(worker), str(ddp)],
+        check=True, timeout=300,
+    )
+    a = load_file(single / "final.safetensors")
+    b = load_file(ddp / "final.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    la, lb = (np.load(p / "val_logits.npy") for p in (single, ddp))
+    np.testing.assert_allclose(la, lb, rtol=1e-5, atol=1e-5)
