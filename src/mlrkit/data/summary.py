@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from mlrkit.data.dataset import POSITIVE, UNKNOWN, MultiLabelData
 from mlrkit.data.protocols import ProtocolMask
 
@@ -33,10 +31,11 @@ def summarize(
     """Summarise ``data``; ``mask`` must have been drawn on ``data.subset(mask_split)`` (or all)."""
     labels = data.labels
     pos = labels == POSITIVE
-    split_sizes = {}
-    if data.splits is not None:
-        names, counts = np.unique(data.splits, return_counts=True)
-        split_sizes = {str(k): int(v) for k, v in zip(names, counts, strict=True)}
+    canonical = {"train": 0, "trainval": 0, "val": 1, "test": 2}
+    split_sizes = {
+        name: int((data.splits == name).sum())
+        for name in sorted(data.split_names(), key=lambda s: canonical.get(s, 3))
+    }
     summary = DatasetSummary(
         name=data.name,
         images=data.num_images,

@@ -8,6 +8,7 @@ from mlrkit.methods.base import (
     TaskSpec,
     create_method,
     list_methods,
+    method_class,
     partial_bce,
     register_method,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "TaskSpec",
     "create_method",
     "list_methods",
+    "method_class",
     "partial_bce",
     "register_method",
 ]

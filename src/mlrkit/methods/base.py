@@ -134,10 +134,16 @@ def list_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-def create_method(name: str, spec: TaskSpec, **hparams) -> Method:
-    """Build method ``name`` for ``spec``; ``hparams`` are the method's keyword arguments."""
+def method_class(name: str) -> type[Method]:
+    """The class registered as ``name``."""
     if name not in _METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(list_methods())}")
+    return _METHODS[name]
+
+
+def create_method(name: str, spec: TaskSpec, **hparams) -> Method:
+    """Build method ``name`` for ``spec``; ``hparams`` are the method's keyword arguments."""
+    method_class(name)
     try:
         return _METHODS[name](spec, **hparams)
     except TypeError as err:

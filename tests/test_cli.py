@@ -1,0 +1,57 @@
+"""The `mlrkit` command: data summary numbers, mask files, errors as messages."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlrkit.cli import main
+from mlrkit.data.protocols import ProtocolMask
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+VOC = DATA / "voc12-animals"
+
+pytestmark = pytest.mark.skipif(not VOC.is_dir(), reason=f"{VOC} not found")
+
+
+def test_data_summary_prints_counts_and_mask_stats(capsys, tmp_path):
+    mask_file = tmp_path / "mask.npz"
+    code = main(["data", "summary", "--dataset", "csv", "--root", str(VOC),
+                 "--protocol", "partial", "--known", "0.1", "--seed", "0",
+                 "--save-mask", str(mask_file)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "images            3,576" in out
+    assert "classes           20" in out
+    assert "splits            train 2,149, val 707, test 720" in out
+    assert "dog            1,308" in out
+    assert "mask on split 'train'" in out
+    mask = ProtocolMask.load(mask_file)
+    assert mask.shape == (2149, 20)
+    assert f"known entries      {mask.known.mean():.2%}" in out
+
+
+def test_single_positive_summary_uses_cole_seed(capsys):
+    assert main(["data", "summary", "--dataset", "csv", "--root", str(VOC),
+                 "--protocol", "single_positive", "--mode", "cole"]) == 0
+    out = capsys.readouterr().out
+    assert "seed=1200" in out
+    assert "known positives    2,149" in out
+
+
+def test_errors_are_messages_not_tracebacks(capsys, tmp_path):
+    assert main(["data", "summary", "--dataset", "csv", "--root", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["data", "summary", "--dataset", "voc9", "--root", str(VOC)]) == 2
+    assert "unknown dataset 'voc9'" in capsys.readouterr().err
+    assert main(["data", "summary", "--dataset", "csv", "--root", str(VOC),
+                 "--protocol", "partial", "--mode", "cole"]) == 2
+    assert "mode" in capsys.readouterr().err
+
+
+def test_known_share_matches_requested_proportion(capsys):
+    main(["data", "summary", "--dataset", "csv", "--root", str(VOC), "--protocol", "partial",
+          "--known", "0.5", "--seed", "3"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  known entries"))
+    share = float(line.split()[2].rstrip("%")) / 100
+    assert np.isclose(share, 0.5, atol=0.01)
