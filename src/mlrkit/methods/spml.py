@@ -1,0 +1,413 @@
+"""Single-positive multi-label losses (``methods.md`` §6) and the linear head that trains with them.
+
+The losses are pure functions of ``(B, C)`` logits and ``(B, C)`` int8 observed targets, usable under
+any head; :class:`SinglePositiveHead` (registered as ``"spml"``) is a linear classifier on pooled
+features that picks one of them by name and holds the per-sample state two of them need (ROLE's
+label estimator, LL-Cp's permanent corrections).
+
+Conventions. mlrkit targets are 1 (known positive) / 0 (known negative) / -1 (unknown). The papers
+write the single-positive protocol as 1 / 0 with 0 = unknown; here that is 1 / -1, and a known
+negative (absent from that protocol) is the counterpart of the known positive: wherever a loss
+applies ``-log p`` to known positives only, known negatives get ``-log(1 - p)``. ``p = sigmoid(s)``
+for logits ``s``; the Cole et al. losses take ``-log(x + 1e-5)`` (the reference adds the epsilon, it
+does not clamp), sum over the ``B x C`` entries, divide by ``B * C`` and add any regulariser on top.
+The LL losses use BCE-with-logits instead, as their reference does. Losses are computed in float32
+whatever the autocast dtype of the logits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mlrkit.engine.distributed import DistInfo, all_gather_rows
+from mlrkit.methods.base import (
+    Method,
+    MethodOutput,
+    StepInfo,
+    TaskSpec,
+    partial_bce,
+    register_method,
+)
+
+LOG_EPS = 1e-5
+
+# Average number of positives per training image (Cole et al. ``train.py``), the ``k`` of EPR/ROLE.
+EXPECTED_POSITIVES = {"voc": 1.5, "coco": 2.9, "nuswide": 1.9, "cub": 31.4}
+
+LL_MODES = ("LL-R", "LL-Ct", "LL-Cp")
+
+LOSSES = ("an", "an_ls", "wan", "epr", "role", "em", "ll_r", "ll_ct", "ll_cp", "partial_bce")
+
+
+def neg_log(x: Tensor) -> Tensor:
+    """``-log(x + 1e-5)``, the reference's guarded log for ``x`` in ``[0, 1]``."""
+    return -torch.log(x + LOG_EPS)
+
+
+def _check_pair(logits: Tensor, targets: Tensor) -> None:
+    if logits.ndim != 2 or logits.shape != targets.shape:
+        raise ValueError(
+            f"logits and targets must both be (B, C); got {tuple(logits.shape)} and "
+            f"{tuple(targets.shape)}"
+        )
+
+
+def _split(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``p = sigmoid(logits)`` in float32 and the positive / negative / unknown masks."""
+    _check_pair(logits, targets)
+    return torch.sigmoid(logits.float()), targets == 1, targets == 0, targets < 0
+
+
+def expected_positive_regularizer(probs: Tensor, expected_positives: float) -> Tensor:
+    """``R(p) = (mean_i sum_c p_ic - k)^2 / C^2`` for ``probs`` ``(B, C)`` in ``[0, 1]``.
+
+    Example:
+        >>> expected_positive_regularizer(torch.tensor([[0.5, 0.5], [0.0, 1.0]]), 2.0)
+        tensor(0.2500)
+    """
+    num_classes = probs.shape[1]
+    return (probs.sum(dim=1).mean() - expected_positives) ** 2 / num_classes**2
+
+
+def _observed_term(probs: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
+    """``(B, C)``: ``-log p`` on known positives, ``-log(1 - p)`` on known negatives, else 0."""
+    return positive * neg_log(probs) + negative * neg_log(1 - probs)
+
+
+def an_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Assume negative: ``-log p`` on known positives, ``-log(1 - p)`` on every other entry.
+
+    Args:
+        logits: ``(B, C)`` scores ``s``.
+        targets: ``(B, C)`` int8 observed labels, 1 / 0 / -1 (unknown, assumed negative).
+
+    Returns:
+        Scalar, the entry losses summed and divided by ``B * C``.
+
+    Example:
+        >>> an_loss(torch.zeros(1, 2), torch.tensor([[1, -1]]))  # both entries -log(0.5 + 1e-5)
+        tensor(0.6931)
+    """
+    probs, positive, _, _ = _split(logits, targets)
+    return torch.where(positive, neg_log(probs), neg_log(1 - probs)).mean()
+
+
+def an_ls_loss(logits: Tensor, targets: Tensor, ls_coef: float = 0.1) -> Tensor:
+    """Assume negative with label smoothing ``e = ls_coef`` (reference 0.1).
+
+    Known positives: ``(1 - e)(-log p) + e(-log(1 - p))``; every other entry (unknown or known
+    negative): ``(1 - e)(-log(1 - p)) + e(-log p)``. Shapes and reduction as :func:`an_loss`.
+    """
+    probs, positive, _, _ = _split(logits, targets)
+    as_positive = (1 - ls_coef) * neg_log(probs) + ls_coef * neg_log(1 - probs)
+    as_negative = (1 - ls_coef) * neg_log(1 - probs) + ls_coef * neg_log(probs)
+    return torch.where(positive, as_positive, as_negative).mean()
+
+
+def wan_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Weak assume negative: AN with the unknown entries weighted by ``gamma = 1 / (C - 1)``.
+
+    Known positives ``-log p``, known negatives ``-log(1 - p)`` (full weight), unknown entries
+    ``gamma * (-log(1 - p))``. Shapes and reduction as :func:`an_loss`.
+    """
+    probs, positive, negative, unknown = _split(logits, targets)
+    gamma = 1.0 / max(logits.shape[1] - 1, 1)
+    entries = _observed_term(probs, positive, negative) + gamma * unknown * neg_log(1 - probs)
+    return entries.mean()
+
+
+def epr_loss(logits: Tensor, targets: Tensor, expected_positives: float) -> Tensor:
+    """Expected positive regularisation: known entries only, plus ``R(p)``.
+
+    ``sum(-log p over known positives, -log(1 - p) over known negatives) / (B * C) + R(p)`` with
+    ``R`` of :func:`expected_positive_regularizer`; unknown entries enter only through ``R``.
+    ``expected_positives`` is ``k``, the expected positives per image (:data:`EXPECTED_POSITIVES`).
+    """
+    probs, positive, negative, _ = _split(logits, targets)
+    observed = _observed_term(probs, positive, negative).mean()
+    return observed + expected_positive_regularizer(probs, expected_positives)
+
+
+def em_loss(logits: Tensor, targets: Tensor, alpha: float = 0.1) -> Tensor:
+    """Entropy maximisation (AckTheUnknown): known entries as EPR, ``-alpha * H(p)`` on unknowns.
+
+    ``H(p) = p(-log p) + (1 - p)(-log(1 - p))`` with the guarded log; the loss can be negative.
+    Reference ``alpha``: VOC 0.2, COCO 0.1, NUS-WIDE 0.1, CUB 0.01. Reduction as :func:`an_loss`.
+    """
+    probs, positive, negative, unknown = _split(logits, targets)
+    entropy = probs * neg_log(probs) + (1 - probs) * neg_log(1 - probs)
+    return (_observed_term(probs, positive, negative) - alpha * unknown * entropy).mean()
+
+
+def role_loss(
+    logits: Tensor, estimates: Tensor, targets: Tensor, expected_positives: float
+) -> Tensor:
+    """ROLE: classifier ``p`` and label estimates ``y`` teach each other (Cole et al.).
+
+    With ``sg`` the stop-gradient, ``l_obs`` the known-entry term of :func:`epr_loss` and
+    ``BCE(a; b) = b(-log a) + (1 - b)(-log(1 - a))`` over all entries::
+
+        L = [1/2 (l_obs(p) + l_obs(y)) + 1/2 (BCE(p; sg(y)) + BCE(y; sg(p)))].sum() / (B * C)
+            + 1/2 (R(p) + R(y))
+
+    so the classifier learns from ``sg(y)`` and the estimator from ``sg(p)``.
+
+    Args:
+        logits: ``(B, C)`` classifier scores.
+        estimates: ``(B, C)`` estimated labels ``y`` in ``[0, 1]`` for the same images.
+        targets: ``(B, C)`` int8 observed labels.
+        expected_positives: ``k`` of the regulariser ``R``.
+    """
+    probs, positive, negative, _ = _split(logits, targets)
+    estimates = estimates.float()
+    fixed_probs, fixed_estimates = probs.detach(), estimates.detach()
+    observed = _observed_term(probs, positive, negative) + _observed_term(
+        estimates, positive, negative
+    )
+    cross = (
+        fixed_estimates * neg_log(probs) + (1 - fixed_estimates) * neg_log(1 - probs)
+        + fixed_probs * neg_log(estimates) + (1 - fixed_probs) * neg_log(1 - estimates)
+    )
+    regularizer = expected_positive_regularizer(probs, expected_positives)
+    regularizer = regularizer + expected_positive_regularizer(estimates, expected_positives)
+    return 0.5 * (observed + cross).mean() + 0.5 * regularizer
+
+
+def large_loss_count(num_entries: int, epoch: int, delta_rel: float, mode: str) -> int:
+    """How many unknown entries LL handles in a batch of ``num_entries = B * C`` entries.
+
+    ``clean_rate = 1 - epoch * delta_rel / 100`` (``epoch`` 0-based, so the first epoch is
+    unmodified); LL-R and LL-Ct take ``ceil(B * C * (1 - clean_rate))``, LL-Cp takes
+    ``ceil(B * C * delta_rel / 100)`` from the second epoch on. The share is computed directly (the
+    reference subtracts ``delta_rel`` once per epoch, whose float error can add one entry when the
+    product is an integer) and capped at 1.
+
+    Example:
+        >>> large_loss_count(320, 2, 0.2, "LL-R"), large_loss_count(320, 2, 0.2, "LL-Cp")
+        (2, 1)
+    """
+    if mode not in LL_MODES:
+        raise ValueError(f"unknown LL mode {mode!r}; choose one of {LL_MODES}")
+    if epoch <= 0:
+        return 0
+    steps = 1 if mode == "LL-Cp" else epoch
+    share = min(steps * delta_rel / 100, 1.0)
+    return math.ceil(round(num_entries * share, 9))
+
+
+class LargeLossOutput(NamedTuple):
+    """``loss`` scalar; ``selected`` ``(B, C)`` bool, the unknown entries rejected or corrected."""
+
+    loss: Tensor
+    selected: Tensor
+
+
+def ll_loss(
+    logits: Tensor, targets: Tensor, mode: str, epoch: int, delta_rel: float
+) -> LargeLossOutput:
+    """Large Loss Matters (Kim et al. 2022): reject or correct the largest assume-negative losses.
+
+    The base loss is AN as BCE-with-logits, ``l = BCE(s, [target == 1])``, averaged over ``B * C``.
+    Among the unknown entries only (known positives and negatives are never touched) the
+    ``k = large_loss_count(B * C, epoch, delta_rel, mode)`` largest ``l`` are selected (exactly
+    ``k``, capped at the number of unknowns; the reference takes every entry ``>=`` the ``k``-th
+    value, the same set unless losses tie) and handled by ``mode``:
+
+    - ``"LL-R"``: their loss becomes 0 (rejected);
+    - ``"LL-Ct"``: their loss becomes ``BCE(s, 1)`` for this step only (temporary correction);
+    - ``"LL-Cp"``: as LL-Ct; the caller writes ``selected`` back as permanent positives, as the
+      paper intends. (The released code tests ``mod_scheme is 'LL-Cp'``, which is False for a
+      command-line string, so it silently runs LL-Ct with LL-R's ``k``; its write-back also keeps
+      only the entries strictly above the ``k``-th value.)
+
+    Args:
+        logits: ``(B, C)`` scores ``s``.
+        targets: ``(B, C)`` int8 observed labels (for LL-Cp with earlier corrections set to 1).
+        mode: ``"LL-R"``, ``"LL-Ct"`` or ``"LL-Cp"``.
+        epoch: 0-based training epoch (epoch 0 is the reference's unmodified epoch 1).
+        delta_rel: growth of the handled share per epoch, in percent of ``B * C`` (the reference
+            CLI's unit; README range 0.1-0.5). Best values (LargeLossMatters issue #4), LL-R /
+            LL-Ct / LL-Cp: VOC 0.2 / 0.2 / 0.1, COCO and NUS-WIDE 0.4 / 0.2 / 0.2, CUB
+            0.4 / 0.4 / 0.2.
+    """
+    _check_pair(logits, targets)
+    if not 0 < delta_rel <= 100:
+        raise ValueError(f"delta_rel is a percentage in (0, 100], got {delta_rel}")
+    logits = logits.float()
+    losses = F.binary_cross_entropy_with_logits(
+        logits, (targets == 1).to(logits.dtype), reduction="none"
+    )
+    unknown = targets < 0
+    count = min(large_loss_count(logits.numel(), epoch, delta_rel, mode), int(unknown.sum()))
+    selected = torch.zeros_like(unknown)
+    if count == 0:
+        return LargeLossOutput(losses.mean(), selected)
+    candidates = losses.detach().masked_fill(~unknown, -math.inf).flatten()
+    selected.view(-1)[candidates.topk(count).indices] = True
+    if mode == "LL-R":
+        replacement = torch.zeros_like(losses)
+    else:
+        replacement = F.binary_cross_entropy_with_logits(
+            logits, torch.ones_like(logits), reduction="none"
+        )
+    return LargeLossOutput(torch.where(selected, replacement, losses).mean(), selected)
+
+
+def _expected_positives(value: float | str | None, loss: str) -> float | None:
+    if isinstance(value, str):
+        if value not in EXPECTED_POSITIVES:
+            raise ValueError(
+                f"expected_positives={value!r}: give a number or one of {sorted(EXPECTED_POSITIVES)}"
+            )
+        return EXPECTED_POSITIVES[value]
+    if value is None:
+        if loss in ("epr", "role"):
+            raise ValueError(
+                f"loss {loss!r} needs expected_positives (positives per image, a number or one of "
+                f"{EXPECTED_POSITIVES})"
+            )
+        return None
+    return float(value)
+
+
+def _logit(prob: float) -> float:
+    return math.log(prob / (1 - prob))
+
+
+@register_method("spml")
+class SinglePositiveHead(Method):
+    """Dropout + ``Linear(D, C)`` on pooled features, trained with one single-positive loss.
+
+    Args:
+        spec: the task; ``train_targets`` sizes ROLE's estimator and LL-Cp's corrections.
+        loss: ``"an"``, ``"an_ls"``, ``"wan"``, ``"epr"``, ``"role"``, ``"em"``, ``"ll_r"``,
+            ``"ll_ct"``, ``"ll_cp"`` (the functions of this module) or ``"partial_bce"`` (the
+            base BCE-with-logits averaged over the known entries only, for comparison).
+        dropout: dropout before the linear layer.
+        ls_coef: AN-LS smoothing (reference 0.1).
+        expected_positives: EPR/ROLE ``k``: a number, or a key of :data:`EXPECTED_POSITIVES`.
+        alpha: EM weight of the entropy term.
+        delta_rel: LL growth of the handled share per epoch, in percent (see :func:`ll_loss`).
+        estimator_lr_mult: ROLE's estimator learning rate relative to the classifier's
+            (reference 10); the estimator group also has no weight decay, as in the reference.
+
+    State (in ``state_dict``, hence in checkpoints): ROLE ``label_logits`` ``(N, C)`` float, a
+    parameter with ``y = sigmoid(label_logits[index])``, initialised to ``logit(0.995)`` on known
+    positives, ``logit(0.005)`` on known negatives and ``U(-q, q)``, ``q = logit(0.6)``, elsewhere
+    (from torch's global RNG); LL-Cp ``corrected`` ``(N, C)`` bool, the entries turned positive.
+    """
+
+    input_kind = "pooled"
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        loss: str = "an",
+        dropout: float = 0.0,
+        ls_coef: float = 0.1,
+        expected_positives: float | str | None = None,
+        alpha: float = 0.1,
+        delta_rel: float = 0.2,
+        estimator_lr_mult: float = 10.0,
+    ) -> None:
+        super().__init__(spec)
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+        if len(spec.feature_shape) != 1:
+            raise ValueError(f"spml needs pooled (D,) features, got {spec.feature_shape}")
+        self.loss_name = loss
+        self.ls_coef = ls_coef
+        self.expected_positives = _expected_positives(expected_positives, loss)
+        self.alpha = alpha
+        self.delta_rel = delta_rel
+        self.estimator_lr_mult = estimator_lr_mult
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(spec.feature_dim, spec.num_classes))
+        observed = torch.as_tensor(spec.train_targets)
+        if loss == "role":
+            bound = _logit(0.6)
+            init = bound * (2 * torch.rand(observed.shape) - 1)
+            init[observed == 1] = _logit(0.995)
+            init[observed == 0] = _logit(0.005)
+            self.label_logits = nn.Parameter(init)
+        if loss == "ll_cp":
+            self.register_buffer("corrected", torch.zeros(observed.shape, dtype=torch.bool))
+
+    def param_groups(self) -> list[dict]:
+        """The classifier; for ROLE also the estimator, at ``estimator_lr_mult`` x, no decay."""
+        groups: list[dict] = [{"params": list(self.head.parameters())}]
+        if self.loss_name == "role":
+            groups.append({
+                "params": [self.label_logits],
+                "lr_mult": self.estimator_lr_mult,
+                "weight_decay": 0.0,
+            })
+        return groups
+
+    def forward(
+        self,
+        inputs: Tensor,
+        targets: Tensor | None = None,
+        index: Tensor | None = None,
+        step: StepInfo | None = None,
+    ) -> MethodOutput:
+        """``inputs`` ``(B, D)`` → logits ``(B, C)``; with ``targets`` ``(B, C)``, the loss.
+
+        ROLE and LL-Cp also need ``index`` ``(B,)`` (rows of ``spec.train_targets``); the LL losses
+        need ``step`` for the epoch.
+        """
+        logits = self.head(inputs)
+        if targets is None:
+            return MethodOutput(logits)
+        name = self.loss_name
+        if name in ("role", "ll_cp") and index is None:
+            raise ValueError(f"loss {name!r} needs the batch's training-row index")
+        if name == "role":
+            estimates = torch.sigmoid(self.label_logits[index])
+            return MethodOutput(
+                logits, role_loss(logits, estimates, targets, self.expected_positives)
+            )
+        if name.startswith("ll_"):
+            return self._large_loss(logits, targets, index, step)
+        losses = {
+            "an": lambda: an_loss(logits, targets),
+            "an_ls": lambda: an_ls_loss(logits, targets, self.ls_coef),
+            "wan": lambda: wan_loss(logits, targets),
+            "epr": lambda: epr_loss(logits, targets, self.expected_positives),
+            "em": lambda: em_loss(logits, targets, self.alpha),
+            "partial_bce": lambda: partial_bce(logits.float(), targets),
+        }
+        return MethodOutput(logits, losses[name]())
+
+    def _large_loss(
+        self, logits: Tensor, targets: Tensor, index: Tensor | None, step: StepInfo | None
+    ) -> MethodOutput:
+        if step is None:
+            raise ValueError(f"loss {self.loss_name!r} needs the StepInfo (its epoch)")
+        mode = {"ll_r": "LL-R", "ll_ct": "LL-Ct", "ll_cp": "LL-Cp"}[self.loss_name]
+        if mode == "LL-Cp":
+            targets = targets.masked_fill(self.corrected[index], 1)
+        out = ll_loss(logits, targets, mode, step.epoch, self.delta_rel)
+        if mode == "LL-Cp" and self.training:
+            self._write_back(index, out.selected)
+        logs = {"ll_selected_share": out.selected.float().mean().item()}
+        return MethodOutput(logits, out.loss, logs)
+
+    @torch.no_grad()
+    def _write_back(self, index: Tensor, selected: Tensor) -> None:
+        """Mark ``selected`` ``(B, C)`` entries of rows ``index`` as corrected, on every rank.
+
+        Under DDP each rank corrects its own rows and the buffers must stay equal (DDP broadcasts
+        rank 0's buffers), so the ``(row, class)`` pairs are gathered from all ranks first.
+        """
+        rows, cols = selected.nonzero(as_tuple=True)
+        pairs = torch.stack([index[rows], cols], dim=1)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            info = DistInfo(dist.get_rank(), dist.get_world_size())
+            pairs = all_gather_rows(pairs, info)
+        self.corrected[pairs[:, 0], pairs[:, 1]] = True
