@@ -38,9 +38,7 @@ def cooccurrence_adjacency(targets: np.ndarray) -> Tensor:
     positive = (targets == 1).astype(np.float64)
     counts = positive.T @ positive  # (C, C): N_ij
     diag = np.diag(counts)
-    adjacency = np.divide(
-        counts, diag[:, None], out=np.zeros_like(counts), where=diag[:, None] > 0
-    )
+    adjacency = np.divide(counts, diag[:, None], out=np.zeros_like(counts), where=diag[:, None] > 0)
     return torch.from_numpy(adjacency.astype(np.float32))
 
 

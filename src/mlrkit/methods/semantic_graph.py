@@ -86,7 +86,9 @@ class SemanticGraphHead(Method):
         self.projection = (
             nn.Identity()
             if dim == in_dim
-            else nn.Sequential(nn.Conv2d(in_dim, dim, kernel_size=1, bias=False), nn.BatchNorm2d(dim))
+            else nn.Sequential(
+                nn.Conv2d(in_dim, dim, kernel_size=1, bias=False), nn.BatchNorm2d(dim)
+            )
         )
         self.decoupling = SemanticDecoupling(dim, embeddings.shape[1], inter_dim, class_chunk)
         self.gnn = GatedGNN(dim, cooccurrence_adjacency(spec.train_targets), time_steps)

@@ -1,0 +1,171 @@
+"""Peak memory and time of the semantic decoupling: chunked vs. fully materialised ("direct").
+
+Each (path, mode) variant runs in a fresh subprocess, so one variant's allocator state cannot hide
+another's peak. The peak is measured against a baseline taken after the model and inputs exist and
+after a batch-1 warm-up of the same variant (lazy initialisation out of the way):
+
+- CPU: ``ru_maxrss`` after the run minus the resident set size before it. If the run does not
+  raise ``ru_maxrss`` above its earlier value the figure is only an upper bound (flagged ``*``).
+  The workers run with glibc's mmap threshold fixed at 64 KiB (``MALLOC_MMAP_THRESHOLD_``): by
+  default glibc raises the threshold up to 32 MiB after the first large free and serves later
+  blocks from a heap that it does not give back, so the resident set would measure the
+  allocator's fragmentation rather than the tensors alive at once.
+- CUDA: ``torch.cuda.max_memory_allocated()`` minus ``memory_allocated()`` before the run.
+
+Modes: ``forward`` runs under ``torch.no_grad()`` (inference); ``fwd+bwd`` runs the forward with
+autograd and backpropagates a scalar through it (training). The last line printed is
+``decoupling_memory_ratio=X.XX``: direct peak / chunked peak for ``fwd+bwd``.
+
+Usage: ``python benchmarks/decoupling_memory.py [--device cuda] [--class-chunks 8,16]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlrkit.methods.base import TaskSpec
+from mlrkit.methods.semantic_graph import SemanticGraphHead
+
+MODES = ("forward", "fwd+bwd")
+MIB = 2**20
+
+
+def build(args: argparse.Namespace, class_chunk: int) -> SemanticGraphHead:
+    """The head with ``image_dim = dim``, so the ``(B, dim, side, side)`` input is decoupled as is."""
+    rng = np.random.default_rng(0)
+    train_targets = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=(64, args.classes))
+    embeddings = torch.randn(args.classes, args.embed_dim)
+    spec = TaskSpec(args.classes, (args.dim, args.side, args.side), train_targets, embeddings)
+    return SemanticGraphHead(
+        spec, image_dim=args.dim, inter_dim=args.inter_dim, class_chunk=class_chunk
+    )
+
+
+def run_once(head: SemanticGraphHead, inputs: torch.Tensor, direct: bool, mode: str) -> None:
+    """One decoupling pass: ``forward`` without autograd, or ``fwd+bwd`` to the parameters."""
+    if mode == "forward":
+        with torch.no_grad():
+            head.decouple(inputs, direct=direct)
+        return
+    head.zero_grad(set_to_none=True)
+    head.decouple(inputs, direct=direct).square().mean().backward()
+
+
+def resident_bytes() -> int:
+    """Current resident set size of this process (Linux ``/proc``; else the peak so far)."""
+    statm = Path("/proc/self/statm")
+    if statm.exists():
+        return int(statm.read_text().split()[1]) * resource.getpagesize()
+    return max_resident_bytes()
+
+
+def max_resident_bytes() -> int:
+    """``ru_maxrss`` in bytes (kilobytes on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(args: argparse.Namespace, direct: bool, mode: str, class_chunk: int) -> dict:
+    """Peak extra memory (bytes) and median time (s) of one variant, in this process."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    head = build(args, class_chunk).to(device)
+    inputs = torch.randn(args.batch, args.dim, args.side, args.side, device=device)
+    run_once(head, inputs[:1], direct, mode)  # warm-up: lazy initialisation, kernel selection
+    head.zero_grad(set_to_none=True)
+    gc.collect()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        before, peak_before = resident_bytes(), max_resident_bytes()
+    run_once(head, inputs, direct, mode)
+    synchronize(device)
+    if device.type == "cuda":
+        peak, exact = torch.cuda.max_memory_allocated(device) - before, True
+    else:
+        peak_after = max_resident_bytes()
+        peak, exact = peak_after - before, peak_after > peak_before
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        run_once(head, inputs, direct, mode)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return {"peak": peak, "exact": exact, "time": statistics.median(times)}
+
+
+def run_variant(args: argparse.Namespace, direct: bool, mode: str, class_chunk: int) -> dict:
+    """:func:`measure` in a fresh interpreter; returns its result."""
+    command = [
+        sys.executable,
+        __file__,
+        *sys.argv[1:],
+        "--worker",
+        json.dumps([direct, mode, class_chunk]),
+    ]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--side", type=int, default=7, help="feature map is side x side")
+    parser.add_argument("--classes", type=int, default=80)
+    parser.add_argument("--dim", type=int, default=1280, help="input channels = image_dim")
+    parser.add_argument("--inter-dim", type=int, default=512)
+    parser.add_argument("--embed-dim", type=int, default=300)
+    parser.add_argument("--class-chunks", default="16", help="comma-separated chunk sizes")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        direct, mode, class_chunk = json.loads(args.worker)
+        print(json.dumps(measure(args, direct, mode, class_chunk)))
+        return
+
+    chunks = [int(c) for c in args.class_chunks.split(",")]
+    print(
+        f"semantic decoupling: B={args.batch} P={args.side**2} C={args.classes} D={args.dim} "
+        f"K={args.inter_dim} E={args.embed_dim} device={args.device} threads={torch.get_num_threads()}"
+    )
+    print(f"{'path':<14} {'mode':<8} {'peak MiB':>10} {'time s':>8}")
+    peaks: dict[tuple[str, str], float] = {}
+    for mode in MODES:
+        variants = [(f"chunked({c})", False, c) for c in chunks] + [("direct", True, chunks[0])]
+        for name, direct, class_chunk in variants:
+            result = run_variant(args, direct, mode, class_chunk)
+            peaks[name, mode] = result["peak"]
+            flag = "" if result["exact"] else "*"
+            print(
+                f"{name:<14} {mode:<8} {result['peak'] / MIB:>9.1f}{flag:1} {result['time']:>8.3f}"
+            )
+    ratios = {mode: peaks["direct", mode] / peaks[f"chunked({chunks[0]})", mode] for mode in MODES}
+    for mode, ratio in ratios.items():
+        print(f"direct / chunked({chunks[0]}) peak, {mode}: {ratio:.2f}")
+    print(f"decoupling_memory_ratio={ratios['fwd+bwd']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
