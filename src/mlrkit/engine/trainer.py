@@ -256,7 +256,9 @@ def fit(
     model: nn.Module = method
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == "cuda" else None
+            method,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=method.has_unused_parameters,
         )
     log = _MetricsLog(run_dir, info.is_main, start_epoch)
     sampler = EpochBatchSampler(

@@ -1,6 +1,6 @@
 """Methods: one module per family, found through ``create_method(name, spec, **hparams)``."""
 
-from mlrkit.methods import baselines, semantic_graph, spml  # noqa: F401  (registers methods)
+from mlrkit.methods import baselines, sarb, semantic_graph, spml  # noqa: F401  (registers methods)
 from mlrkit.methods.base import (
     Method,
     MethodOutput,

@@ -89,6 +89,9 @@ class Method(nn.Module):
     """
 
     input_kind: ClassVar[str] = "pooled"
+    #: True when some parameters get no gradient in some steps (e.g. SARB's alpha/beta during
+    #: warm-up); DistributedDataParallel must then look for unused parameters.
+    has_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, spec: TaskSpec) -> None:
         super().__init__()
