@@ -225,6 +225,8 @@ class SARB(SemanticGraphHead):
       reference: under DistributedDataParallel that needs ``find_unused_parameters=True``.
     """
 
+    has_unused_parameters = True  # alpha and beta get no gradient before mixup_epoch
+
     def __init__(
         self,
         spec: TaskSpec,
