@@ -52,21 +52,6 @@ def init_distributed(device: torch.device) -> DistInfo:
     return info
 
 
-def all_gather_rows(rows: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Concatenate each rank's ``(n_r, ...)`` tensor in rank order (``n_r`` may differ)."""
-    if not info.enabled:
-        return rows
-    count = torch.tensor([rows.shape[0]], device=rows.device)
-    counts = [torch.zeros_like(count) for _ in range(info.world_size)]
-    dist.all_gather(counts, count)
-    longest = int(max(c.item() for c in counts))
-    padded = rows.new_zeros((longest, *rows.shape[1:]))
-    padded[: rows.shape[0]] = rows
-    gathered = [torch.zeros_like(padded) for _ in range(info.world_size)]
-    dist.all_gather(gathered, padded)
-    return torch.cat([g[: int(c.item())] for g, c in zip(gathered, counts, strict=True)])
-
-
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

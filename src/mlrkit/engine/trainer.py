@@ -29,7 +29,6 @@ from mlrkit.engine.batches import EpochBatchSampler, batch_loader
 from mlrkit.engine.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from mlrkit.engine.distributed import (
     DistInfo,
-    all_gather_rows,
     barrier,
     init_distributed,
     resolve_device,
@@ -153,8 +152,8 @@ def evaluate_logits(
         for inputs, _, idx in batch_loader(source, sampler, num_workers):
             logits.append(model(inputs.to(device)).logits.float())
             index.append(idx.to(device))
-    logits_t = all_gather_rows(torch.cat(logits), info)
-    index_t = all_gather_rows(torch.cat(index), info)
+    logits_t = metrics.gather_across_ranks(torch.cat(logits))
+    index_t = metrics.gather_across_ranks(torch.cat(index))
     return logits_t[torch.argsort(index_t)].cpu()
 
 
