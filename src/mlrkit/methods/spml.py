@@ -21,11 +21,9 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlrkit.engine.distributed import DistInfo, all_gather_rows
 from mlrkit.methods.base import (
     Method,
     MethodOutput,
@@ -34,6 +32,7 @@ from mlrkit.methods.base import (
     partial_bce,
     register_method,
 )
+from mlrkit.metrics import gather_across_ranks
 
 LOG_EPS = 1e-5
 
@@ -407,7 +406,5 @@ class SinglePositiveHead(Method):
         """
         rows, cols = selected.nonzero(as_tuple=True)
         pairs = torch.stack([index[rows], cols], dim=1)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            info = DistInfo(dist.get_rank(), dist.get_world_size())
-            pairs = all_gather_rows(pairs, info)
+        pairs = gather_across_ranks(pairs)
         self.corrected[pairs[:, 0], pairs[:, 1]] = True
