@@ -200,6 +200,7 @@ class SARB(SemanticGraphHead):
             ``isBetaLearnable``].
         kmeans_iters, kmeans_tol: Lloyd iterations and tolerance, 300 and 1e-4 [scikit-learn
             ``KMeans`` defaults, which the reference uses].
+        input_pool: average pooling of the input map, see ``ssgrl`` (2 in the reference [model]).
 
     The reference's optimisation (Adam, lr 1e-5, weight decay 5e-4, StepLR 10 / 0.1, 20 epochs,
     batch 8, frozen backbone but ``layer4``) belongs to the recipe, not to this class.
@@ -247,8 +248,10 @@ class SARB(SemanticGraphHead):
         learn_beta: bool = True,
         kmeans_iters: int = 300,
         kmeans_tol: float = 1e-4,
+        input_pool: int = 1,
     ) -> None:
-        super().__init__(spec, image_dim, inter_dim, output_dim, time_steps, class_chunk)
+        super().__init__(spec, image_dim, inter_dim, output_dim, time_steps, class_chunk,
+                         input_pool=input_pool)
         _check_options(contrastive_weight, mixup_epoch, num_prototypes, prototype_interval,
                        alpha, beta)
         self.contrastive_weight = contrastive_weight

@@ -58,6 +58,8 @@ class SemanticGraphHead(Method):
         time_steps: GNN propagation steps ``T``. Reference: 3.
         class_chunk: classes per chunk in the decoupling attention (memory vs. loop length).
         loss: ``"partial_bce"`` (unknown entries ignored) or ``"assume_negative"``.
+        input_pool: average-pool the input map with kernel = stride = ``input_pool`` first.
+            Reference: 2 (ResNet-101 at 448 px: 14x14 -> 7x7); 1 on cached 7x7 features.
     """
 
     input_kind = "spatial"
@@ -71,6 +73,7 @@ class SemanticGraphHead(Method):
         time_steps: int = 3,
         class_chunk: int = 16,
         loss: str = "partial_bce",
+        input_pool: int = 1,
     ) -> None:
         super().__init__(spec)
         if len(spec.feature_shape) != 3:
@@ -83,6 +86,8 @@ class SemanticGraphHead(Method):
         in_dim = spec.feature_dim
         dim = in_dim if image_dim is None else image_dim
         output_dim = dim if output_dim is None else output_dim
+        # The reference average-pools ResNet-101's 14x14 map at 448 px to 7x7 (AvgPool2d(2, 2)).
+        self.input_pool = nn.AvgPool2d(input_pool) if input_pool > 1 else nn.Identity()
         self.projection = (
             nn.Identity()
             if dim == in_dim
@@ -100,7 +105,7 @@ class SemanticGraphHead(Method):
 
         ``direct`` runs the fully materialised reference attention instead of the chunked one.
         """
-        tokens = self.projection(inputs).flatten(2).transpose(1, 2)  # (B, h*w, d)
+        tokens = self.projection(self.input_pool(inputs)).flatten(2).transpose(1, 2)  # (B, hw, d)
         return self.decoupling(tokens, self.label_embeddings, direct)
 
     def propagate(self, features: Tensor) -> Tensor:

@@ -1,0 +1,115 @@
+"""Recipes and runs: overrides, run folder contents, eval and predict from the folder alone."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from mlrkit.cli import main
+from mlrkit.data.protocols import ProtocolMask
+from mlrkit.engine.recipe import load_recipe
+from mlrkit.engine.run import evaluate_run, predict_images, train_run
+
+CLASSES = ["red", "green", "blue"]
+
+
+def make_dataset(root: Path, n: int = 48) -> None:
+    """Coloured squares: class c is present when channel c is bright."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    rows, splits = [], []
+    for i in range(n):
+        present = rng.random(3) < 0.5
+        pixel = np.where(present, 220, 30).astype(np.uint8)
+        noise = rng.integers(0, 20, size=(32, 32, 3), dtype=np.uint8)
+        Image.fromarray(np.clip(pixel + noise, 0, 255).astype(np.uint8)).save(
+            root / "images" / f"{i}.jpg")
+        rows.append(f"{i}.jpg," + ",".join(str(int(p)) for p in present))
+        splits.append(f"{i}.jpg,{['train', 'train', 'val', 'test'][i % 4]}")
+    (root / "labels.csv").write_text("image," + ",".join(CLASSES) + "\n" + "\n".join(rows) + "\n")
+    (root / "split.csv").write_text("image,split\n" + "\n".join(splits) + "\n")
+
+
+@pytest.fixture
+def recipe_file(tmp_path: Path) -> Path:
+    make_dataset(tmp_path / "data")
+    recipe = {
+        "name": "tiny",
+        "data": {"dataset": "csv", "root": str(tmp_path / "data")},
+        "features": {"encoder": "resnet18", "weights": None, "image_size": 32, "seed": 0,
+                     "cache": str(tmp_path / "cache"), "num_workers": 0, "spatial": False},
+        "protocol": {"name": "partial", "known": 0.5, "seed": 0},
+        "method": {"name": "linear"},
+        "train": {"epochs": 3, "batch_size": 8, "lr": 0.01, "progress": False, "device": "cpu"},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_overrides_are_typed_and_unknown_keys_rejected(recipe_file):
+    recipe = load_recipe(recipe_file, ["train.lr=0.5", "protocol.known=0.3", "method.dropout=0.1"])
+    assert recipe["train"]["lr"] == 0.5 and recipe["protocol"]["known"] == 0.3
+    assert recipe["method"] == {"name": "linear", "dropout": 0.1}
+    with pytest.raises(KeyError, match="datset"):
+        load_recipe(recipe_file, ["datset.root=x"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_recipe(recipe_file, ["train.lr"])
+
+
+def test_run_folder_is_complete_and_reusable(recipe_file, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    results = train_run(load_recipe(recipe_file), run_dir)
+    assert {"config.yaml", "mask.npz", "metrics.jsonl", "results.json", "checkpoints"} <= {
+        p.name for p in run_dir.iterdir()}
+    assert 0.0 <= results["test_mAP"] <= 1.0 and results["test_classes_averaged"] == 3
+    mask = ProtocolMask.load(run_dir / "mask.npz")
+    assert mask.params == {"known": 0.5, "mode": "bernoulli"} and mask.shape == (24, 3)
+    again = evaluate_run(run_dir)
+    assert again["test_mAP"] == pytest.approx(results["test_mAP"], abs=1e-9)
+    assert json.loads((run_dir / "results.json").read_text())["test_mAP"] == results["test_mAP"]
+
+    image = tmp_path / "data" / "images" / "3.jpg"
+    predictions = predict_images(run_dir, [image], top_k=2)
+    assert predictions[0]["image"] == str(image) and len(predictions[0]["labels"]) == 2
+    assert {e["label"] for e in predictions[0]["labels"]} <= set(CLASSES)
+    assert main(["predict", "--checkpoint", str(run_dir), str(image), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "image,rank,label,score"
+
+
+def test_cli_train_and_eval(recipe_file, tmp_path, capsys):
+    run_dir = tmp_path / "cli-run"
+    assert main(["train", "--config", str(recipe_file), "--run-dir", str(run_dir),
+                 "--set", "train.epochs=1"]) == 0
+    assert "test_mAP" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(run_dir)]) == 0
+    assert "test_mAP" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_end_to_end_head_trains_only_the_listed_encoder_parts():
+    import torch
+
+    from mlrkit.encoders import create_image_encoder
+    from mlrkit.engine.run import EncoderHead
+    from mlrkit.methods import TaskSpec, create_method
+
+    encoder = create_image_encoder("resnet18", weights=None, image_size=32, seed=0)
+    spec = TaskSpec(3, (encoder.feature_dim,), np.zeros((4, 3), dtype=np.int8))
+    head = EncoderHead(encoder, create_method("linear", spec), lr_mult=0.1,
+                       trainable=["model.layer4"])
+    head.train()
+    trainable = {n for n, p in head.encoder.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("model.layer4.") for n in trainable)
+    assert head.encoder.model.layer4[0].bn1.training
+    assert not head.encoder.model.bn1.training and not head.encoder.model.layer1[0].bn1.training
+    groups = head.param_groups()
+    assert groups[-1]["lr_mult"] == 0.1 and len(groups[-1]["params"]) == len(trainable)
+    out = head(torch.zeros(2, 3, 32, 32), torch.ones(2, 3, dtype=torch.int8))
+    out.loss.backward()
+    assert head.encoder.model.layer4[0].conv1.weight.grad is not None
+    assert head.encoder.model.conv1.weight.grad is None
