@@ -17,12 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from pathlib import Path
 
-from mlrkit.engine.recipe import load_recipe
-from mlrkit.engine.run import train_run
-
-ROOT = Path(__file__).resolve().parents[1]
+from recipe_grid import ROOT, markdown_table, mean_std, tuned_run
 
 # name: (recipe prefix, extra overrides, learning-rate grid or None for the recipe's own lr)
 METHODS = {
@@ -34,54 +30,31 @@ METHODS = {
     "sarb-no-ilrb": ("sarb", ["method.use_ilrb=false"], None),
     "sarb-no-plrb": ("sarb", ["method.use_plrb=false"], None),
 }
-DEFAULT_METHODS = ["linear", "linear-an", "mlp", "ssgrl", "sarb", "sarb-no-ilrb", "sarb-no-plrb"]
 METRICS = ("test_mAP", "test_CF1", "test_OF1")
 
 
-def run_one(dataset: str, method: str, known: float, lr: float | None, seed: int,
-            epochs: int | None) -> dict:
-    prefix, extra, _ = METHODS[method]
-    overrides = [f"protocol.known={known}", f"train.seed={seed}", "train.progress=false", *extra]
-    if lr is not None:
-        overrides.append(f"train.lr={lr}")
+def run(dataset: str, method: str, known: float, seed: int, epochs: int | None) -> dict:
+    prefix, extra, lrs = METHODS[method]
+    overrides = [f"protocol.known={known}", f"train.seed={seed}", *extra]
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
-    recipe = load_recipe(ROOT / "configs" / f"{prefix}_{dataset}_partial.yaml", overrides)
-    recipe["name"] = f"{method}_{dataset}_p{known}"
-    run_dir = ROOT / "runs" / "bench" / "partial" / dataset / method / f"p{known}" / (
-        f"lr{recipe['train']['lr']}_seed{seed}")
-    done = run_dir / "results.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    return train_run(recipe, run_dir, resume=True)
-
-
-def tuned(dataset: str, method: str, known: float, seed: int, epochs: int | None) -> dict:
-    """The run with the best validation mAP over the method's learning-rate grid."""
-    grid = METHODS[method][2] or [None]
-    runs = [run_one(dataset, method, known, lr, seed, epochs) for lr in grid]
-    return max(runs, key=lambda r: r["val_mAP"])
+    run_dir = ROOT / "runs" / "bench" / "partial" / dataset / method / f"p{known}" / f"seed{seed}"
+    return tuned_run(f"{prefix}_{dataset}_partial", overrides, lrs, run_dir)
 
 
 def table(results: dict, methods: list[str], knowns: list[float], metric: str) -> list[str]:
-    head = "| method | " + " | ".join(f"{k:.0%}" for k in knowns) + " | mean |"
-    lines = [head, "|" + "---|" * (len(knowns) + 2)]
+    rows = []
     for method in methods:
-        cells = []
-        for known in knowns:
-            values = [r[metric] for r in results[method][str(known)]]
-            mean = 100 * statistics.fmean(values)
-            spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
-            cells.append((mean, f"{mean:.1f}{spread}"))
-        average = statistics.fmean(c[0] for c in cells)
-        lines.append(f"| {method} | " + " | ".join(c[1] for c in cells) + f" | {average:.1f} |")
-    return lines
+        cells = [mean_std([r[metric] for r in results[method][str(k)]]) for k in knowns]
+        average = sum(c[0] for c in cells) / len(cells)
+        rows.append([method, *(c[1] for c in cells), f"{average:.1f}"])
+    return markdown_table(["method", *(f"{k:.0%}" for k in knowns), "mean"], rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["voc12-animals", "miml"])
-    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--known", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs")
@@ -93,7 +66,7 @@ def main() -> None:
         results: dict = {m: {} for m in args.methods}
         for known in args.known:
             for method in args.methods:
-                runs = [tuned(dataset, method, known, s, args.epochs) for s in args.seeds]
+                runs = [run(dataset, method, known, s, args.epochs) for s in args.seeds]
                 results[method][str(known)] = runs
                 mean = statistics.fmean(r["test_mAP"] for r in runs)
                 print(f"{dataset} p={known:.0%} {method:<14} test mAP {100 * mean:.2f} "
