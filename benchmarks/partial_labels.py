@@ -9,7 +9,7 @@ interrupted benchmark continues where it stopped.
     python benchmarks/partial_labels.py                        # all methods, both datasets
     python benchmarks/partial_labels.py --datasets voc12-animals --known 0.1 --seeds 0 1 2
 
-Writes ``benchmarks/results/partial_labels_<dataset>.md`` and ``.json``.
+Writes ``benchmarks/results/partial_labels_<dataset><suffix>.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--known", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs")
+    parser.add_argument("--suffix", default="", help="appended to the result file names")
     args = parser.parse_args()
 
     out_dir = ROOT / "benchmarks" / "results"
@@ -84,8 +85,9 @@ def main() -> None:
             lines += table(results, args.methods, args.known, metric) + [""]
         text = "\n".join(lines)
         print(text)
-        (out_dir / f"partial_labels_{dataset}.md").write_text(text)
-        (out_dir / f"partial_labels_{dataset}.json").write_text(json.dumps(results, indent=1))
+        stem = f"partial_labels_{dataset}{args.suffix}"
+        (out_dir / f"{stem}.md").write_text(text + "\n")
+        (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
