@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from pathlib import Path
 
 from recipe_grid import ROOT, markdown_table, mean_std, tuned_run
 
@@ -59,9 +60,10 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs")
     parser.add_argument("--suffix", default="", help="appended to the result file names")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
-    out_dir = ROOT / "benchmarks" / "results"
+    out_dir = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     for dataset in args.datasets:
         results: dict = {m: {} for m in args.methods}

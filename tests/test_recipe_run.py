@@ -113,3 +113,35 @@ def test_end_to_end_head_trains_only_the_listed_encoder_parts():
     out.loss.backward()
     assert head.encoder.model.layer4[0].conv1.weight.grad is not None
     assert head.encoder.model.conv1.weight.grad is None
+
+
+def test_sigkilled_cli_training_resumes_to_the_uninterrupted_result(recipe_file, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def train(run_dir: Path, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mlrkit.cli", "train", "--config", str(recipe_file),
+             "--run-dir", str(run_dir), "--set", "train.epochs=40", *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+
+    assert train(tmp_path / "whole").wait(timeout=300) == 0
+    killed = train(tmp_path / "killed")
+    pointer = tmp_path / "killed" / "checkpoints" / "last.json"
+    deadline = time.monotonic() + 240
+    while not (pointer.is_file() and json.loads(pointer.read_text())["name"] >= "epoch-0003"):
+        assert killed.poll() is None and time.monotonic() < deadline, "run ended before the kill"
+        time.sleep(0.005)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "results.json").exists()
+    assert train(tmp_path / "killed", "--resume").wait(timeout=300) == 0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    resumed = json.loads((tmp_path / "killed" / "results.json").read_text())
+    for key in ("best_epoch", "val_mAP", "test_mAP", "test_CF1", "test_OF1"):
+        assert resumed[key] == whole[key], key
