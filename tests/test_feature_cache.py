@@ -64,13 +64,7 @@ def _direct_forward(encoder, data: MultiLabelData) -> tuple[np.ndarray, np.ndarr
     return out.pooled.numpy(), out.spatial.numpy()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny inputs gain nothing from threads; on a busy 2-core machine waiting threads cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

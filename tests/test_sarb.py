@@ -39,13 +39,7 @@ TRAIN_TARGETS = np.array(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tensors here are tiny: extra intra-op threads only add synchronisation cost."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_spec(targets: np.ndarray = TRAIN_TARGETS) -> TaskSpec:

@@ -13,13 +13,7 @@ from mlrkit.methods.semantic_graph import SemanticGraphHead
 C, D, E = 5, 12, 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tensors here are tiny: extra intra-op threads only add synchronisation cost."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_spec(num_classes: int = C, dim: int = D, side: int = 3, seed: int = 0) -> TaskSpec:

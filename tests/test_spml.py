@@ -29,13 +29,7 @@ LOGITS = np.array([[2.0, -1.0, 0.5, -3.0], [0.0, 1.5, -0.5, 3.0]])
 TARGETS = np.array([[1, -1, -1, 0], [-1, 1, -1, -1]], dtype=np.int8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tensors here are tiny: extra intra-op threads only add synchronisation cost."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sig(x: np.ndarray) -> np.ndarray:
