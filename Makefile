@@ -19,7 +19,7 @@ test: $(BIN)/mlrkit
 # The main job: VOC 2012 animals at 10% known labels, linear baseline vs the semantic-decoupling
 # baseline vs SARB, on the same mask (features are extracted once into runs/cache/).
 demo: $(BIN)/mlrkit
-	$(BIN)/mlrkit data summary --dataset csv --root $(DATA)/voc12-animals --protocol partial --known 0.1 --seed 0 | tail -8
+	$(BIN)/mlrkit data summary --dataset csv --root $(DATA)/voc12-animals --protocol partial --known 0.1 --seed 0
 	$(BIN)/python benchmarks/partial_labels.py --datasets voc12-animals --known 0.1 --methods linear ssgrl sarb --out-dir runs/demo
 
 lint: $(BIN)/mlrkit
