@@ -119,3 +119,15 @@ def test_two_process_torchrun_equals_single_process(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
     la, lb = (np.load(p / "val_logits.npy") for p in (single, ddp))
     np.testing.assert_allclose(la, lb, rtol=1e-5, atol=1e-5)
+
+
+def test_early_stopping_after_patience_evaluations_without_gain(tmp_path):
+    features, labels = synthetic()
+    train = FeatureBatches(features[:192], labels[:192])
+    val = FeatureBatches(features[192:], labels[192:])
+    cfg = TrainConfig(epochs=10, batch_size=32, lr=0.0, patience=2, progress=False, device="cpu")
+    result = fit(make_linear(train.targets, 16), train, val, labels[192:], cfg, tmp_path)
+    assert result.stopped_early and result.best_epoch == 0 and len(result.history) == 3
+    again = fit(make_linear(train.targets, 16), train, val, labels[192:], cfg, tmp_path,
+                resume=True)
+    assert again.stopped_early and len(again.history) == 3

@@ -274,6 +274,9 @@ def fit(
 
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs):
+        if cfg.patience and state["bad_evals"] >= cfg.patience:  # also after resuming a stopped run
+            stopped_early = True
+            break
         seed_everything(cfg.seed * 100_003 + epoch)
         sampler.set_epoch(epoch)
         method.on_train_epoch_start(epoch, train_batches)
@@ -339,8 +342,5 @@ def fit(
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
         barrier(info)
-        if cfg.patience and state["bad_evals"] >= cfg.patience:
-            stopped_early = True
-            break
     load_checkpoint(ckpt_dir / "best", method, map_location=device)
     return FitResult(state["best_epoch"], state["best_val"], state["history"], stopped_early)
