@@ -145,3 +145,22 @@ def test_sigkilled_cli_training_resumes_to_the_uninterrupted_result(recipe_file,
     resumed = json.loads((tmp_path / "killed" / "results.json").read_text())
     for key in ("best_epoch", "val_mAP", "test_mAP", "test_CF1", "test_OF1"):
         assert resumed[key] == whole[key], key
+
+
+def test_torchrun_cli_training_matches_one_process(recipe_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    common = ["-m", "mlrkit.cli", "train", "--config", str(recipe_file),
+              "--set", "protocol.name=full", "--set", "train.epochs=2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, *common, "--run-dir", str(tmp_path / "one")], check=True,
+                   env=env, timeout=300, capture_output=True)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node=2", *common, "--run-dir", str(tmp_path / "two")],
+                   check=True, env=env, timeout=300, capture_output=True)
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    for key in ("best_epoch", "val_mAP", "test_mAP", "test_OF1", "test_classes_averaged"):
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key

@@ -52,6 +52,14 @@ def init_distributed(device: torch.device) -> DistInfo:
     return info
 
 
+def current_info() -> DistInfo:
+    """The process group this process belongs to (a single process when there is none)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistInfo()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

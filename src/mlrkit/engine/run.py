@@ -12,6 +12,7 @@ A run folder holds everything needed to repeat, evaluate or use the run::
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from mlrkit.data.feature_cache import extract_features, load_features
 from mlrkit.data.protocols import ProtocolMask, partial_labels, single_positive
 from mlrkit.engine.batches import FeatureBatches, ImageBatches
 from mlrkit.engine.checkpoint import load_checkpoint
-from mlrkit.engine.distributed import resolve_device
+from mlrkit.engine.distributed import barrier, current_info, init_distributed, resolve_device
 from mlrkit.engine.recipe import load_recipe, save_recipe
 from mlrkit.engine.trainer import TrainConfig, evaluate_logits, fit, score_report
 from mlrkit.methods import Method, MethodOutput, StepInfo, TaskSpec, create_method, method_class
@@ -159,9 +160,12 @@ def prepare(recipe: dict) -> PreparedRun:
         feat = recipe["features"]
         encoder = _create_encoder({"name": feat["encoder"], **feat})
         cache_dir = feat.get("cache") or f"runs/cache/{data.name}-{feat['encoder']}"
-        extract_features(data, encoder, cache_dir, spatial=bool(feat.get("spatial")),
-                         batch_size=feat.get("batch_size", 32),
-                         num_workers=feat.get("num_workers", 2))
+        info = current_info()
+        if info.is_main:  # under torchrun, rank 0 extracts and the others wait, then all read
+            extract_features(data, encoder, cache_dir, spatial=bool(feat.get("spatial")),
+                             batch_size=feat.get("batch_size", 32),
+                             num_workers=feat.get("num_workers", 2))
+        barrier(info)
         cache = load_features(cache_dir, data=data, encoder=encoder)
         array = cache.spatial if kind == "spatial" else cache.pooled
         if array is None:
@@ -205,11 +209,13 @@ def train_run(recipe: dict, run_dir: str | Path, *, resume: bool = False) -> dic
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    prepared = prepare(recipe)
-    save_recipe(recipe, run_dir / "config.yaml")
-    if prepared.mask is not None:
-        prepared.mask.save(run_dir / "mask.npz")
     cfg = TrainConfig(**recipe["train"])
+    info = init_distributed(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
+    prepared = prepare(recipe)
+    if info.is_main:
+        save_recipe(recipe, run_dir / "config.yaml")
+        if prepared.mask is not None:
+            prepared.mask.save(run_dir / "mask.npz")
     result = fit(prepared.method, prepared.sources["train"], prepared.sources.get("val"),
                  prepared.labels.get("val"), cfg, run_dir, resume=resume)
     results = {
@@ -222,7 +228,8 @@ def train_run(recipe: dict, run_dir: str | Path, *, resume: bool = False) -> dic
     if "test" in prepared.sources:
         results.update(_evaluate(prepared, "test", cfg))
     results["seconds"] = time.perf_counter() - started
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    if info.is_main:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     return results
 
 

@@ -30,6 +30,7 @@ from mlrkit.engine.checkpoint import last_checkpoint, load_checkpoint, save_chec
 from mlrkit.engine.distributed import (
     DistInfo,
     barrier,
+    current_info,
     init_distributed,
     resolve_device,
 )
@@ -141,7 +142,7 @@ def evaluate_logits(
     num_workers: int = 0,
 ) -> Tensor:
     """Logits ``(N, C)`` for every row of ``source``, in order (gathered across ranks)."""
-    info = info or DistInfo()
+    info = info or current_info()
     sampler = EpochBatchSampler(
         len(source), batch_size, shuffle=False, rank=info.rank, world_size=info.world_size,
         pad=False,
