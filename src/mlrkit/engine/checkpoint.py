@@ -24,6 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mlrkit.atomic import atomic_write
+
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, LAST_FILE = (
     "model.safetensors",
     "optimizer.safetensors",
@@ -33,12 +35,8 @@ MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, LAST_FILE = (
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump(payload, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

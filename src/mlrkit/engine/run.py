@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mlrkit.atomic import atomic_write
 from mlrkit.data import MultiLabelData, create_dataset
 from mlrkit.data.feature_cache import extract_features, load_features
 from mlrkit.data.protocols import ProtocolMask, partial_labels, single_positive
@@ -228,8 +229,9 @@ def train_run(recipe: dict, run_dir: str | Path, *, resume: bool = False) -> dic
     if "test" in prepared.sources:
         results.update(_evaluate(prepared, "test", cfg))
     results["seconds"] = time.perf_counter() - started
-    if info.is_main:
-        (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    if info.is_main:  # written last and atomically: its presence means the run is complete
+        with atomic_write(run_dir / "results.json", "w") as f:
+            json.dump(results, f, indent=1)
     return results
 
 
