@@ -22,18 +22,16 @@ from mlrkit.data.protocols import (
     single_positive,
 )
 from mlrkit.data.summary import format_summary, summarize
+from mlrkit.engine.recipe import load_recipe, parse_override
 
 
 def _parse_option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    return key, value
+    """``"year=2007"`` → ``("year", 2007)``; values are read as YAML, like recipe overrides."""
+    try:
+        keys, value = parse_override(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return ".".join(keys), value
 
 
 def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +70,6 @@ def _cmd_data_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mlrkit.engine.recipe import load_recipe
     from mlrkit.engine.run import train_run
 
     recipe = load_recipe(args.config, args.set)

@@ -99,6 +99,10 @@ class MultiLabelData:
 
     def subset(self, split: str | Sequence[str]) -> MultiLabelData:
         """The images of one split (or several), in their original order."""
+        return self.select(self.split_index(split))
+
+    def split_index(self, split: str | Sequence[str]) -> np.ndarray:
+        """Row indices of one split (or several), ascending; an unknown split name is an error."""
         wanted = [split] if isinstance(split, str) else list(split)
         if self.splits is None:
             raise DataFormatError(
@@ -111,7 +115,7 @@ class MultiLabelData:
                 f"dataset {self.name!r} at {self.root}: split(s) {unknown} not found; "
                 f"available: {self.split_names()}"
             )
-        return self.select(np.flatnonzero(np.isin(self.splits, wanted)))
+        return np.flatnonzero(np.isin(self.splits, wanted))
 
     def select(self, index: np.ndarray) -> MultiLabelData:
         """The images at ``index`` (an integer array), extras included."""

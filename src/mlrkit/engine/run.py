@@ -100,21 +100,6 @@ class PreparedRun:
     labels: dict[str, np.ndarray]
 
 
-def _split_index(data: MultiLabelData, split: str | None) -> np.ndarray | None:
-    if split is None:
-        return None
-    if data.splits is None:
-        raise ValueError(
-            f"dataset {data.name} has no splits; add a split.csv (image,split) to {data.root}"
-        )
-    index = np.flatnonzero(data.splits == split)
-    if len(index) == 0:
-        raise ValueError(
-            f"split {split!r} of dataset {data.name} is empty; available: {data.split_names()}"
-        )
-    return index
-
-
 def draw_mask(protocol: dict, train_labels: np.ndarray) -> ProtocolMask | None:
     """The recipe's protocol applied to the training labels (or loaded from ``mask_file``)."""
     if protocol.get("mask_file"):
@@ -151,7 +136,10 @@ def prepare(recipe: dict) -> PreparedRun:
     """Read the data, draw the mask, get features (cache) or image sources, build the method."""
     cfg_data = recipe["data"]
     data = create_dataset(cfg_data["dataset"], cfg_data["root"], **cfg_data["options"])
-    index = {s: _split_index(data, cfg_data[f"{s}_split"]) for s in ("train", "val", "test")}
+    index = {
+        s: None if cfg_data[f"{s}_split"] is None else data.split_index(cfg_data[f"{s}_split"])
+        for s in ("train", "val", "test")
+    }
     labels = {s: data.labels[i] for s, i in index.items() if i is not None}
     mask = draw_mask(recipe["protocol"], labels["train"])
     observed = labels["train"] if mask is None else mask.observed(labels["train"])
