@@ -131,3 +131,23 @@ def test_early_stopping_after_patience_evaluations_without_gain(tmp_path):
     again = fit(make_linear(train.targets, 16), train, val, labels[192:], cfg, tmp_path,
                 resume=True)
     assert again.stopped_early and len(again.history) == 3
+
+
+def test_image_batches_name_the_missing_or_corrupt_file(tmp_path):
+    from PIL import Image
+
+    from mlrkit.data import DataFormatError
+    from mlrkit.engine.batches import ImageBatches
+
+    good, broken = tmp_path / "good.jpg", tmp_path / "broken.jpg"
+    Image.new("RGB", (8, 8)).save(good)
+    broken.write_bytes(good.read_bytes()[:40])
+    source = ImageBatches([good, broken, tmp_path / "gone.jpg"], np.zeros((3, 2), np.int8),
+                          lambda image: torch.zeros(3, 8, 8))
+    images, targets, index = source[np.array([0])]
+    assert targets.dtype == torch.int8
+    assert images.shape == (1, 3, 8, 8) and index.tolist() == [0]
+    with pytest.raises(DataFormatError, match="broken.jpg"):
+        source[np.array([1])]
+    with pytest.raises(DataFormatError, match="gone.jpg: file not found"):
+        source[np.array([2])]

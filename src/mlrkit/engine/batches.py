@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from mlrkit.data.dataset import DataFormatError
+from mlrkit.data.images import IMAGE_ERRORS, describe_error
 
 
 class FeatureBatches(torch.utils.data.Dataset):
@@ -67,11 +68,10 @@ class ImageBatches(torch.utils.data.Dataset):
     def _load(self, path: Path) -> Tensor:
         try:
             with Image.open(path) as image:
-                return self.transform(image.convert("RGB"))
-        except FileNotFoundError:
-            raise DataFormatError(f"image {path} not found") from None
-        except (UnidentifiedImageError, OSError) as err:
-            raise DataFormatError(f"image {path} cannot be decoded ({err}); replace it") from err
+                rgb = image.convert("RGB")  # decodes here: truncated data raises here
+        except IMAGE_ERRORS as err:
+            raise DataFormatError(f"image {path}: {describe_error(err)}; fix or replace it") from err
+        return self.transform(rgb)
 
     def __getitem__(self, index: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
         index = np.asarray(index, dtype=np.int64)
