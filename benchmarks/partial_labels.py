@@ -1,13 +1,16 @@
-"""Partial-label accuracy on cached EfficientNet-Lite0 features: every method on the same masks.
+"""Partial-label accuracy on cached EfficientNet-Lite0 features: every method on the same mask.
 
-For each dataset and known proportion p, every method recipe (``configs/<method>_<dataset>_partial
-.yaml``) is trained on the training split with the same protocol mask (seed 0), its epoch (and, for
-the cheap heads, its learning rate from a small grid) is selected on ``val``, and ``test`` mAP, CF1
-and OF1 are reported. Finished runs are reused (each run folder keeps its ``results.json``), so an
-interrupted benchmark continues where it stopped.
+For each known proportion p, every method recipe (``configs/<recipe>_<dataset>_partial.yaml``)
+trains on the training split with the same saved protocol mask (protocol seed 0). Every method gets
+the same tuning budget: the lr x weight-decay grid of ``recipe_grid`` at training seed 0, the epoch
+chosen inside each run, both on the validation split (VOC 2007: the 250-image hold-out of
+``train``); the other training seeds rerun at the chosen values, and the table gives test mAP mean ±
+std over the seeds. SARB's ablations run at SARB's chosen values. ``full`` rows train on every
+label (the upper bound). Finished runs of the same resolved recipe are reused, so an interrupted
+benchmark continues where it stopped.
 
-    python benchmarks/partial_labels.py                        # all methods, both datasets
-    python benchmarks/partial_labels.py --datasets voc12-animals --known 0.1 --seeds 0 1 2
+    python benchmarks/partial_labels.py                                   # VOC 2007, everything
+    python benchmarks/partial_labels.py --known 0.1 --methods linear sarb --seeds 0
 
 Writes ``benchmarks/results/partial_labels_<dataset><suffix>.md`` and ``.json``.
 """
@@ -15,81 +18,144 @@ Writes ``benchmarks/results/partial_labels_<dataset><suffix>.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
 from pathlib import Path
 
-from recipe_grid import ROOT, markdown_table, mean_std, tuned_run
+from recipe_grid import (
+    LRS,
+    ROOT,
+    WEIGHT_DECAYS,
+    markdown_table,
+    mean_std,
+    run_recipe,
+    tuned_runs,
+    write_result,
+)
 
-# name: (recipe prefix, extra overrides, learning-rate grid or None for the recipe's own lr)
+# name: (recipe prefix, extra overrides, method whose chosen lr / weight decay it reuses or None)
 METHODS = {
-    "linear": ("linear", [], [1e-3, 3e-3, 1e-2]),
-    "linear-an": ("linear-an", [], [1e-3, 3e-3, 1e-2]),
-    "mlp": ("mlp", [], [3e-4, 1e-3, 3e-3]),
+    "linear": ("linear", [], None),
+    "linear-an": ("linear-an", [], None),
+    "mlp": ("mlp", [], None),
     "ssgrl": ("ssgrl", [], None),
     "sarb": ("sarb", [], None),
-    "sarb-no-ilrb": ("sarb", ["method.use_ilrb=false"], None),
-    "sarb-no-plrb": ("sarb", ["method.use_plrb=false"], None),
+    "sarb-no-ilrb": ("sarb", ["method.use_ilrb=false"], "sarb"),
+    "sarb-no-plrb": ("sarb", ["method.use_plrb=false"], "sarb"),
 }
+ABLATIONS = [m for m, (_, _, parent) in METHODS.items() if parent]
 METRICS = ("test_mAP", "test_CF1", "test_OF1")
 
 
-def run(dataset: str, method: str, known: float, seed: int, epochs: int | None) -> dict:
-    prefix, extra, lrs = METHODS[method]
-    overrides = [f"protocol.known={known}", f"train.seed={seed}", *extra]
-    if epochs is not None:
-        overrides.append(f"train.epochs={epochs}")
-    run_dir = ROOT / "runs" / "bench" / "partial" / dataset / method / f"p{known}" / f"seed{seed}"
-    return tuned_run(f"{prefix}_{dataset}_partial", overrides, lrs, run_dir)
+def run_method(dataset: str, method: str, known: float, seeds: list[int], tune: bool,
+               chosen: dict) -> dict:
+    """Runs of ``method`` at ``known``: tuned, or at the chosen values of its parent method."""
+    prefix, extra, parent = METHODS[method]
+    overrides = [f"protocol.known={known}", *extra]
+    folder = ROOT / "runs" / "bench" / "partial" / dataset / method / f"p{known}"
+    config = f"{prefix}_{dataset}_partial"
+    if parent is not None:
+        at = chosen[(parent, known)]
+        values = [f"train.lr={at['lr']}", f"train.weight_decay={at['weight_decay']}"]
+        runs = [run_recipe(config, [*overrides, *values, f"train.seed={s}"], folder)
+                for s in seeds]
+        return {"chosen": at, "runs": runs, "grid": []}
+    tuned = tuned_runs(config, overrides, seeds, folder, tune=tune)
+    chosen[(method, known)] = tuned.chosen
+    return {"chosen": tuned.chosen, "runs": tuned.runs, "grid": tuned.grid}
 
 
-def table(results: dict, methods: list[str], knowns: list[float], metric: str) -> list[str]:
+def full_label_runs(dataset: str, methods: list[str], seeds: list[int], tune: bool) -> dict:
+    """Upper bound: the pooled heads trained on every training label."""
+    out = {}
+    for method in [m for m in methods if m in ("linear", "mlp")]:
+        folder = ROOT / "runs" / "bench" / "partial" / dataset / method / "full"
+        tuned = tuned_runs(f"{method}_{dataset}_partial", ["protocol.name=full"], seeds, folder,
+                           tune=tune)
+        out[method] = {"chosen": tuned.chosen, "runs": tuned.runs, "grid": tuned.grid}
+    return out
+
+
+def metric_table(results: dict, knowns: list[float], metric: str, full: dict) -> list[str]:
     rows = []
-    for method in methods:
-        cells = [mean_std([r[metric] for r in results[method][str(k)]]) for k in knowns]
+    for method, by_known in results.items():
+        cells = [mean_std([r[metric] for r in by_known[str(k)]["runs"]]) for k in knowns]
         average = sum(c[0] for c in cells) / len(cells)
-        rows.append([method, *(c[1] for c in cells), f"{average:.1f}"])
-    return markdown_table(["method", *(f"{k:.0%}" for k in knowns), "mean"], rows)
+        bound = mean_std([r[metric] for r in full[method]["runs"]])[1] if method in full else ""
+        rows.append([method, *(c[1] for c in cells), f"{average:.1f}", bound])
+    return markdown_table(["method", *(f"{k:.0%}" for k in knowns), "mean", "full labels"], rows)
+
+
+def chosen_table(results: dict, knowns: list[float]) -> list[str]:
+    rows = []
+    for method, by_known in results.items():
+        cells = []
+        for k in knowns:
+            c = by_known[str(k)]["chosen"]
+            cells.append(f"{c['lr']:g} / {c['weight_decay']:g} / {c['best_epoch']}")
+        rows.append([method, *cells])
+    return markdown_table(["method", *(f"{k:.0%}" for k in knowns)], rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=["voc12-animals", "miml"])
+    parser.add_argument("--dataset", default="voc2007")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--known", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs")
+    parser.add_argument("--ablation-known", nargs="+", type=float, default=[0.1],
+                        help="proportions at which SARB's ablations run")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--no-tune", dest="tune", action="store_false",
+                        help="use each recipe's own lr and weight decay (no grid)")
+    parser.add_argument("--no-full", dest="full", action="store_false",
+                        help="skip the full-label upper bound")
     parser.add_argument("--suffix", default="", help="appended to the result file names")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    os.chdir(ROOT)  # recipes name data and caches relative to the project root
 
-    out_dir = args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for dataset in args.datasets:
-        results: dict = {m: {} for m in args.methods}
-        for known in args.known:
-            for method in args.methods:
-                runs = [run(dataset, method, known, s, args.epochs) for s in args.seeds]
-                results[method][str(known)] = runs
-                mean = statistics.fmean(r["test_mAP"] for r in runs)
-                print(f"{dataset} p={known:.0%} {method:<14} test mAP {100 * mean:.2f} "
-                      f"(val {100 * statistics.fmean(r['val_mAP'] for r in runs):.2f})",
-                      flush=True)
-        classes = results[args.methods[0]][str(args.known[0])][0]["test_classes_averaged"]
-        note = (f"Test split of split.csv; mAP averages the {classes} classes with a test "
-                f"positive. Mask: protocol seed 0 (bernoulli) for every method; seeds "
-                f"{args.seeds} vary the training run (mean ± std). Epoch selected on val; "
-                f"linear/MLP also tune lr on val.")
-        lines = [f"# Partial labels on {dataset} (cached EfficientNet-Lite0 features, 224 px)",
-                 "", note, ""]
-        for metric in METRICS:
-            lines += [f"## {metric.removeprefix('test_')}", ""]
-            lines += table(results, args.methods, args.known, metric) + [""]
-        text = "\n".join(lines)
-        print(text)
-        stem = f"partial_labels_{dataset}{args.suffix}"
-        (out_dir / f"{stem}.md").write_text(text + "\n")
-        (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    dataset, results, chosen = args.dataset, {m: {} for m in args.methods}, {}
+    for known in args.known:
+        for method in args.methods:
+            if method in ABLATIONS and known not in args.ablation_known:
+                continue
+            if method in ABLATIONS and (METHODS[method][2], known) not in chosen:
+                raise SystemExit(f"{method} reuses the values chosen for "
+                                 f"{METHODS[method][2]}: list that method too")
+            entry = run_method(dataset, method, known, args.seeds, args.tune, chosen)
+            results[method][str(known)] = entry
+            runs = entry["runs"]
+            print(f"{dataset} p={known:.0%} {method:<14} test mAP "
+                  f"{mean_std([r['test_mAP'] for r in runs])[1]} (val "
+                  f"{100 * statistics.fmean(r['val_mAP'] for r in runs):.1f})", flush=True)
+    full = full_label_runs(dataset, args.methods, args.seeds, args.tune) if args.full else {}
+    main_methods = {m: v for m, v in results.items() if m not in ABLATIONS}
+    first = next(iter(results.values()))[str(args.known[0])]["runs"][0]
+    grid = (f"lr in {list(LRS)} x weight decay in {list(WEIGHT_DECAYS)} (AdamW)" if args.tune
+            else "each recipe's own lr and weight decay")
+    note = (
+        f"Test split: the recipe's `test_split`; mAP averages the {first['test_classes_averaged']} "
+        f"classes with a test positive. One mask per proportion (protocol seed 0) for every "
+        f"method; training seeds {args.seeds} (mean ± std). Tuning, the same for every method: "
+        f"{grid} at seed {args.seeds[0]}, chosen by validation mAP; the epoch is chosen on "
+        f"validation in every run. SARB's ablations reuse SARB's chosen values."
+    )
+    body = [note, ""]
+    for metric in METRICS:
+        body += [f"## {metric.removeprefix('test_')}", ""]
+        body += metric_table(main_methods, args.known, metric, full) + [""]
+    ablation = {m: v for m, v in results.items() if m in ABLATIONS or m in ("ssgrl", "sarb")}
+    if any(m in ABLATIONS for m in results):
+        body += ["## SARB ablation (test mAP)", ""]
+        body += metric_table({m: {str(k): v[str(k)] for k in args.ablation_known}
+                              for m, v in ablation.items()}, args.ablation_known, "test_mAP", {})
+        body += [""]
+    body += ["## Chosen lr / weight decay / best epoch (seed 0)", ""]
+    body += chosen_table(main_methods, args.known)
+    text = write_result(args.out_dir, f"partial_labels_{dataset}{args.suffix}",
+                        f"Partial labels on {dataset} (cached EfficientNet-Lite0 features, 224 px)",
+                        body, {"results": results, "full_labels": full})
+    print(text)
 
 
 if __name__ == "__main__":

@@ -151,3 +151,44 @@ def test_image_batches_name_the_missing_or_corrupt_file(tmp_path):
         source[np.array([1])]
     with pytest.raises(DataFormatError, match="gone.jpg: file not found"):
         source[np.array([2])]
+
+
+def test_two_process_torchrun_trains_end_to_end_sarb_across_its_warm_up(tmp_path):
+    """SARB's alpha and beta get no gradient before ``mixup_epoch`` and one after; the
+    ``EncoderHead`` around it must tell DDP so (``find_unused_parameters``).
+
+    Exact equality with one process is not possible here: each rank draws its own training
+    augmentation, and the contrastive loss and the blending partners are batch-local."""
+    import json
+    import os
+
+    import yaml
+    from test_recipe_run import make_dataset
+
+    make_dataset(tmp_path / "data")
+    recipe = {
+        "name": "sarb-end-to-end",
+        "data": {"dataset": "csv", "root": str(tmp_path / "data")},
+        "encoder": {"name": "resnet18", "weights": None, "image_size": 64, "seed": 0,
+                    "trainable": ["model.layer4"]},
+        "protocol": {"name": "partial", "known": 0.5, "seed": 0},
+        "label_embeddings": {"source": "glove"},
+        "method": {"name": "sarb", "image_dim": 16, "inter_dim": 8, "output_dim": 16,
+                   "time_steps": 1, "mixup_epoch": 1, "num_prototypes": 2, "kmeans_iters": 10},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "progress": False, "device": "cpu"},
+    }
+    config = tmp_path / "sarb.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    launchers = {"one": [], "two": ["-m", "torch.distributed.run", "--standalone",
+                                    "--nproc_per_node=2"]}
+    for name, launcher in launchers.items():
+        command = [sys.executable, *launcher, "-m", "mlrkit.cli", "train", "--config", str(config),
+                   "--run-dir", str(tmp_path / name)]
+        done = subprocess.run(command, check=False, env=env, timeout=600, capture_output=True,
+                              text=True)
+        assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
+    results = {n: json.loads((tmp_path / n / "results.json").read_text()) for n in launchers}
+    assert results["two"]["best_epoch"] == results["one"]["best_epoch"]
+    last = load_file(tmp_path / "two" / "checkpoints" / "epoch-0001" / "model.safetensors")
+    assert last["method.alpha"].item() != 0.5 and last["method.beta"].item() != 0.5  # blended

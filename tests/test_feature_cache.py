@@ -7,6 +7,7 @@ the file runs offline in a few seconds.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -324,3 +325,39 @@ def test_cli_extract_writes_a_cache_of_the_chosen_split(tmp_path, capsys):
 
     assert main(argv) == 0
     assert "reused" in capsys.readouterr().out
+
+
+def test_two_torchrun_ranks_share_the_work_and_resume_to_the_one_process_cache(
+    encoder, data, tmp_path
+):
+    """Rank r computes batches r, r + 2, ...; interrupted after a round and resumed on two ranks,
+    the cache equals the single-process one byte for byte."""
+    np.save(data.root / "labels.npy", data.labels)
+    np.save(data.root / "splits.npy", data.splits)
+    reference = tmp_path / "one"
+    extract_features(data, encoder, reference, batch_size=2, num_workers=0, spatial=True,
+                     progress=False)
+    out = tmp_path / "two" / "cache"
+
+    def torchrun(stop_after: int) -> subprocess.CompletedProcess:
+        worker = Path(__file__).resolve().parent / "extract_worker.py"
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+             str(worker), str(data.root), str(out), "2", str(stop_after)],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )  # fmt: skip
+
+    stopped = torchrun(stop_after=4)  # batches [0, 1] and [2, 3]: one round of two ranks
+    assert stopped.returncode != 0 and "stopped after 4 rows" in stopped.stderr
+    assert _progress(out) == {"done": 4, "failed": [], "complete": False}
+    encoded = {r: tmp_path / "two" / f"encoded-{r}.txt" for r in range(2)}
+    assert encoded[1].read_text() == "2"  # rows 2 and 3 (rank 0: the shape probe, rows 0 and 1)
+    resumed = torchrun(stop_after=0)  # [4, 5] on rank 0, [6] on rank 1
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (tmp_path / "two" / "computed.txt").read_text() == str(NUM_IMAGES - 4)
+    assert [encoded[r].read_text() for r in range(2)] == ["2", "1"]
+    for name in ("pooled.npy", "spatial.npy", "labels.npy"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert json.loads((out / "meta.json").read_text()) == json.loads(
+        (reference / "meta.json").read_text()
+    )

@@ -1,5 +1,6 @@
-"""SARB (``methods.md`` §1): ILRB and PLRB blending, alpha/beta clamping, warm-up and ramp, prototype
-schedule and k-means, the contrastive loss, ablation flags and prototypes in checkpoints."""
+"""SARB (``docs/methods.md`` §1): ILRB and PLRB blending, alpha/beta clamping, warm-up and ramp,
+prototype schedule and k-means, the contrastive loss, ablation flags and prototypes in
+checkpoints."""
 
 from __future__ import annotations
 
@@ -371,14 +372,14 @@ def test_loss_is_the_sum_of_its_parts_with_ramped_contrastive_weight() -> None:
         out = model(inputs, targets, None, step_at(epoch, step))
         logs = out.logs
         assert logs["contrastive"] > 0
-        expected = logs["bce"] + weight * logs["contrastive"]
+        expected = logs["main"] + weight * logs["contrastive"]
         assert out.loss.item() == pytest.approx(expected, rel=1e-5)
     model.on_train_epoch_start(5, batches_of(train_inputs(), TRAIN_TARGETS))
     out = model.train()(inputs, targets, None, step_at(7))
     logs = out.logs
-    expected = logs["bce"] + 0.05 * logs["contrastive"] + logs["inst"] + logs["proto"]
+    expected = logs["main"] + 0.05 * logs["contrastive"] + logs["inst"] + logs["proto"]
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
-    assert set(logs) == {"bce", "contrastive", "inst", "proto", "alpha", "beta"}
+    assert set(logs) == {"main", "contrastive", "inst", "proto", "alpha", "beta"}
 
 
 def test_alpha_and_beta_are_clamped_after_a_step_pushes_them_out() -> None:

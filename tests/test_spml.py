@@ -1,5 +1,6 @@
-"""Single-positive losses (``methods.md`` §6) and the ``spml`` head: values, unknown entries, LL
-rejection and correction, ROLE's estimator and the per-sample state in checkpoints."""
+"""Single-positive losses (``docs/methods.md`` §6) and the ``linear`` head trained with them:
+values, unknown entries, LL rejection and correction, ROLE's estimator and the per-sample state in
+checkpoints."""
 
 import math
 
@@ -10,16 +11,17 @@ from safetensors.torch import load_file, save_file
 
 from mlrkit.engine.batches import FeatureBatches
 from mlrkit.engine.trainer import TrainConfig, build_optimizer, fit
-from mlrkit.methods.base import StepInfo, TaskSpec, create_method, partial_bce
-from mlrkit.methods.spml import (
-    LOSSES,
+from mlrkit.methods.base import StepInfo, TaskSpec, create_method
+from mlrkit.methods.losses import (
     an_loss,
     an_ls_loss,
     em_loss,
     epr_loss,
     expected_positive_regularizer,
     large_loss_count,
+    list_losses,
     ll_loss,
+    partial_bce,
     role_loss,
     wan_loss,
 )
@@ -53,9 +55,10 @@ def close(value: torch.Tensor, expected: float) -> None:
     assert value.item() == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
 
 
-def identity_head(spec: TaskSpec, **hparams):
-    """An ``spml`` head whose logits equal its inputs (``D == C``, identity weight, no bias)."""
-    method = create_method("spml", spec, **hparams)
+def identity_head(spec: TaskSpec, loss: str, **options):
+    """A ``linear`` head trained with ``loss`` whose logits equal its inputs (``D == C``, identity
+    weight, no bias)."""
+    method = create_method("linear", spec, loss=loss, loss_options=options)
     with torch.no_grad():
         method.head[1].weight.copy_(torch.eye(spec.num_classes))
         method.head[1].bias.zero_()
@@ -254,7 +257,7 @@ def ll_spec() -> TaskSpec:
 
 def test_ll_ct_correction_lasts_one_step() -> None:
     method = identity_head(ll_spec(), loss="ll_ct", delta_rel=10)
-    assert "corrected" not in method.state_dict()
+    assert "loss.corrected" not in method.state_dict()
     inputs, targets = tensors(LL_LOGITS, LL_TARGETS)
     index = torch.tensor([0, 2])
     selected = np.zeros_like(LL_TARGETS, dtype=bool)
@@ -272,7 +275,7 @@ def test_ll_cp_writes_corrections_back_permanently() -> None:
     assert out.logs["ll_selected_share"] == pytest.approx(0.1)
     expected = torch.zeros(4, 5, dtype=torch.bool)
     expected[0, 1] = True
-    torch.testing.assert_close(method.corrected, expected)
+    torch.testing.assert_close(method.loss.corrected, expected)
     # Epoch 0 selects nothing new, yet (0, 1) is now a positive: BCE(s, 1) there.
     now_positive = LL_TARGETS.copy()
     now_positive[0, 1] = 1
@@ -282,11 +285,11 @@ def test_ll_cp_writes_corrections_back_permanently() -> None:
     # i.e. training row 2, is corrected next, still k = 1 at a later epoch.
     method(inputs, targets, index, step(4))
     expected[2, 0] = True
-    torch.testing.assert_close(method.corrected, expected)
+    torch.testing.assert_close(method.loss.corrected, expected)
     # No write-back in eval mode.
     method.eval()
     method(inputs, targets, index, step(4))
-    torch.testing.assert_close(method.corrected, expected)
+    torch.testing.assert_close(method.loss.corrected, expected)
 
 
 def test_ll_needs_the_step_and_ll_cp_the_index() -> None:
@@ -306,21 +309,21 @@ ROLE_TRAIN = np.array(
 )
 
 
-def role_head(seed: int = 0, **hparams):
+def role_head(seed: int = 0):
     torch.manual_seed(seed)
     spec = TaskSpec(4, (6,), ROLE_TRAIN)
-    return create_method("spml", spec, loss="role", expected_positives="voc", **hparams)
+    return create_method("linear", spec, loss="role", loss_options={"expected_positives": "voc"})
 
 
 def test_role_estimator_initialisation() -> None:
-    logits = role_head().label_logits.detach()
+    logits = role_head().loss.label_logits.detach()
     assert logits.shape == ROLE_TRAIN.shape
     pos, neg, unknown = ROLE_TRAIN == 1, ROLE_TRAIN == 0, ROLE_TRAIN == -1
     torch.testing.assert_close(logits[pos], torch.full((int(pos.sum()),), math.log(0.995 / 0.005)))
     torch.testing.assert_close(logits[neg], torch.full((int(neg.sum()),), math.log(0.005 / 0.995)))
     q = math.log(0.6 / 0.4)
     assert (logits[unknown].abs() < q).all() and logits[unknown].std() > 0.05
-    torch.testing.assert_close(role_head().label_logits, role_head().label_logits)  # global RNG
+    torch.testing.assert_close(role_head().loss.label_logits, role_head().loss.label_logits)  # RNG
 
 
 def test_role_estimates_stay_in_unit_interval_under_large_steps() -> None:
@@ -333,15 +336,15 @@ def test_role_estimates_stay_in_unit_interval_under_large_steps() -> None:
         out.loss.backward()
         optimizer.step()
         assert torch.isfinite(out.loss)
-    estimates = torch.sigmoid(method.label_logits)
+    estimates = torch.sigmoid(method.loss.label_logits)
     assert (estimates >= 0).all() and (estimates <= 1).all()
-    assert torch.isfinite(method.label_logits).all()
+    assert torch.isfinite(method.loss.label_logits).all()
 
 
 def test_role_estimator_has_its_own_10x_learning_rate() -> None:
     method = role_head()
     groups = method.param_groups()
-    assert groups[1]["params"] == [method.label_logits] and groups[1]["lr_mult"] == 10.0
+    assert groups[1]["params"] == [method.loss.label_logits] and groups[1]["lr_mult"] == 10.0
     optimizer = build_optimizer(method, TrainConfig(lr=1e-3, weight_decay=0.01, device="cpu"))
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-3, 1e-2])
     assert optimizer.param_groups[1]["weight_decay"] == 0.0
@@ -353,7 +356,7 @@ def test_role_only_updates_the_rows_in_the_batch() -> None:
     method = role_head()
     index = torch.tensor([3, 1])
     method(torch.randn(2, 6), torch.tensor(ROLE_TRAIN[[3, 1]]), index).loss.backward()
-    touched = method.label_logits.grad.abs().sum(dim=1) > 0
+    touched = method.loss.label_logits.grad.abs().sum(dim=1) > 0
     assert touched.tolist() == [False, True, False, True, False]
 
 
@@ -363,7 +366,7 @@ def test_per_sample_state_survives_a_safetensors_round_trip(loss: str, tmp_path)
         method, other = role_head(seed=0), role_head(seed=1)
         inputs, targets, index = torch.randn(5, 6), torch.tensor(ROLE_TRAIN), torch.arange(5)
         with torch.no_grad():
-            method.label_logits[2, 1] = 3.0  # a learned estimate
+            method.loss.label_logits[2, 1] = 3.0  # a learned estimate
         name = "label_logits"
     else:
         method = identity_head(ll_spec(), loss="ll_cp", delta_rel=10)
@@ -372,24 +375,31 @@ def test_per_sample_state_survives_a_safetensors_round_trip(loss: str, tmp_path)
         index = torch.tensor([0, 2])
         method(inputs, targets, index, step(1))
         name = "corrected"
-    assert not torch.equal(getattr(method, name), getattr(other, name))
+    assert not torch.equal(getattr(method.loss, name), getattr(other.loss, name))
     save_file(method.state_dict(), tmp_path / "model.safetensors")
     other.load_state_dict(load_file(tmp_path / "model.safetensors"))
-    torch.testing.assert_close(getattr(other, name), getattr(method, name))
+    torch.testing.assert_close(getattr(other.loss, name), getattr(method.loss, name))
     s = step(0)
     close(other(inputs, targets, index, s).loss, method(inputs, targets, index, s).loss.item())
 
 
-# ------------------------------------------------------------------------------ the registered head
+# ------------------------------------------------------------------------------ the linear head
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+def options_for(loss: str, expected_positives: float, delta_rel: float) -> dict:
+    """The options ``loss`` needs in these tests."""
+    if loss in ("epr", "role"):
+        return {"expected_positives": expected_positives}
+    return {"delta_rel": delta_rel} if loss.startswith("ll_") else {}
+
+
+@pytest.mark.parametrize("loss", list_losses())
 def test_gradients_flow_for_every_loss(loss: str) -> None:
     torch.manual_seed(0)
     targets = np.full((6, 5), -1, dtype=np.int8)
     targets[np.arange(6), [0, 1, 2, 3, 4, 0]] = 1
-    method = create_method("spml", TaskSpec(5, (8,), targets), loss=loss, expected_positives=1.9,
-                           delta_rel=20)
+    method = create_method("linear", TaskSpec(5, (8,), targets), loss=loss,
+                           loss_options=options_for(loss, 1.9, 20))
     out = method(torch.randn(6, 8), torch.tensor(targets), torch.arange(6), step(2))
     assert out.logits.shape == (6, 5) and out.loss.ndim == 0 and torch.isfinite(out.loss)
     out.loss.backward()
@@ -400,13 +410,13 @@ def test_gradients_flow_for_every_loss(loss: str) -> None:
 def test_bad_hyperparameters_are_rejected() -> None:
     spec = TaskSpec(3, (4,), np.array([[1, -1, -1]], dtype=np.int8))
     with pytest.raises(ValueError, match="unknown loss"):
-        create_method("spml", spec, loss="bce")
+        create_method("linear", spec, loss="bce")
     with pytest.raises(ValueError, match="expected_positives"):
-        create_method("spml", spec, loss="epr")
+        create_method("linear", spec, loss="epr")
     with pytest.raises(ValueError, match="expected_positives"):
-        create_method("spml", spec, loss="epr", expected_positives="imagenet")
-    assert create_method("spml", spec, loss="epr", expected_positives="coco").expected_positives \
-        == 2.9
+        create_method("linear", spec, loss="epr", loss_options={"expected_positives": "imagenet"})
+    epr = create_method("linear", spec, loss="epr", loss_options={"expected_positives": "coco"})
+    assert epr.loss.options == {"expected_positives": 2.9}
     with pytest.raises(ValueError, match="percentage"):
         ll_loss(torch.zeros(1, 3), torch.tensor([[1, -1, -1]]), "LL-R", 1, delta_rel=0)
 
@@ -424,8 +434,8 @@ def test_killed_run_resumes_with_the_same_per_sample_state(loss: str, tmp_path) 
 
     def run(folder, resume=False, on_epoch_end=None):
         torch.manual_seed(0)
-        method = create_method("spml", TaskSpec(4, (8,), observed), loss=loss, delta_rel=5,
-                               expected_positives=1.5)
+        method = create_method("linear", TaskSpec(4, (8,), observed), loss=loss,
+                               loss_options=options_for(loss, 1.5, 5))
         cfg = TrainConfig(epochs=3, batch_size=16, lr=0.01, progress=False, device="cpu")
         fit(method, train, None, None, cfg, tmp_path / folder, resume=resume,
             on_epoch_end=on_epoch_end)
@@ -442,4 +452,4 @@ def test_killed_run_resumes_with_the_same_per_sample_state(loss: str, tmp_path) 
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     if loss == "ll_cp":
-        assert full.corrected.sum() > 0
+        assert full.loss.corrected.sum() > 0

@@ -1,8 +1,10 @@
 """The ``mlrkit`` command.
 
     mlrkit data summary --dataset csv --root ../shared/data/voc12-animals --protocol partial
+    mlrkit data split --dataset csv --root my_photos --train 0.8 --val 0.1 --test 0.1 --seed 0
     mlrkit train --config configs/linear_voc12-animals_partial.yaml --set protocol.known=0.3
     mlrkit eval --checkpoint runs/linear_voc12-animals_partial
+    mlrkit eval --checkpoint runs/linear_voc12-animals_partial --dataset csv --root other_photos
     mlrkit predict --checkpoint runs/linear_voc12-animals_partial photo1.jpg photo2.jpg
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -34,9 +37,10 @@ def _parse_option(text: str) -> tuple[str, object]:
     return ".".join(keys), value
 
 
-def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help=f"one of: {', '.join(list_datasets())}")
-    parser.add_argument("--root", required=True, help="dataset folder")
+def _add_dataset_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--dataset", required=required,
+                        help=f"one of: {', '.join(list_datasets())}")
+    parser.add_argument("--root", required=required, help="dataset folder")
     parser.add_argument(
         "--option",
         "-o",
@@ -69,6 +73,19 @@ def _cmd_data_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_split(args: argparse.Namespace) -> int:
+    from mlrkit.data.splits import random_split, write_split_file
+
+    data = create_dataset(args.dataset, args.root, **dict(args.option))
+    sizes = {name: share for name, share in (("train", args.train), ("val", args.val),
+                                             ("test", args.test)) if share > 0}
+    split = random_split(data, sizes, seed=args.seed)
+    out = write_split_file(split, args.out or data.root / "split.csv", overwrite=args.overwrite)
+    counts = ", ".join(f"{name} {int((split.splits == name).sum()):,}" for name in sizes)
+    print(f"{out}: {counts} (seed {args.seed})")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from mlrkit.engine.run import train_run
 
@@ -83,7 +100,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from mlrkit.engine.run import evaluate_run
 
-    print(_format_metrics(evaluate_run(args.checkpoint, split=args.split)))
+    results = evaluate_run(args.checkpoint, split=args.split, dataset=args.dataset,
+                           root=args.root, options=dict(args.option), cache_dir=args.cache)
+    print(_format_metrics(results))
     return 0
 
 
@@ -105,6 +124,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_extract(args: argparse.Namespace) -> int:
     from mlrkit.data.feature_cache import extract_features
     from mlrkit.encoders.image import create_image_encoder
+    from mlrkit.engine.distributed import init_distributed, resolve_device
+
+    # under torchrun every rank computes its share of the images
+    device = resolve_device(args.device or "cpu", int(os.environ.get("LOCAL_RANK", "0")))
+    info = init_distributed(device)
 
     data = create_dataset(args.dataset, args.root, **dict(args.option))
     if args.split:
@@ -121,13 +145,14 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             num_workers=args.workers,
             spatial=args.spatial,
             spatial_dtype=args.spatial_dtype,
-            device=args.device,
+            device=device,
             overwrite=args.overwrite,
         )
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
-    print(summary)
+    if info.is_main:
+        print(summary)
     return 0
 
 
@@ -162,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--mask-split", default=None, help="split to mask (default: train)")
     summary.add_argument("--save-mask", default=None, help="write the mask to this .npz file")
     summary.set_defaults(run=_cmd_data_summary)
+    split = data_commands.add_parser("split", help="write a seeded random split.csv")
+    _add_dataset_args(split)
+    split.add_argument("--train", type=float, default=0.8, help="share of the images")
+    split.add_argument("--val", type=float, default=0.1, help="share of the images")
+    split.add_argument("--test", type=float, default=0.1, help="share of the images")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--out", default=None, help="default: ROOT/split.csv")
+    split.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    split.set_defaults(run=_cmd_data_split)
 
     train = commands.add_parser("train", help="train a recipe (configs/*.yaml)")
     train.add_argument("--config", required=True, help="recipe YAML file")
@@ -174,7 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="metrics of a run's best checkpoint")
     evaluate.add_argument("--checkpoint", required=True, help="run folder")
-    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument(
+        "--split", default=None,
+        help="train, val or test of the recipe (default test); with --dataset, a split of that "
+             "dataset (default: all its images)",
+    )  # fmt: skip
+    _add_dataset_args(evaluate, required=False)  # another dataset with the run's classes
+    evaluate.add_argument("--cache", default=None,
+                          help="its feature cache (default: under the run folder)")
     evaluate.set_defaults(run=_cmd_eval)
 
     predict = commands.add_parser("predict", help="top labels of image files")
@@ -208,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.seed = 0
     try:
         return args.run(args)
-    except (DataFormatError, ValueError, KeyError, FileNotFoundError) as err:
+    except (DataFormatError, ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
         print(f"mlrkit: error: {err}", file=sys.stderr)
         return 2
 

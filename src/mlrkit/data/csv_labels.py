@@ -14,7 +14,8 @@
     a.jpg,dog;person
     b.jpg,
 
-Image paths are relative to ``root/images/`` when that folder exists, else to ``root``.
+Image names are looked up relative to the CSV's folder first, then to ``root/images/`` when that
+folder exists (so both ``x.jpg`` with the photos in ``images/`` and ``images/x.jpg`` work).
 """
 
 from __future__ import annotations
@@ -87,12 +88,12 @@ def read_csv_labels(
                 f"list each image once"
             )
         first_line[image] = line_no
-    image_dir = root / "images" if (root / "images").is_dir() else root
-    image_paths = [image_dir / image for image in first_line]
+    folders = _image_folders(root, path)
+    image_paths = [_locate_image(image, folders) for image in first_line]
     if check_images:
         require_files(
             image_paths,
-            f"{path} (images relative to {image_dir})",
+            f"{path} (images relative to {' or '.join(str(f) for f in folders)})",
             "fix the image column or the files, or pass check_images=False",
         )
     return MultiLabelData(
@@ -102,6 +103,22 @@ def read_csv_labels(
         image_paths=image_paths,
         labels=labels,
     )
+
+
+def _image_folders(root: Path, labels_path: Path) -> list[Path]:
+    """Where image names are looked up, in order: the CSV's own folder, then ``root/images``."""
+    folders = [labels_path.parent]
+    if (root / "images").is_dir():
+        folders.append(root / "images")
+    return list(dict.fromkeys(folders))
+
+
+def _locate_image(image: str, folders: list[Path]) -> Path:
+    """The first of ``folder / image`` that exists (the first folder's when none does)."""
+    for folder in folders:
+        if (folder / image).is_file():
+            return folder / image
+    return folders[0] / image
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:

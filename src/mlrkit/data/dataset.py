@@ -106,8 +106,9 @@ class MultiLabelData:
         wanted = [split] if isinstance(split, str) else list(split)
         if self.splits is None:
             raise DataFormatError(
-                f"dataset {self.name!r} at {self.root} has no split; add a split.csv "
-                f"(columns image,split) or read a split-aware layout"
+                f"dataset {self.name!r} at {self.root} has no split; write one with "
+                f"'mlrkit data split --dataset NAME --root {self.root}' (a seeded "
+                f"split.csv), or give the recipe data.split: {{train: 0.8, val: 0.1, test: 0.1}}"
             )
         unknown = [s for s in wanted if s not in self.split_names()]
         if unknown:

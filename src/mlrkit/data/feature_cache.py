@@ -29,6 +29,13 @@ Guarantees:
   JPEG) are recorded in ``meta["progress"]["failed"]``; the run finishes the other rows and then
   raises listing every failure. Their rows count as not done: after fixing the files, a re-run
   computes only them. :func:`load_features` refuses a cache that is not complete.
+- **Many ranks share the work.** Under ``torchrun`` (a ``torch.distributed`` process group) every
+  rank calls :func:`extract_features` with the same arguments: rank 0 checks or creates the cache,
+  the rows to compute are cut into batches, rank ``r`` of ``K`` computes batches ``r, r + K, ...``
+  and writes them into the shared memory-mapped arrays at their rows, and after each round of
+  ``K`` batches, once every rank has flushed its batch, rank 0 commits the round in ``meta.json``.
+  The batches are those of a single process, so the cache is the same bit for bit, and a killed
+  run resumes (on any number of ranks) as above.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ import mlrkit
 from mlrkit.atomic import atomic_write
 from mlrkit.data.dataset import DataFormatError, MultiLabelData
 from mlrkit.data.images import ImageFiles, UnreadableImagesError, check_image_files
+from mlrkit.engine.distributed import DistInfo, current_info, gather_objects, main_first
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +177,9 @@ def extract_features(
     ``DataLoader`` processes while the encoder runs under ``torch.inference_mode`` with
     ``channels_last`` inputs. The encoder is moved to ``device`` and ``channels_last`` (in place,
     like ``Module.to``) and put in eval mode for the run; its training flag is restored afterwards.
+    In a ``torch.distributed`` process group every rank must call it with the same arguments (and
+    its own ``device``); they share the batches (see the module docstring) and return the same
+    summary.
 
     Args:
         data: the images; row ``i`` of the cache is ``data.image_paths[i]``.
@@ -184,7 +195,8 @@ def extract_features(
         progress: show a progress bar.
         on_batch: called after each batch is on disk and committed, with ``(rows committed by this
             call, rows this call has to compute)``; an exception raised there stops the run like
-            an interruption would.
+            an interruption would. With several ranks: on every rank after each round, with the
+            counts of all ranks.
 
     Returns:
         An :class:`ExtractionSummary`; open the result with :func:`load_features`.
@@ -204,41 +216,22 @@ def extract_features(
             f"need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}"
         )
 
+    info = current_info()
     wanted = _describe_run(data, encoder, spatial, spatial_dtype)
-    if overwrite:
-        for name in CACHE_FILES:
-            (out / name).unlink(missing_ok=True)
-    meta = _read_meta(out)
-    if meta is None:
-        leftovers = [name for name in CACHE_FILES if (out / name).exists()]
-        if leftovers:
-            raise StaleCacheError(
-                f"{out} holds {leftovers} but no {META_FILE}, so they cannot be checked; "
-                f"use another output folder (--out) or rebuild it (--overwrite / overwrite=True)"
-            )
-    else:
-        _check_matches(
-            out,
-            meta,
-            wanted,
-            IMAGE_FIELDS + ENCODER_FIELDS + SETTING_FIELDS,
-            "use another output folder (--out) or rebuild it (--overwrite / overwrite=True)",
-        )
-        if _refresh_annotation(out, meta, data):
-            logger.info("%s: labels, class names or splits changed; rewrote them", out)
-        if meta["progress"]["complete"]:
-            logger.info("%s: complete feature cache matches; reusing it, nothing to compute", out)
-            return ExtractionSummary(out, data.num_images, 0, time.perf_counter() - start)
+    meta = main_first(info, lambda: _existing_meta(out, data, wanted, overwrite))
+    if meta is not None and meta["progress"]["complete"]:
+        return ExtractionSummary(out, data.num_images, 0, time.perf_counter() - start)
 
     was_training = encoder.training
     device = _resolve_device(encoder, device)
     encoder.eval().to(device=device, memory_format=torch.channels_last)
     try:
         if meta is None:
-            meta = _create_cache(out, data, encoder, wanted, device)
+            meta = main_first(info, lambda: _create_cache(out, data, encoder, wanted, device))
         computed = _run(
-            data, encoder, out, meta, batch_size, num_workers, device, progress, on_batch
-        )
+            data, encoder, out, meta, batch_size, num_workers, device,
+            progress and info.is_main, on_batch, info,
+        )  # fmt: skip
     finally:
         encoder.train(was_training)
     failed = meta["progress"]["failed"]
@@ -437,6 +430,31 @@ def _write_labels(out: Path, labels: np.ndarray) -> None:
         np.save(f, np.ascontiguousarray(labels, dtype=np.int8))
 
 
+def _existing_meta(
+    out: Path, data: MultiLabelData, wanted: dict[str, Any], overwrite: bool
+) -> dict[str, Any] | None:
+    """The meta of the cache in ``out`` after checking it against ``wanted`` and refreshing its
+    annotation, or ``None`` when there is no cache yet (``overwrite`` deletes one first)."""
+    fix = "use another output folder (--out) or rebuild it (--overwrite / overwrite=True)"
+    if overwrite:
+        for name in CACHE_FILES:
+            (out / name).unlink(missing_ok=True)
+    meta = _read_meta(out)
+    if meta is None:
+        leftovers = [name for name in CACHE_FILES if (out / name).exists()]
+        if leftovers:
+            raise StaleCacheError(
+                f"{out} holds {leftovers} but no {META_FILE}, so they cannot be checked; {fix}"
+            )
+        return None
+    _check_matches(out, meta, wanted, IMAGE_FIELDS + ENCODER_FIELDS + SETTING_FIELDS, fix)
+    if _refresh_annotation(out, meta, data):
+        logger.info("%s: labels, class names or splits changed; rewrote them", out)
+    if meta["progress"]["complete"]:
+        logger.info("%s: complete feature cache matches; reusing it, nothing to compute", out)
+    return meta
+
+
 def _refresh_annotation(out: Path, meta: dict[str, Any], data: MultiLabelData) -> bool:
     """Rewrite labels, class names and splits if ``data`` has others; ``True`` if it did."""
     annotation = _annotation_meta(data)
@@ -518,65 +536,118 @@ def _run(
     device: torch.device,
     progress: bool,
     on_batch: Callable[[int, int], None] | None,
+    info: DistInfo,
 ) -> int:
     """Compute the rows not done yet: earlier decode failures first, then the rows after
-    ``progress.done`` in order. Returns the number of rows computed and committed."""
+    ``progress.done`` in order, in batches of ``batch_size``. Rank ``r`` of ``K`` computes batches
+    ``r, r + K, ...``; each round of ``K`` batches is committed once all of them are on disk.
+    Returns the number of rows computed and committed (by all ranks)."""
     state = meta["progress"]
-    features = meta["features"]
     failed = {f["index"]: f for f in state["failed"]}
     todo = sorted(failed) + list(range(state["done"], data.num_images))
-
-    problems = check_image_files([data.image_paths[i] for i in todo])
-    if problems:
-        raise UnreadableImagesError(
-            {str(data.image_paths[todo[k]]): reason for k, reason in problems.items()},
-            "nothing was computed; fix the dataset root or these files and run again",
-        )
-
-    fresh = state["done"] == 0 and not failed
-    mode = "w+" if fresh else "r+"
-    pooled = _open_or_create(out / POOLED_FILE, features["pooled_shape"], "float32", mode)
-    spatial = None
-    if features["spatial"]:
-        spatial = _open_or_create(
-            out / SPATIAL_FILE, features["spatial_shape"], features["spatial_dtype"], mode
-        )
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    mine = batches[info.rank :: info.world_size]
+    _check_files(data, todo, [i for batch in mine for i in batch], info)
+    pooled, spatial = _open_outputs(out, meta["features"], state["done"] == 0 and not failed, info)
 
     input_size = meta["encoder"]["input_size"]
     images = ImageFiles(data.image_paths, encoder.transform(train=False), input_size)
-    loader = DataLoader(
-        images,
-        batch_size=batch_size,
-        sampler=todo,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
+    loader = iter(DataLoader(
+        images, batch_sampler=mine, num_workers=num_workers, pin_memory=device.type == "cuda"
+    ))  # fmt: skip
     ids = meta["images"]["ids"]
     committed = 0
     n = data.num_images
     bar = tqdm(total=n, initial=n - len(todo), unit="img", desc=out.name, disable=not progress)
     with bar, torch.inference_mode():
-        for index, batch, errors in loader:
-            result = encoder(batch.to(device, non_blocking=True, memory_format=torch.channels_last))
-            readable = np.array([not e for e in errors])  # unreadable files gave zero images
-            rows, keep = index.numpy(), torch.from_numpy(readable).to(device)
-            _store_rows(pooled, rows[readable], result.pooled[keep], ids)
-            if spatial is not None:
-                _store_rows(spatial, rows[readable], result.spatial[keep], ids)
-            # Only now, with the rows on disk, may the progress say they are done.
-            for i, error in zip(rows.tolist(), errors, strict=True):
-                failed.pop(i, None)
-                if error:
-                    failed[i] = {"index": i, "image": ids[i], "error": error}
-            state["done"] = max(state["done"], int(rows.max()) + 1)
-            state["failed"] = [failed[i] for i in sorted(failed)]
+        for first in range(0, len(batches), info.world_size):
+            report: tuple[list[int], list[str]] = ([], [])
+            if first + info.rank < len(batches):
+                index, batch, errors = next(loader)
+                batch = batch.to(device, non_blocking=True, memory_format=torch.channels_last)
+                report = _store_batch(encoder(batch), index.numpy(), list(errors), pooled, spatial,
+                                      ids)
+            # Only now, with every rank's rows on disk, may the progress say they are done.
+            for rows, errors in gather_objects(info, report):
+                _mark_done(state, failed, rows, errors, ids)
+                committed += len(rows)
+                bar.update(len(rows))
             state["complete"] = state["done"] == n and not failed
-            _write_meta(out, meta)
-            committed += len(rows)
-            bar.update(len(rows))
+            if info.is_main:
+                _write_meta(out, meta)
             if on_batch is not None:
                 on_batch(committed, len(todo))
     return committed
+
+
+def _check_files(data: MultiLabelData, todo: list[int], mine: list[int], info: DistInfo) -> None:
+    """Check the files of rows ``mine`` (this rank's share of ``todo``); raise
+    :class:`UnreadableImagesError` on every rank listing the bad files of all ranks."""
+    problems = check_image_files([data.image_paths[i] for i in mine])
+    found: dict[int, str] = {}
+    for part in gather_objects(info, {mine[k]: reason for k, reason in problems.items()}):
+        found.update(part)
+    if found:
+        raise UnreadableImagesError(
+            {str(data.image_paths[i]): found[i] for i in todo if i in found},
+            "nothing was computed; fix the dataset root or these files and run again",
+        )
+
+
+def _open_outputs(
+    out: Path, features: dict[str, Any], fresh: bool, info: DistInfo
+) -> tuple[np.memmap, np.memmap | None]:
+    """The pooled and (or ``None``) spatial arrays opened for writing; when ``fresh``, rank 0
+    first creates the files, zero-filled, at their full size."""
+    specs = [(POOLED_FILE, features["pooled_shape"], "float32")]
+    if features["spatial"]:
+        specs.append((SPATIAL_FILE, features["spatial_shape"], features["spatial_dtype"]))
+
+    def create() -> None:
+        for name, shape, dtype in specs:
+            np.lib.format.open_memmap(out / name, mode="w+", dtype=np.dtype(dtype),
+                                      shape=tuple(shape)).flush()
+
+    if fresh:
+        main_first(info, create)
+    arrays = [_open_array(out / name, shape, dtype, "r+") for name, shape, dtype in specs]
+    return arrays[0], arrays[1] if len(arrays) > 1 else None
+
+
+def _store_batch(
+    result: Any,
+    rows: np.ndarray,
+    errors: list[str],
+    pooled: np.memmap,
+    spatial: np.memmap | None,
+    ids: list[str],
+) -> tuple[list[int], list[str]]:
+    """Write the encoder ``result`` of the readable ``rows`` to the arrays (flushed); unreadable
+    files gave zero images and are not written. Returns ``(rows, errors)`` as lists."""
+    readable = np.array([not e for e in errors])
+    keep = torch.from_numpy(readable).to(result.pooled.device)
+    _store_rows(pooled, rows[readable], result.pooled[keep], ids)
+    if spatial is not None:
+        _store_rows(spatial, rows[readable], result.spatial[keep], ids)
+    return rows.tolist(), errors
+
+
+def _mark_done(
+    state: dict[str, Any],
+    failed: dict[int, dict[str, Any]],
+    rows: list[int],
+    errors: list[str],
+    ids: list[str],
+) -> None:
+    """Record committed ``rows`` in ``state`` (meta's progress): done up to their end, and each
+    one's failure replaced by its new ``error`` (``""``: read fine)."""
+    for i, error in zip(rows, errors, strict=True):
+        failed.pop(i, None)
+        if error:
+            failed[i] = {"index": i, "image": ids[i], "error": error}
+    if rows:
+        state["done"] = max(state["done"], max(rows) + 1)
+    state["failed"] = [failed[i] for i in sorted(failed)]
 
 
 def _store_rows(array: np.memmap, rows: np.ndarray, values: torch.Tensor, ids: list[str]) -> None:
@@ -591,9 +662,3 @@ def _store_rows(array: np.memmap, rows: np.ndarray, values: torch.Tensor, ids: l
         )
     array[rows] = values.cpu().numpy()
     array.flush()
-
-
-def _open_or_create(path: Path, shape: list[int], dtype: str, mode: str) -> np.memmap:
-    if mode == "w+":
-        return np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=tuple(shape))
-    return _open_array(path, shape, dtype, mode)

@@ -7,10 +7,14 @@ A run started by ``torchrun --nproc_per_node=K`` (one or several nodes) sees ``W
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,3 +67,39 @@ def current_info() -> DistInfo:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def gather_objects(info: DistInfo, obj: Any) -> list[Any]:
+    """``obj`` of every rank in rank order (picklable objects); ``[obj]`` in a plain process.
+
+    Every rank must call it, the same number of times.
+    """
+    if not info.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def main_first(info: DistInfo, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and return its (picklable) result on every rank.
+
+    The other ranks wait for it. An exception on rank 0 is re-raised there and raised on the other
+    ranks as a ``RuntimeError`` naming it, so that no rank waits forever.
+    """
+    if not info.enabled:
+        return fn()
+    if info.is_main:
+        try:
+            value = fn()
+        except Exception as err:
+            dist.broadcast_object_list([(False, f"{type(err).__name__}: {err}")], src=0)
+            raise
+        dist.broadcast_object_list([(True, value)], src=0)
+        return value
+    outcome: list[Any] = [None]
+    dist.broadcast_object_list(outcome, src=0)
+    ok, value = outcome[0]
+    if not ok:
+        raise RuntimeError(f"rank 0 failed, so rank {info.rank} stops too: {value}")
+    return value

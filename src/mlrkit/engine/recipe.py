@@ -21,19 +21,30 @@ DEFAULTS: dict[str, Any] = {
         "dataset": None,
         "root": None,
         "options": {},
+        "split": None,
+        "holdout": None,
         "train_split": "train",
         "val_split": "val",
         "test_split": "test",
     },
     "features": None,
     "encoder": None,
-    "protocol": {"name": "partial", "known": 0.1, "seed": 0, "mode": "bernoulli"},
+    "protocol": {"name": "partial"},
     "label_embeddings": None,
     "method": {"name": "linear"},
     "train": {},
 }
 
+#: The defaults of each protocol, filled in after the recipe names its protocol (so that one
+#: protocol's options never leak into another's); ``mask_file`` is accepted by all of them.
+PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "partial": {"known": 0.1, "seed": 0, "mode": "bernoulli"},
+    "single_positive": {"seed": 1200, "mode": "uniform"},
+    "full": {},
+}
+
 STRICT_SECTIONS = ("", "data.")  # sections whose keys are fixed; the others go to their code
+NAMED_SECTIONS = ("protocol", "method")  # replaced, not merged, when the name changes
 
 
 def _merge(base: dict, update: dict, path: str = "") -> dict:
@@ -48,6 +59,48 @@ def _merge(base: dict, update: dict, path: str = "") -> dict:
     return out
 
 
+def _inherit(base: dict, child: dict) -> dict:
+    """``child`` over ``base`` (both raw recipes): sections merge key by key, except that a
+    ``protocol`` or ``method`` section naming another ``name`` than the base's replaces it whole."""
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        renamed = (
+            key in NAMED_SECTIONS and isinstance(value, dict) and isinstance(out.get(key), dict)
+            and "name" in value and value["name"] != out[key].get("name")
+        )
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not renamed:
+            out[key] = _inherit(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A recipe file with its ``base:`` chain resolved (paths relative to the including file)."""
+    if path.resolve() in chain:
+        names = " -> ".join(str(p) for p in (*chain, path.resolve()))
+        raise ValueError(f"recipe {path}: 'base' forms a cycle: {names}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        where = f" (base of {chain[-1]})" if chain else ""
+        raise FileNotFoundError(f"recipe {path} not found{where}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"recipe {path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"recipe {path}: expected a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    bases = [base] if isinstance(base, str) else base
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ValueError(f"recipe {path}: 'base' must be a file name or a list of them")
+    merged: dict = {}
+    for name in bases:
+        merged = _inherit(merged, _read_raw(path.parent / name, (*chain, path.resolve())))
+    return _inherit(merged, raw)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=0.01"`` → ``(["train", "lr"], 0.01)``; the value is parsed as YAML."""
     key, sep, value = text.partition("=")
@@ -57,16 +110,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
-    """Read a recipe, fill defaults, apply ``key.sub=value`` overrides, and check it."""
+    """Read a recipe, resolve its ``base:`` files, apply ``key.sub=value`` overrides, fill the
+    defaults (those of its protocol too) and check it.
+
+    ``base: other.yaml`` (or a list, applied in order) names recipes this one inherits from,
+    relative to its own folder: sections merge key by key and this file wins; a ``protocol`` or
+    ``method`` section with another ``name`` replaces the inherited one instead of merging, and so
+    does an override ``protocol.name=...`` / ``method.name=...`` that changes the name.
+    """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"recipe {path} not found") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"recipe {path} is not valid YAML: {err}") from err
+    raw = _read_raw(path)
     for text in overrides:
         keys, value = parse_override(text)
+        if len(keys) == 2 and keys[0] in NAMED_SECTIONS and keys[1] == "name":
+            section = raw.get(keys[0])
+            if isinstance(section, dict) and section.get("name") != value:
+                raw[keys[0]] = {}  # another protocol or method: the old one's options go
         node = raw
         for key in keys[:-1]:
             if not isinstance(node.get(key), dict):
@@ -74,8 +133,23 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
             node = node[key]
         node[keys[-1]] = value
     recipe = _merge(DEFAULTS, raw)
+    _fill_protocol(recipe, path)
     check_recipe(recipe, path)
     return recipe
+
+
+def _fill_protocol(recipe: dict, source: Path | str) -> None:
+    protocol = recipe["protocol"]
+    name = protocol.get("name")
+    if name not in PROTOCOL_DEFAULTS:
+        raise ValueError(f"{source}: protocol.name {name!r}; use one of {list(PROTOCOL_DEFAULTS)}")
+    allowed = {"name", "mask_file", *PROTOCOL_DEFAULTS[name]}
+    unknown = sorted(set(protocol) - allowed)
+    if unknown:
+        raise KeyError(f"{source}: unknown key(s) {['protocol.' + k for k in unknown]} for protocol "
+                       f"{name!r}; known keys: {sorted(allowed)}")
+    recipe["protocol"] = {"name": name, **PROTOCOL_DEFAULTS[name],
+                          **{k: v for k, v in protocol.items() if k != "name"}}
 
 
 def check_recipe(recipe: dict, source: Path | str = "recipe") -> None:
@@ -88,9 +162,6 @@ def check_recipe(recipe: dict, source: Path | str = "recipe") -> None:
             f"{source}: give exactly one of 'features' (train on cached features) or 'encoder' "
             f"(train end to end)"
         )
-    protocol = recipe["protocol"]["name"]
-    if protocol not in ("partial", "single_positive", "full"):
-        raise ValueError(f"{source}: protocol.name {protocol!r}; use partial, single_positive or full")
 
 
 def save_recipe(recipe: dict, path: Path) -> None:

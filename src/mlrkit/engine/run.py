@@ -3,6 +3,8 @@
 A run folder holds everything needed to repeat, evaluate or use the run::
 
     config.yaml      the resolved recipe
+    run.json         what eval and predict need without the data (see engine.run_folder)
+    label_embeddings.safetensors   the (C, E) label embeddings the method was built with, if any
     mask.npz         the protocol's known-label mask of the training split (ProtocolMask)
     metrics.jsonl    one line per epoch
     checkpoints/     best/ and the last epoch (see engine.checkpoint)
@@ -11,6 +13,7 @@ A run folder holds everything needed to repeat, evaluate or use the run::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -25,10 +28,20 @@ from mlrkit.atomic import atomic_write
 from mlrkit.data import MultiLabelData, create_dataset
 from mlrkit.data.feature_cache import extract_features, load_features
 from mlrkit.data.protocols import ProtocolMask, partial_labels, single_positive
+from mlrkit.data.splits import apply_recipe_splits
 from mlrkit.engine.batches import FeatureBatches, ImageBatches
 from mlrkit.engine.checkpoint import load_checkpoint
-from mlrkit.engine.distributed import barrier, current_info, init_distributed, resolve_device
+from mlrkit.engine.distributed import current_info, init_distributed, resolve_device
 from mlrkit.engine.recipe import load_recipe, save_recipe
+from mlrkit.engine.run_folder import (
+    MASK_FILE,
+    RUN_FILE,
+    placeholder_spec,
+    read_run_info,
+    rebuild_encoder,
+    run_info,
+    write_run_files,
+)
 from mlrkit.engine.trainer import TrainConfig, evaluate_logits, fit, score_report
 from mlrkit.methods import Method, MethodOutput, StepInfo, TaskSpec, create_method, method_class
 
@@ -50,6 +63,11 @@ class EncoderHead(Method):
         self.trainable = trainable
         for name, param in self.encoder.named_parameters():
             param.requires_grad_(self._is_trainable(name))
+
+    @property
+    def has_unused_parameters(self) -> bool:
+        """The wrapped method's (e.g. SARB's alpha/beta before ``mixup_epoch``), for DDP."""
+        return self.method.has_unused_parameters
 
     def _is_trainable(self, name: str) -> bool:
         """Whether parameter or module ``name`` lies inside one of the trainable prefixes."""
@@ -98,19 +116,23 @@ class PreparedRun:
     method: Method
     sources: dict[str, torch.utils.data.Dataset]
     labels: dict[str, np.ndarray]
+    spec: TaskSpec
+    run_info: dict  # run.json, see engine.run_folder
 
 
 def draw_mask(protocol: dict, train_labels: np.ndarray) -> ProtocolMask | None:
-    """The recipe's protocol applied to the training labels (or loaded from ``mask_file``)."""
+    """The recipe's protocol applied to the training labels (or loaded from ``mask_file``).
+
+    ``protocol`` is a resolved recipe section: :func:`~mlrkit.engine.recipe.load_recipe` filled in
+    the defaults of its protocol (``PROTOCOL_DEFAULTS``)."""
     if protocol.get("mask_file"):
         return ProtocolMask.load(protocol["mask_file"])
     name = protocol["name"]
     if name == "partial":
-        return partial_labels(train_labels, protocol["known"], seed=protocol.get("seed", 0),
-                              mode=protocol.get("mode", "bernoulli"))
+        return partial_labels(train_labels, protocol["known"], seed=protocol["seed"],
+                              mode=protocol["mode"])
     if name == "single_positive":
-        return single_positive(train_labels, seed=protocol.get("seed", 1200),
-                               mode=protocol.get("mode", "uniform"))
+        return single_positive(train_labels, seed=protocol["seed"], mode=protocol["mode"])
     return None
 
 
@@ -136,6 +158,7 @@ def prepare(recipe: dict) -> PreparedRun:
     """Read the data, draw the mask, get features (cache) or image sources, build the method."""
     cfg_data = recipe["data"]
     data = create_dataset(cfg_data["dataset"], cfg_data["root"], **cfg_data["options"])
+    data = apply_recipe_splits(data, cfg_data)
     index = {
         s: None if cfg_data[f"{s}_split"] is None else data.split_index(cfg_data[f"{s}_split"])
         for s in ("train", "val", "test")
@@ -149,12 +172,11 @@ def prepare(recipe: dict) -> PreparedRun:
         feat = recipe["features"]
         encoder = _create_encoder({"name": feat["encoder"], **feat})
         cache_dir = feat.get("cache") or f"runs/cache/{data.name}-{feat['encoder']}"
-        info = current_info()
-        if info.is_main:  # under torchrun, rank 0 extracts and the others wait, then all read
-            extract_features(data, encoder, cache_dir, spatial=bool(feat.get("spatial")),
-                             batch_size=feat.get("batch_size", 32),
-                             num_workers=feat.get("num_workers", 2))
-        barrier(info)
+        device = resolve_device(recipe["train"].get("device", "auto"), current_info().local_rank)
+        # under torchrun every rank computes its share of the images into the one cache
+        extract_features(data, encoder, cache_dir, spatial=bool(feat.get("spatial")),
+                         batch_size=feat.get("batch_size", 32),
+                         num_workers=feat.get("num_workers", 2), device=device)
         cache = load_features(cache_dir, data=data, encoder=encoder)
         array = cache.spatial if kind == "spatial" else cache.pooled
         if array is None:
@@ -164,7 +186,7 @@ def prepare(recipe: dict) -> PreparedRun:
                    for s, i in index.items() if i is not None}
         feature_shape = tuple(array.shape[1:])
     else:
-        enc = recipe["encoder"]
+        enc, cache = recipe["encoder"], None
         encoder = _create_encoder(enc)
         paths = np.asarray(data.image_paths, dtype=object)
         sources = {
@@ -190,7 +212,8 @@ def prepare(recipe: dict) -> PreparedRun:
     if recipe["encoder"] is not None:
         method = EncoderHead(encoder, method, lr_mult=recipe["encoder"].get("lr_mult", 1.0),
                              trainable=recipe["encoder"].get("trainable"))
-    return PreparedRun(recipe, data, mask, method, sources, labels)
+    description = run_info(recipe, spec, hparams, encoder, cache, masked=mask is not None)
+    return PreparedRun(recipe, data, mask, method, sources, labels, spec, description)
 
 
 def train_run(recipe: dict, run_dir: str | Path, *, resume: bool = False) -> dict:
@@ -204,7 +227,8 @@ def train_run(recipe: dict, run_dir: str | Path, *, resume: bool = False) -> dic
     if info.is_main:
         save_recipe(recipe, run_dir / "config.yaml")
         if prepared.mask is not None:
-            prepared.mask.save(run_dir / "mask.npz")
+            prepared.mask.save(run_dir / MASK_FILE)
+        write_run_files(run_dir, prepared.run_info, prepared.spec.label_embeddings)
     result = fit(prepared.method, prepared.sources["train"], prepared.sources.get("val"),
                  prepared.labels.get("val"), cfg, run_dir, resume=resume)
     results = {
@@ -229,51 +253,177 @@ def _evaluate(prepared: PreparedRun, split: str, cfg: TrainConfig) -> dict[str, 
     return score_report(logits, prepared.labels[split], prefix=f"{split}_")
 
 
-def load_run(run_dir: str | Path) -> PreparedRun:
-    """Rebuild a finished run from its folder (recipe, saved mask) with its best weights."""
+@dataclass
+class LoadedRun:
+    """A finished run rebuilt from its folder alone (``run.json``, see
+    :mod:`mlrkit.engine.run_folder`) with its best weights."""
+
+    run_dir: Path
+    info: dict
+    method: Method  # an EncoderHead for end-to-end runs
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.info["class_names"]
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.info["inference"]["device"])
+
+    def image_model(self) -> EncoderHead:
+        """Images ``(B, 3, H, W)`` → logits: the end-to-end model, or the encoder that computed
+        the training features (rebuilt, its weights checked) followed by the method."""
+        if isinstance(self.method, EncoderHead):
+            return self.method
+        return EncoderHead(rebuild_encoder(self.info["encoder"], pretrained=True), self.method)
+
+    def check_classes(self, data: MultiLabelData) -> None:
+        """Refuse ``data`` unless it has the run's class names in the run's order."""
+        names = list(data.class_names)
+        if names == self.class_names:
+            return
+        missing = [c for c in self.class_names if c not in names]
+        extra = [c for c in names if c not in self.class_names]
+        detail = f"missing {missing}, extra {extra}" if missing or extra else "another order"
+        raise ValueError(
+            f"dataset {data.name!r} at {data.root} does not have the classes of run "
+            f"{self.run_dir} ({detail}); the run predicts {len(self.class_names)} classes: "
+            f"{', '.join(self.class_names)}"
+        )
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Rebuild a finished run from its folder alone, with its best weights (no data needed)."""
     run_dir = Path(run_dir)
-    config = run_dir / "config.yaml"
-    if not config.is_file():
+    if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml in it")
-    recipe = load_recipe(config)
-    if (run_dir / "mask.npz").is_file():
-        recipe["protocol"]["mask_file"] = str(run_dir / "mask.npz")
+    if not (run_dir / RUN_FILE).is_file():
+        _describe_older_run(run_dir)
+    info = read_run_info(run_dir)
+    method = create_method(info["method"]["name"], placeholder_spec(run_dir, info),
+                           **info["method"]["hparams"])
+    if info["end_to_end"] is not None:
+        method = EncoderHead(rebuild_encoder(info["encoder"], pretrained=False), method,
+                             **info["end_to_end"])
+    load_checkpoint(run_dir / "checkpoints" / "best", method)
+    return LoadedRun(run_dir, info, method)
+
+
+def _describe_older_run(run_dir: Path) -> None:
+    """Write the run files of a run trained before run folders had them, from its recipe and
+    data (read from the working directory it was trained in)."""
+    recipe = load_recipe(run_dir / "config.yaml")
+    if (run_dir / MASK_FILE).is_file():
+        recipe["protocol"]["mask_file"] = str(run_dir / MASK_FILE)
     prepared = prepare(recipe)
-    load_checkpoint(run_dir / "checkpoints" / "best", prepared.method)
-    return prepared
+    write_run_files(run_dir, prepared.run_info, prepared.spec.label_embeddings)
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, float]:
-    """Metrics of a finished run's best checkpoint on ``split``."""
-    prepared = load_run(run_dir)
-    cfg = TrainConfig(**prepared.recipe["train"])
+def evaluate_run(
+    run_dir: str | Path,
+    split: str | None = None,
+    *,
+    dataset: str | None = None,
+    root: str | Path | None = None,
+    options: dict | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, float]:
+    """Metrics of a finished run's best checkpoint, named after the split (``test_mAP``, ...).
+
+    Args:
+        run_dir: the run folder.
+        split: without ``dataset``, ``"train"``, ``"val"`` or ``"test"`` (the default) as the
+            recipe defines them; with ``dataset``, a split of that dataset (default: all its
+            images, metrics ``all_...``).
+        dataset, root, options: another dataset (reader name, folder, reader options) with the
+            run's class names; default: the recipe's, where it was at train time.
+        cache_dir: where a run on cached features stores the features of ``dataset`` (default
+            ``<run_dir>/eval-cache/<dataset>-<split>-<hash of root, options>``).
+
+    Raises:
+        ValueError: the dataset's class names differ from the run's.
+    """
+    run = load_run(run_dir)
+    if dataset is None:
+        if root is not None or options:
+            raise ValueError("root and options describe another dataset: give its reader too")
+        split = split or "test"
+        source, labels = _recipe_split(run, split)
+    else:
+        if root is None:
+            raise ValueError(f"dataset {dataset!r} needs its root folder")
+        data = create_dataset(dataset, root, **(options or {}))
+        run.check_classes(data)
+        cache_dir = cache_dir or _eval_cache(run.run_dir, dataset, root, options, split)
+        data = data if split is None else data.subset(split)
+        source, labels = _source_for(run, data, Path(cache_dir)), data.labels
+    device = run.device
+    logits = evaluate_logits(run.method.to(device), source, run.info["inference"]["batch_size"],
+                             device)
+    return score_report(logits, labels, prefix=f"{split or 'all'}_")
+
+
+def _recipe_split(run: LoadedRun, split: str) -> tuple[torch.utils.data.Dataset, np.ndarray]:
+    """Batch source and ``(N, C)`` labels of ``split`` as the run's recipe defines it, read
+    through the paths of run.json (absolute, or in the run folder) from any working directory."""
+    info, recipe = run.info, load_recipe(run.run_dir / "config.yaml")
+    recipe["data"]["root"] = info["data"]["root"]
+    section = recipe["features"] if info["end_to_end"] is None else recipe["encoder"]
+    section["weights"] = info["encoder"]["weights"]
+    if info["features"] is not None:
+        section["cache"] = info["features"]["cache"]
+    if info["mask"] is not None:
+        recipe["protocol"]["mask_file"] = str(run.run_dir / info["mask"])
+    prepared = prepare(recipe)
     if split not in prepared.sources:
         raise ValueError(f"split {split!r} is not part of this run's recipe")
-    prepared.method.to(resolve_device(cfg.device))
-    return _evaluate(prepared, split, cfg)
+    run.check_classes(prepared.data)
+    return prepared.sources[split], prepared.labels[split]
+
+
+def _eval_cache(run_dir: Path, dataset: str, root: str | Path, options: dict | None,
+                split: str | None) -> Path:
+    """The default feature cache of another dataset's split under the run folder."""
+    key = json.dumps([dataset, str(Path(root).resolve()), options or {}, split], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return run_dir / "eval-cache" / f"{dataset}-{split or 'all'}-{digest}"
+
+
+def _source_for(run: LoadedRun, data: MultiLabelData, cache_dir: Path) -> torch.utils.data.Dataset:
+    """Batches of ``data`` for the run's model: its images for an end-to-end run, else their
+    features, extracted into (or reused from) ``cache_dir`` with the run's encoder."""
+    if run.info["features"] is None:
+        return ImageBatches(data.image_paths, data.labels,
+                            run.method.encoder.transform(train=False))
+    feat = run.info["features"]
+    spatial = run.method.input_kind == "spatial"
+    encoder = rebuild_encoder(run.info["encoder"], pretrained=True)
+    extract_features(data, encoder, cache_dir, spatial=spatial,
+                     spatial_dtype=feat["spatial_dtype"] or "float16",
+                     batch_size=feat["batch_size"], num_workers=feat["num_workers"],
+                     device=run.device)
+    cache = load_features(cache_dir, data=data, encoder=encoder)
+    return FeatureBatches(cache.spatial if spatial else cache.pooled, data.labels)
 
 
 def predict_images(
     run_dir: str | Path, images: list[str | Path], top_k: int = 5, batch_size: int = 16
 ) -> list[dict]:
-    """Class probabilities of a finished run for image files, best first.
+    """Class probabilities of a finished run for image files, best first; needs only the run
+    folder (and, for a run on cached features, the encoder's weights).
 
     Returns one ``{"image", "labels": [{"label", "score"}, ...]}`` per image, with the ``top_k``
     classes by probability.
     """
-    prepared = load_run(run_dir)
-    model = prepared.method
-    if not isinstance(model, EncoderHead):
-        features = prepared.recipe["features"]
-        model = EncoderHead(_create_encoder({"name": features["encoder"], **features}), model)
+    run = load_run(run_dir)
+    model = run.image_model()
     source = ImageBatches([Path(p) for p in images],
-                          np.zeros((len(images), prepared.data.num_classes), dtype=np.int8),
+                          np.zeros((len(images), len(run.class_names)), dtype=np.int8),
                           model.encoder.transform(train=False))
-    device = resolve_device(prepared.recipe["train"].get("device", "auto"))
-    logits = evaluate_logits(model.to(device), source, batch_size, device)
+    logits = evaluate_logits(model.to(run.device), source, batch_size, run.device)
     probs = torch.sigmoid(logits)
     top = probs.topk(min(top_k, probs.shape[1]), dim=1)
-    names = prepared.data.class_names
+    names = run.class_names
     return [
         {
             "image": str(path),

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self._coerce_numbers()
         choices = {
             "optimizer": ("adamw", "adam", "sgd"),
             "schedule": ("cosine", "step", "constant"),
@@ -79,6 +80,23 @@ class TrainConfig:
                 raise ValueError(f"train.{name}={getattr(self, name)!r}; choose one of {allowed}")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise ValueError("train.epochs, train.batch_size and train.eval_every must be >= 1")
+
+    def _coerce_numbers(self) -> None:
+        """Read numbers that YAML left as text (PyYAML reads ``1e-3`` as a string) by the field's
+        type; anything else that is not a number is an error naming the field."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if not kind.startswith(("int", "float")) or value is None or isinstance(value, bool):
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"train.{f.name}={value!r} is not a number") from None
+            if kind.startswith("int"):
+                if not number.is_integer():
+                    raise ValueError(f"train.{f.name}={value!r} must be a whole number")
+                number = int(number)
+            setattr(self, f.name, number)
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""Methods: one module per family, found through ``create_method(name, spec, **hparams)``."""
+"""Methods: one module per family, found through ``create_method(name, spec, **hparams)``; the
+losses they train with, through ``create_loss(name, spec, **options)``."""
 
-from mlrkit.methods import baselines, sarb, semantic_graph, spml  # noqa: F401  (registers methods)
+from mlrkit.methods import baselines, sarb, semantic_graph  # noqa: F401  (registers methods)
 from mlrkit.methods.base import (
     Method,
     MethodOutput,
@@ -9,16 +10,20 @@ from mlrkit.methods.base import (
     create_method,
     list_methods,
     method_class,
-    partial_bce,
     register_method,
 )
+from mlrkit.methods.losses import Loss, LossOutput, create_loss, list_losses, partial_bce
 
 __all__ = [
+    "Loss",
+    "LossOutput",
     "Method",
     "MethodOutput",
     "StepInfo",
     "TaskSpec",
+    "create_loss",
     "create_method",
+    "list_losses",
     "list_methods",
     "method_class",
     "partial_bce",

@@ -17,6 +17,11 @@ from typing import ClassVar
 import numpy as np
 from torch import Tensor, nn
 
+from mlrkit.methods.losses import (
+    Loss,
+    partial_bce,  # noqa: F401  (re-exported from its former home)
+)
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -84,8 +89,10 @@ class Method(nn.Module):
     """Base class of all methods.
 
     Subclasses set ``input_kind`` (``"pooled"`` for ``(B, D)`` inputs, ``"spatial"`` for
-    ``(B, D, h, w)``) and implement :meth:`forward`. Per-sample state (e.g. ROLE's label estimates)
-    lives in parameters or buffers of size ``N`` indexed by ``index``, so checkpoints carry it.
+    ``(B, D, h, w)``) and implement :meth:`forward`. A head trains with a registered loss
+    (:func:`~mlrkit.methods.losses.create_loss`) held as ``self.loss``. Per-sample state (e.g.
+    ROLE's label estimates) lives in parameters or buffers of size ``N`` indexed by ``index``, in
+    the method or its loss, so checkpoints carry it.
     """
 
     input_kind: ClassVar[str] = "pooled"
@@ -108,8 +115,17 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def param_groups(self) -> list[dict]:
-        """Optimizer parameter groups; an ``lr_mult`` key scales the base learning rate."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        """Optimizer parameter groups; an ``lr_mult`` key scales the base learning rate.
+
+        One group of the trainable parameters, then the groups of the training loss when the
+        method holds one as ``self.loss`` (a :class:`~mlrkit.methods.losses.Loss`; e.g. ROLE's
+        estimator at 10 x lr), whose parameters are left out of the first group.
+        """
+        loss = getattr(self, "loss", None)
+        loss_groups = loss.param_groups() if isinstance(loss, Loss) else []
+        taken = {id(p) for group in loss_groups for p in group["params"]}
+        own = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
+        return [{"params": own}, *loss_groups]
 
     def on_train_epoch_start(self, epoch: int, train_batches: TrainBatches) -> None:
         """Called before each training epoch. ``train_batches()`` iterates the whole training set
@@ -156,18 +172,3 @@ def create_method(name: str, spec: TaskSpec, **hparams) -> Method:
 def known_mask(targets: Tensor) -> Tensor:
     """``(B, C)`` bool, True where the observed label is known (not -1)."""
     return targets >= 0
-
-
-def partial_bce(logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
-    """Binary cross-entropy over the known entries only, averaged over them.
-
-    ``targets`` may be int8 (1 / 0 / -1) or float soft targets in ``[0, 1]`` with ``-1`` unknown.
-    Returns 0 (with a gradient path) when no entry is known.
-    """
-    known = targets >= 0
-    losses = nn.functional.binary_cross_entropy_with_logits(
-        logits, targets.clamp(min=0).to(logits.dtype), reduction="none"
-    )
-    if weights is not None:
-        losses = losses * weights
-    return (losses * known).sum() / known.sum().clamp(min=1)

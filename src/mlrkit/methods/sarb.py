@@ -1,4 +1,4 @@
-"""SARB: semantic-aware representation blending (Pu et al., AAAI 2022; ``methods.md`` §1).
+"""SARB: semantic-aware representation blending (Pu et al., AAAI 2022; ``docs/methods.md`` §1).
 
 SARB is the ``ssgrl`` head (:class:`~mlrkit.methods.semantic_graph.SemanticGraphHead`: semantic
 decoupling → gated GNN → per-class classifier) trained with three extra terms on the class features
@@ -12,8 +12,10 @@ decoupling → gated GNN → per-class classifier) trained with three extra term
   blended with a class prototype (a k-means centroid of the features of observed positives),
   ``f'' = beta f + (1 - beta) p`` with soft target ``1 - beta``.
 
-Blended features go through the same GNN and classifier; every branch is scored with partial BCE
-(:func:`~mlrkit.methods.base.partial_bce`: unknown entries ignored).
+Blended features go through the same GNN and classifier and are scored with partial BCE
+(:func:`~mlrkit.methods.losses.partial_bce`: unknown entries ignored) against their soft targets;
+the unblended logits with the head's registered ``loss`` (``partial_bce`` by default, as in the
+reference).
 
 Label conventions. mlrkit targets are 1 / 0 / -1 (positive / negative / unknown); the reference
 writes +1 / -1 / 0. Soft targets here are floats in ``[0, 1]`` with ``-1`` for unknown. The
@@ -38,13 +40,13 @@ from mlrkit.methods.base import (
     StepInfo,
     TaskSpec,
     TrainBatches,
-    partial_bce,
     register_method,
 )
 from mlrkit.methods.kmeans import batched_kmeans
+from mlrkit.methods.losses import partial_bce
 from mlrkit.methods.semantic_graph import SemanticGraphHead
 
-LOG_NAMES = ("bce", "contrastive", "inst", "proto", "alpha", "beta")
+LOG_NAMES = ("main", "contrastive", "inst", "proto", "alpha", "beta")
 
 
 class Blend(NamedTuple):
@@ -68,7 +70,7 @@ def _soft_targets(targets: Tensor, mask: Tensor, value: Tensor) -> Tensor:
 
 
 def instance_blend(features: Tensor, targets: Tensor, alpha: Tensor) -> Blend:
-    """Instance-level representation blending (ILRB, ``methods.md`` §1.7).
+    """Instance-level representation blending (ILRB, ``docs/methods.md`` §1.7).
 
     The partner of image ``i`` is ``B - 1 - i``. With ``m_ic = alpha`` where ``y_ic`` is unknown
     and ``y_{partner,c} = 1``, and ``m_ic = 1`` elsewhere::
@@ -94,7 +96,7 @@ def instance_blend(features: Tensor, targets: Tensor, alpha: Tensor) -> Blend:
 def prototype_blend(
     features: Tensor, targets: Tensor, prototypes: Tensor, has_prototype: Tensor, beta: Tensor
 ) -> tuple[Blend, Tensor]:
-    """Prototype-level representation blending (PLRB, ``methods.md`` §1.8).
+    """Prototype-level representation blending (PLRB, ``docs/methods.md`` §1.8).
 
     Draws one prototype index ``k`` for the whole batch and, per image, one class ``c`` uniformly
     among its unknown classes that have prototypes (none if it has no such class; the reference
@@ -134,7 +136,7 @@ def _hardest_and_random(losses: Tensor, count: int) -> Tensor:
 
 
 def contrastive_loss(features: Tensor, targets: Tensor, hard_mining: bool = True) -> Tensor:
-    """Cross-image contrastive loss on class features (``methods.md`` §1.6).
+    """Cross-image contrastive loss on class features (``docs/methods.md`` §1.6).
 
     For every image pair ``i < j`` and class ``c``, with ``d = cos(f_ic, f_jc)``::
 
@@ -172,7 +174,12 @@ class SARB(SemanticGraphHead):
 
     Training loss, with ``s`` the logits of the unblended features::
 
-        L = BCE(s, y) + w_c(t) L_contr + L_inst + L_proto
+        L = L_main(s, y) + w_c(t) L_contr + L_inst + L_proto
+
+    ``L_main`` is the head's ``loss`` (``partial_bce``, the reference's BCE, by default; any
+    registered loss, e.g. ``role`` with ``loss_options={"expected_positives": "voc"}``), logged as
+    ``main`` next to the loss's own logs; ``L_inst`` and ``L_proto`` always use partial BCE on the
+    soft targets of the blended features.
 
     ``w_c(t) = contrastive_weight * epoch_fraction`` during epoch 0 and ``contrastive_weight``
     after; ``L_inst`` and ``L_proto`` are 0 before ``mixup_epoch`` (warm-up). Prototypes are
@@ -201,6 +208,7 @@ class SARB(SemanticGraphHead):
         kmeans_iters, kmeans_tol: Lloyd iterations and tolerance, 300 and 1e-4 [scikit-learn
             ``KMeans`` defaults, which the reference uses].
         input_pool: average pooling of the input map, see ``ssgrl`` (2 in the reference [model]).
+        loss, loss_options: the main term's registered loss and its options, see ``ssgrl``.
 
     The reference's optimisation (Adam, lr 1e-5, weight decay 5e-4, StepLR 10 / 0.1, 20 epochs,
     batch 8, frozen backbone but ``layer4``) belongs to the recipe, not to this class.
@@ -213,7 +221,7 @@ class SARB(SemanticGraphHead):
       ``KMeans`` fails on it); a class with ``1..K`` positives gets its points, repeated, as
       prototypes (``KMeans`` needs at least ``K`` points). k-means is one greedy k-means++ run
       (scikit-learn's initialisation, no ``n_init`` restarts).
-    - Blending runs in training mode only; in eval mode the loss is ``BCE + w_c L_contr``.
+    - Blending runs in training mode only; in eval mode the loss is ``L_main + w_c L_contr``.
       ``step=None`` counts as past every warm-up (full weight, blending on). ``L_proto`` is 0 until
       prototypes exist.
     - The prototype pass reads the training set through ``train_batches`` (the dataset's own
@@ -249,9 +257,11 @@ class SARB(SemanticGraphHead):
         kmeans_iters: int = 300,
         kmeans_tol: float = 1e-4,
         input_pool: int = 1,
+        loss: str = "partial_bce",
+        loss_options: dict | None = None,
     ) -> None:
-        super().__init__(spec, image_dim, inter_dim, output_dim, time_steps, class_chunk,
-                         input_pool=input_pool)
+        super().__init__(spec, image_dim, inter_dim, output_dim, time_steps, class_chunk, loss,
+                         loss_options, input_pool)
         _check_options(contrastive_weight, mixup_epoch, num_prototypes, prototype_interval,
                        alpha, beta)
         self.contrastive_weight = contrastive_weight
@@ -274,15 +284,15 @@ class SARB(SemanticGraphHead):
         step: StepInfo | None = None,
     ) -> MethodOutput:
         """``inputs`` ``(B, D, h, w)`` → logits ``(B, C)``; with ``targets`` ``(B, C)`` int8 the
-        SARB loss and its parts in ``logs``."""
+        SARB loss and its parts in ``logs`` (``index`` and ``step`` as the main loss needs them)."""
         features = self.decouple(inputs)
         logits = self.classify(self.propagate(features), features)
         if targets is None:
             return MethodOutput(logits)
-        bce = partial_bce(logits, targets)
+        main = self.loss(logits, targets, index, step)
         contrastive = contrastive_loss(features, targets)
         ramp = step.epoch_fraction if step is not None and step.epoch == 0 else 1.0
-        inst = proto = bce.new_zeros(())
+        inst = proto = main.loss.new_zeros(())
         if self.training and (step is None or step.epoch >= self.mixup_epoch):
             with torch.no_grad():
                 self.alpha.clamp_(0, 1)
@@ -294,10 +304,11 @@ class SARB(SemanticGraphHead):
                     features, targets, self.prototypes, self.has_prototype, self.beta
                 )
                 proto = self._blended_loss(blend)
-        loss = bce + self.contrastive_weight * ramp * contrastive + inst + proto
+        loss = main.loss + self.contrastive_weight * ramp * contrastive + inst + proto
         parts = torch.stack([t.detach().float() for t in
-                             (bce, contrastive, inst, proto, self.alpha, self.beta)])
-        return MethodOutput(logits, loss, dict(zip(LOG_NAMES, parts.tolist(), strict=True)))
+                             (main.loss, contrastive, inst, proto, self.alpha, self.beta)])
+        logs = {**main.logs, **dict(zip(LOG_NAMES, parts.tolist(), strict=True))}
+        return MethodOutput(logits, loss, logs)
 
     def _blended_loss(self, blend: Blend) -> Tensor:
         """Partial BCE of the logits of blended features against their soft targets."""

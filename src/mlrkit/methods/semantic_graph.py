@@ -1,6 +1,6 @@
 """SSGRL-style semantic graph head on spatial features: the backbone head shared by SARB, SST, HST.
 
-Pipeline (``methods.md`` §1.2-1.5), from a feature map ``(B, D, h, w)``:
+Pipeline (``docs/methods.md`` §1.2-1.5), from a feature map ``(B, D, h, w)``:
 
 1. optional projection ``D -> d``: 1x1 conv without bias + BatchNorm2d (the reference's
    ``changeChannel``), used when ``image_dim`` differs from ``D``;
@@ -20,13 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from mlrkit.methods.base import Method, MethodOutput, StepInfo, TaskSpec, register_method
-from mlrkit.methods.baselines import LOSSES, baseline_loss
 from mlrkit.methods.layers import (
     ElementWiseClassifier,
     GatedGNN,
     SemanticDecoupling,
     cooccurrence_adjacency,
 )
+from mlrkit.methods.losses import create_loss
 
 
 def _label_embeddings(spec: TaskSpec) -> Tensor:
@@ -57,7 +57,9 @@ class SemanticGraphHead(Method):
         output_dim: size of ``o_c``; ``None`` uses ``d`` (the reference's default is 1024 = d).
         time_steps: GNN propagation steps ``T``. Reference: 3.
         class_chunk: classes per chunk in the decoupling attention (memory vs. loop length).
-        loss: ``"partial_bce"`` (unknown entries ignored) or ``"assume_negative"``.
+        loss: the registered training loss (:func:`~mlrkit.methods.losses.create_loss`),
+            ``"partial_bce"`` by default (unknown entries ignored; the reference's).
+        loss_options: the loss's keyword options, e.g. ``{"expected_positives": "voc"}``.
         input_pool: average-pool the input map with kernel = stride = ``input_pool`` first.
             Reference: 2 (ResNet-101 at 448 px: 14x14 -> 7x7); 1 on cached 7x7 features.
     """
@@ -73,14 +75,12 @@ class SemanticGraphHead(Method):
         time_steps: int = 3,
         class_chunk: int = 16,
         loss: str = "partial_bce",
+        loss_options: dict | None = None,
         input_pool: int = 1,
     ) -> None:
         super().__init__(spec)
         if len(spec.feature_shape) != 3:
             raise ValueError(f"ssgrl needs spatial (D, h, w) features, got {spec.feature_shape}")
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
-        self.loss_name = loss
         embeddings = _label_embeddings(spec)
         self.register_buffer("label_embeddings", embeddings)
         in_dim = spec.feature_dim
@@ -99,6 +99,7 @@ class SemanticGraphHead(Method):
         self.gnn = GatedGNN(dim, cooccurrence_adjacency(spec.train_targets), time_steps)
         self.fc = nn.Linear(2 * dim, output_dim)
         self.classifier = ElementWiseClassifier(spec.num_classes, output_dim)
+        self.loss = create_loss(loss, spec, **(loss_options or {}))
 
     def decouple(self, inputs: Tensor, direct: bool = False) -> Tensor:
         """Class features ``F`` ``(B, C, d)`` from feature maps ``(B, D, h, w)``.
@@ -123,9 +124,11 @@ class SemanticGraphHead(Method):
         index: Tensor | None = None,
         step: StepInfo | None = None,
     ) -> MethodOutput:
-        """``inputs`` ``(B, D, h, w)`` → logits ``(B, C)``; the loss when ``targets`` is given."""
+        """``inputs`` ``(B, D, h, w)`` → logits ``(B, C)``; with ``targets`` ``(B, C)`` the loss
+        (``index`` and ``step`` as the loss needs them) and its ``logs``."""
         features = self.decouple(inputs)
         logits = self.classify(self.propagate(features), features)
         if targets is None:
             return MethodOutput(logits)
-        return MethodOutput(logits, baseline_loss(logits, targets, self.loss_name))
+        out = self.loss(logits, targets, index, step)
+        return MethodOutput(logits, out.loss, out.logs)

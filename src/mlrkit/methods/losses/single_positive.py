@@ -1,9 +1,8 @@
-"""Single-positive multi-label losses (``methods.md`` §6) and the linear head that trains with them.
+"""Single-positive multi-label losses (``docs/methods.md`` §6) as pure functions.
 
-The losses are pure functions of ``(B, C)`` logits and ``(B, C)`` int8 observed targets, usable under
-any head; :class:`SinglePositiveHead` (registered as ``"spml"``) is a linear classifier on pooled
-features that picks one of them by name and holds the per-sample state two of them need (ROLE's
-label estimator, LL-Cp's permanent corrections).
+Each maps ``(B, C)`` logits and ``(B, C)`` int8 observed targets to a scalar, usable under any head
+(:mod:`mlrkit.methods.losses.modules` registers them; the per-sample state that ROLE and LL-Cp need
+lives there).
 
 Conventions. mlrkit targets are 1 (known positive) / 0 (known negative) / -1 (unknown). The papers
 write the single-positive protocol as 1 / 0 with 0 = unknown; here that is 1 / -1, and a known
@@ -12,7 +11,8 @@ applies ``-log p`` to known positives only, known negatives get ``-log(1 - p)``.
 for logits ``s``; the Cole et al. losses take ``-log(x + 1e-5)`` (the reference adds the epsilon, it
 does not clamp), sum over the ``B x C`` entries, divide by ``B * C`` and add any regulariser on top.
 The LL losses use BCE-with-logits instead, as their reference does. Losses are computed in float32
-whatever the autocast dtype of the logits.
+whatever the autocast dtype of the logits. Soft targets are not supported: only exact 1 and 0 count
+as known.
 """
 
 from __future__ import annotations
@@ -22,17 +22,9 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from mlrkit.methods.base import (
-    Method,
-    MethodOutput,
-    StepInfo,
-    TaskSpec,
-    partial_bce,
-    register_method,
-)
-from mlrkit.metrics import gather_across_ranks
+from mlrkit.methods.losses.partial_label import check_pair
 
 LOG_EPS = 1e-5
 
@@ -41,26 +33,26 @@ EXPECTED_POSITIVES = {"voc": 1.5, "coco": 2.9, "nuswide": 1.9, "cub": 31.4}
 
 LL_MODES = ("LL-R", "LL-Ct", "LL-Cp")
 
-LOSSES = ("an", "an_ls", "wan", "epr", "role", "em", "ll_r", "ll_ct", "ll_cp", "partial_bce")
-
 
 def neg_log(x: Tensor) -> Tensor:
     """``-log(x + 1e-5)``, the reference's guarded log for ``x`` in ``[0, 1]``."""
     return -torch.log(x + LOG_EPS)
 
 
-def _check_pair(logits: Tensor, targets: Tensor) -> None:
-    if logits.ndim != 2 or logits.shape != targets.shape:
-        raise ValueError(
-            f"logits and targets must both be (B, C); got {tuple(logits.shape)} and "
-            f"{tuple(targets.shape)}"
-        )
-
-
 def _split(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``p = sigmoid(logits)`` in float32 and the positive / negative / unknown masks."""
-    _check_pair(logits, targets)
+    check_pair(logits, targets)
     return torch.sigmoid(logits.float()), targets == 1, targets == 0, targets < 0
+
+
+def resolve_expected_positives(value: float | str) -> float:
+    """EPR/ROLE's ``k``: a number, or a key of :data:`EXPECTED_POSITIVES` (e.g. ``"voc"``)."""
+    if isinstance(value, str):
+        if value not in EXPECTED_POSITIVES:
+            choices = sorted(EXPECTED_POSITIVES)
+            raise ValueError(f"expected_positives={value!r}: give a number or one of {choices}")
+        return EXPECTED_POSITIVES[value]
+    return float(value)
 
 
 def expected_positive_regularizer(probs: Tensor, expected_positives: float) -> Tensor:
@@ -178,6 +170,24 @@ def role_loss(
     return 0.5 * (observed + cross).mean() + 0.5 * regularizer
 
 
+def _logit(prob: float) -> float:
+    return math.log(prob / (1 - prob))
+
+
+def role_initial_logits(targets: Tensor) -> Tensor:
+    """ROLE's initial label-estimator logits ``(N, C)`` float32 for observed targets ``(N, C)``.
+
+    ``logit(0.995)`` on known positives, ``logit(0.005)`` on known negatives and ``U(-q, q)``,
+    ``q = logit(0.6)``, elsewhere, drawn from torch's global RNG (Cole et al., ``docs/methods.md``
+    §6.2).
+    """
+    bound = _logit(0.6)
+    init = bound * (2 * torch.rand(targets.shape) - 1)
+    init[targets == 1] = _logit(0.995)
+    init[targets == 0] = _logit(0.005)
+    return init
+
+
 def large_loss_count(num_entries: int, epoch: int, delta_rel: float, mode: str) -> int:
     """How many unknown entries LL handles in a batch of ``num_entries = B * C`` entries.
 
@@ -235,7 +245,7 @@ def ll_loss(
             LL-Ct / LL-Cp: VOC 0.2 / 0.2 / 0.1, COCO and NUS-WIDE 0.4 / 0.2 / 0.2, CUB
             0.4 / 0.4 / 0.2.
     """
-    _check_pair(logits, targets)
+    check_pair(logits, targets)
     if not 0 < delta_rel <= 100:
         raise ValueError(f"delta_rel is a percentage in (0, 100], got {delta_rel}")
     logits = logits.float()
@@ -258,153 +268,3 @@ def ll_loss(
     return LargeLossOutput(torch.where(selected, replacement, losses).mean(), selected)
 
 
-def _expected_positives(value: float | str | None, loss: str) -> float | None:
-    if isinstance(value, str):
-        if value not in EXPECTED_POSITIVES:
-            raise ValueError(
-                f"expected_positives={value!r}: give a number or one of {sorted(EXPECTED_POSITIVES)}"
-            )
-        return EXPECTED_POSITIVES[value]
-    if value is None:
-        if loss in ("epr", "role"):
-            raise ValueError(
-                f"loss {loss!r} needs expected_positives (positives per image, a number or one of "
-                f"{EXPECTED_POSITIVES})"
-            )
-        return None
-    return float(value)
-
-
-def _logit(prob: float) -> float:
-    return math.log(prob / (1 - prob))
-
-
-@register_method("spml")
-class SinglePositiveHead(Method):
-    """Dropout + ``Linear(D, C)`` on pooled features, trained with one single-positive loss.
-
-    Args:
-        spec: the task; ``train_targets`` sizes ROLE's estimator and LL-Cp's corrections.
-        loss: ``"an"``, ``"an_ls"``, ``"wan"``, ``"epr"``, ``"role"``, ``"em"``, ``"ll_r"``,
-            ``"ll_ct"``, ``"ll_cp"`` (the functions of this module) or ``"partial_bce"`` (the
-            base BCE-with-logits averaged over the known entries only, for comparison).
-        dropout: dropout before the linear layer.
-        ls_coef: AN-LS smoothing (reference 0.1).
-        expected_positives: EPR/ROLE ``k``: a number, or a key of :data:`EXPECTED_POSITIVES`.
-        alpha: EM weight of the entropy term.
-        delta_rel: LL growth of the handled share per epoch, in percent (see :func:`ll_loss`).
-        estimator_lr_mult: ROLE's estimator learning rate relative to the classifier's
-            (reference 10); the estimator group also has no weight decay, as in the reference.
-
-    State (in ``state_dict``, hence in checkpoints): ROLE ``label_logits`` ``(N, C)`` float, a
-    parameter with ``y = sigmoid(label_logits[index])``, initialised to ``logit(0.995)`` on known
-    positives, ``logit(0.005)`` on known negatives and ``U(-q, q)``, ``q = logit(0.6)``, elsewhere
-    (from torch's global RNG); LL-Cp ``corrected`` ``(N, C)`` bool, the entries turned positive.
-    """
-
-    input_kind = "pooled"
-
-    def __init__(
-        self,
-        spec: TaskSpec,
-        loss: str = "an",
-        dropout: float = 0.0,
-        ls_coef: float = 0.1,
-        expected_positives: float | str | None = None,
-        alpha: float = 0.1,
-        delta_rel: float = 0.2,
-        estimator_lr_mult: float = 10.0,
-    ) -> None:
-        super().__init__(spec)
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
-        if len(spec.feature_shape) != 1:
-            raise ValueError(f"spml needs pooled (D,) features, got {spec.feature_shape}")
-        self.loss_name = loss
-        self.ls_coef = ls_coef
-        self.expected_positives = _expected_positives(expected_positives, loss)
-        self.alpha = alpha
-        self.delta_rel = delta_rel
-        self.estimator_lr_mult = estimator_lr_mult
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(spec.feature_dim, spec.num_classes))
-        observed = torch.as_tensor(spec.train_targets)
-        if loss == "role":
-            bound = _logit(0.6)
-            init = bound * (2 * torch.rand(observed.shape) - 1)
-            init[observed == 1] = _logit(0.995)
-            init[observed == 0] = _logit(0.005)
-            self.label_logits = nn.Parameter(init)
-        if loss == "ll_cp":
-            self.register_buffer("corrected", torch.zeros(observed.shape, dtype=torch.bool))
-
-    def param_groups(self) -> list[dict]:
-        """The classifier; for ROLE also the estimator, at ``estimator_lr_mult`` x, no decay."""
-        groups: list[dict] = [{"params": list(self.head.parameters())}]
-        if self.loss_name == "role":
-            groups.append({
-                "params": [self.label_logits],
-                "lr_mult": self.estimator_lr_mult,
-                "weight_decay": 0.0,
-            })
-        return groups
-
-    def forward(
-        self,
-        inputs: Tensor,
-        targets: Tensor | None = None,
-        index: Tensor | None = None,
-        step: StepInfo | None = None,
-    ) -> MethodOutput:
-        """``inputs`` ``(B, D)`` → logits ``(B, C)``; with ``targets`` ``(B, C)``, the loss.
-
-        ROLE and LL-Cp also need ``index`` ``(B,)`` (rows of ``spec.train_targets``); the LL losses
-        need ``step`` for the epoch.
-        """
-        logits = self.head(inputs)
-        if targets is None:
-            return MethodOutput(logits)
-        name = self.loss_name
-        if name in ("role", "ll_cp") and index is None:
-            raise ValueError(f"loss {name!r} needs the batch's training-row index")
-        if name == "role":
-            estimates = torch.sigmoid(self.label_logits[index])
-            return MethodOutput(
-                logits, role_loss(logits, estimates, targets, self.expected_positives)
-            )
-        if name.startswith("ll_"):
-            return self._large_loss(logits, targets, index, step)
-        losses = {
-            "an": lambda: an_loss(logits, targets),
-            "an_ls": lambda: an_ls_loss(logits, targets, self.ls_coef),
-            "wan": lambda: wan_loss(logits, targets),
-            "epr": lambda: epr_loss(logits, targets, self.expected_positives),
-            "em": lambda: em_loss(logits, targets, self.alpha),
-            "partial_bce": lambda: partial_bce(logits.float(), targets),
-        }
-        return MethodOutput(logits, losses[name]())
-
-    def _large_loss(
-        self, logits: Tensor, targets: Tensor, index: Tensor | None, step: StepInfo | None
-    ) -> MethodOutput:
-        if step is None:
-            raise ValueError(f"loss {self.loss_name!r} needs the StepInfo (its epoch)")
-        mode = {"ll_r": "LL-R", "ll_ct": "LL-Ct", "ll_cp": "LL-Cp"}[self.loss_name]
-        if mode == "LL-Cp":
-            targets = targets.masked_fill(self.corrected[index], 1)
-        out = ll_loss(logits, targets, mode, step.epoch, self.delta_rel)
-        if mode == "LL-Cp" and self.training:
-            self._write_back(index, out.selected)
-        logs = {"ll_selected_share": out.selected.float().mean().item()}
-        return MethodOutput(logits, out.loss, logs)
-
-    @torch.no_grad()
-    def _write_back(self, index: Tensor, selected: Tensor) -> None:
-        """Mark ``selected`` ``(B, C)`` entries of rows ``index`` as corrected, on every rank.
-
-        Under DDP each rank corrects its own rows and the buffers must stay equal (DDP broadcasts
-        rank 0's buffers), so the ``(row, class)`` pairs are gathered from all ranks first.
-        """
-        rows, cols = selected.nonzero(as_tuple=True)
-        pairs = torch.stack([index[rows], cols], dim=1)
-        pairs = gather_across_ranks(pairs)
-        self.corrected[pairs[:, 0], pairs[:, 1]] = True

@@ -1,0 +1,288 @@
+"""The registered losses: thin :class:`~mlrkit.methods.losses.registry.Loss` modules over the pure
+functions, adding only options and per-sample state.
+
+=================== ============================================ ==========================
+name                function                                     needs
+=================== ============================================ ==========================
+``partial_bce``     :func:`partial_bce`                          -
+``assume_negative`` :func:`assume_negative_bce`                  -
+``an``              :func:`an_loss`                              -
+``an_ls``           :func:`an_ls_loss`                           -
+``wan``             :func:`wan_loss`                             -
+``epr``             :func:`epr_loss`                             -
+``em``              :func:`em_loss`                              -
+``role``            :func:`role_loss` + ``(N, C)`` estimator     ``index``
+``ll_r``            :func:`ll_loss` ``"LL-R"``                   ``step``
+``ll_ct``           :func:`ll_loss` ``"LL-Ct"``                  ``step``
+``ll_cp``           :func:`ll_loss` ``"LL-Cp"`` + corrections    ``index``, ``step``
+``asl``             :func:`asymmetric_loss`                      -
+=================== ============================================ ==========================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from mlrkit.methods.losses.partial_label import (
+    assume_negative_bce,
+    asymmetric_loss,
+    check_asymmetric_options,
+    partial_bce,
+)
+from mlrkit.methods.losses.registry import Loss, LossOutput, register_loss
+from mlrkit.methods.losses.single_positive import (
+    LargeLossOutput,
+    an_loss,
+    an_ls_loss,
+    em_loss,
+    epr_loss,
+    ll_loss,
+    resolve_expected_positives,
+    role_initial_logits,
+    role_loss,
+    wan_loss,
+)
+from mlrkit.metrics import gather_across_ranks
+
+if TYPE_CHECKING:
+    from mlrkit.methods.base import StepInfo, TaskSpec
+
+
+class _FunctionLoss(Loss):
+    """A loss without state: ``function(logits, targets, **options)``."""
+
+    function: ClassVar[Callable[..., Tensor]]
+
+    def __init__(self, spec: TaskSpec, **options) -> None:
+        super().__init__(spec)
+        self.options = options
+
+    def forward(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        index: Tensor | None = None,
+        step: StepInfo | None = None,
+    ) -> LossOutput:
+        return LossOutput(self.function(logits, targets, **self.options))
+
+
+@register_loss("partial_bce")
+class PartialBCE(_FunctionLoss):
+    """BCE-with-logits over the known entries: :func:`partial_bce`; soft targets allowed."""
+
+    function = staticmethod(partial_bce)
+
+
+@register_loss("assume_negative")
+class AssumeNegativeBCE(_FunctionLoss):
+    """BCE-with-logits over all entries, unknown as negative: :func:`assume_negative_bce`."""
+
+    function = staticmethod(assume_negative_bce)
+
+
+@register_loss("an")
+class AssumeNegative(_FunctionLoss):
+    """Cole et al.'s AN (``docs/methods.md`` §6.2): :func:`an_loss`."""
+
+    function = staticmethod(an_loss)
+
+
+@register_loss("an_ls")
+class AssumeNegativeSmoothed(_FunctionLoss):
+    """AN with label smoothing ``ls_coef`` (reference 0.1): :func:`an_ls_loss`."""
+
+    function = staticmethod(an_ls_loss)
+
+    def __init__(self, spec: TaskSpec, ls_coef: float = 0.1) -> None:
+        super().__init__(spec, ls_coef=ls_coef)
+
+
+@register_loss("wan")
+class WeakAssumeNegative(_FunctionLoss):
+    """AN with unknown entries weighted ``1 / (C - 1)``: :func:`wan_loss`."""
+
+    function = staticmethod(wan_loss)
+
+
+@register_loss("epr")
+class ExpectedPositiveRegularized(_FunctionLoss):
+    """Known entries plus the expected-positive regulariser: :func:`epr_loss`.
+
+    ``expected_positives`` (required) is ``k``: a number or a key of
+    :data:`~mlrkit.methods.losses.single_positive.EXPECTED_POSITIVES` (``"voc"`` = 1.5, ...).
+    """
+
+    function = staticmethod(epr_loss)
+
+    def __init__(self, spec: TaskSpec, expected_positives: float | str) -> None:
+        super().__init__(spec, expected_positives=resolve_expected_positives(expected_positives))
+
+
+@register_loss("em")
+class EntropyMaximization(_FunctionLoss):
+    """Known entries plus ``-alpha`` times the entropy on unknowns (reference ``alpha``: VOC 0.2,
+    COCO and NUS-WIDE 0.1, CUB 0.01): :func:`em_loss`."""
+
+    function = staticmethod(em_loss)
+
+    def __init__(self, spec: TaskSpec, alpha: float = 0.1) -> None:
+        super().__init__(spec, alpha=alpha)
+
+
+@register_loss("asl")
+class AsymmetricLoss(_FunctionLoss):
+    """ASL over the known entries: :func:`asymmetric_loss` (its docstring gives the formula, the
+    reference's and CLSL's settings). Defaults are the ASL paper's; soft targets allowed."""
+
+    function = staticmethod(asymmetric_loss)
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 1.0,
+        clip: float = 0.05,
+        eps: float = 1e-8,
+        focus_grad: bool = False,
+        reduction: str = "mean",
+    ) -> None:
+        check_asymmetric_options(gamma_neg, gamma_pos, clip, eps, reduction)
+        super().__init__(spec, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, eps=eps,
+                         focus_grad=focus_grad, reduction=reduction)
+
+
+@register_loss("role")
+class ROLE(Loss):
+    """ROLE (``docs/methods.md`` §6.2): :func:`role_loss` with a trainable label estimator.
+
+    Args:
+        spec: ``train_targets`` ``(N, C)`` sizes and initialises the estimator.
+        expected_positives: ``k`` (required), as for ``epr``.
+        estimator_lr_mult: the estimator's learning rate relative to the base one (reference
+            10); its group also has no weight decay, as in the reference.
+
+    State (in ``state_dict``): ``label_logits`` ``(N, C)`` float parameter, ``y =
+    sigmoid(label_logits[index])``, initialised by
+    :func:`~mlrkit.methods.losses.single_positive.role_initial_logits` (torch's global RNG).
+    """
+
+    def __init__(
+        self, spec: TaskSpec, expected_positives: float | str, estimator_lr_mult: float = 10.0
+    ) -> None:
+        super().__init__(spec)
+        self.expected_positives = resolve_expected_positives(expected_positives)
+        self.estimator_lr_mult = estimator_lr_mult
+        self.label_logits = nn.Parameter(role_initial_logits(torch.as_tensor(spec.train_targets)))
+
+    def param_groups(self) -> list[dict]:
+        return [{
+            "params": [self.label_logits],
+            "lr_mult": self.estimator_lr_mult,
+            "weight_decay": 0.0,
+        }]
+
+    def forward(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        index: Tensor | None = None,
+        step: StepInfo | None = None,
+    ) -> LossOutput:
+        estimates = torch.sigmoid(self.label_logits[self.require_index(index)])
+        return LossOutput(role_loss(logits, estimates, targets, self.expected_positives))
+
+
+class _LargeLoss(Loss):
+    """Large Loss Matters (``docs/methods.md`` §6.3): :func:`ll_loss` in mode :attr:`mode`.
+
+    ``delta_rel``: growth of the handled share per epoch, in percent (see :func:`ll_loss`).
+    Logs ``ll_selected_share``, the share of the batch's entries rejected or corrected.
+    """
+
+    mode: ClassVar[str]
+
+    def __init__(self, spec: TaskSpec, delta_rel: float = 0.2) -> None:
+        super().__init__(spec)
+        if not 0 < delta_rel <= 100:
+            raise ValueError(f"delta_rel is a percentage in (0, 100], got {delta_rel}")
+        self.delta_rel = delta_rel
+
+    def _large_loss(
+        self, logits: Tensor, targets: Tensor, step: StepInfo | None
+    ) -> LargeLossOutput:
+        epoch = self.require_step(step).epoch
+        return ll_loss(logits, targets, self.mode, epoch, self.delta_rel)
+
+    def forward(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        index: Tensor | None = None,
+        step: StepInfo | None = None,
+    ) -> LossOutput:
+        return _logged(self._large_loss(logits, targets, step))
+
+
+def _logged(out: LargeLossOutput) -> LossOutput:
+    return LossOutput(out.loss, {"ll_selected_share": out.selected.float().mean().item()})
+
+
+@register_loss("ll_r")
+class LargeLossRejection(_LargeLoss):
+    """LL-R: the largest unknown-entry losses are set to 0. Needs ``step``."""
+
+    mode = "LL-R"
+
+
+@register_loss("ll_ct")
+class LargeLossTemporaryCorrection(_LargeLoss):
+    """LL-Ct: the largest unknown-entry losses become ``BCE(s, 1)`` for the step. Needs ``step``."""
+
+    mode = "LL-Ct"
+
+
+@register_loss("ll_cp")
+class LargeLossPermanentCorrection(_LargeLoss):
+    """LL-Cp: LL-Ct whose selected entries become positives for the rest of training.
+
+    State (in ``state_dict``): ``corrected`` ``(N, C)`` bool buffer, the entries turned positive;
+    written in training mode only, gathered across ranks under DDP. Needs ``index`` and ``step``.
+    """
+
+    mode = "LL-Cp"
+
+    def __init__(self, spec: TaskSpec, delta_rel: float = 0.2) -> None:
+        super().__init__(spec, delta_rel)
+        shape = spec.train_targets.shape
+        self.register_buffer("corrected", torch.zeros(shape, dtype=torch.bool))
+
+    def forward(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        index: Tensor | None = None,
+        step: StepInfo | None = None,
+    ) -> LossOutput:
+        index = self.require_index(index)
+        out = self._large_loss(logits, targets.masked_fill(self.corrected[index], 1), step)
+        if self.training:
+            self._write_back(index, out.selected)
+        return _logged(out)
+
+    @torch.no_grad()
+    def _write_back(self, index: Tensor, selected: Tensor) -> None:
+        """Mark ``selected`` ``(B, C)`` entries of rows ``index`` as corrected, on every rank.
+
+        Under DDP each rank corrects its own rows and the buffers must stay equal (DDP broadcasts
+        rank 0's buffers), so the ``(row, class)`` pairs are gathered from all ranks first.
+        """
+        rows, cols = selected.nonzero(as_tuple=True)
+        pairs = torch.stack([index[rows], cols], dim=1)
+        pairs = gather_across_ranks(pairs)
+        self.corrected[pairs[:, 0], pairs[:, 1]] = True
+

@@ -1,0 +1,112 @@
+"""Seeded splits and validation hold-outs: sizes, determinism, files, recipes, the CLI."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlrkit.cli import main
+from mlrkit.data import DataFormatError, MultiLabelData, create_dataset
+from mlrkit.data.splits import apply_recipe_splits, holdout_split, random_split, write_split_file
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def toy(n: int = 100, splits: bool = True) -> MultiLabelData:
+    rng = np.random.default_rng(0)
+    return MultiLabelData(
+        name="toy", root=Path("toy"), class_names=["a", "b"],
+        image_paths=[Path("toy") / f"{i}.jpg" for i in range(n)],
+        labels=rng.integers(0, 2, size=(n, 2)).astype(np.int8),
+        splits=np.array(["train"] * 80 + ["test"] * (n - 80)) if splits else None,
+    )
+
+
+def test_holdout_moves_a_seeded_share_of_train_and_nothing_else():
+    data = toy()
+    out = holdout_split(data, 20, seed=3)
+    assert (out.splits == "holdout").sum() == 20 and (out.splits == "train").sum() == 60
+    assert (out.splits[80:] == "test").all()                    # other splits untouched
+    chosen = np.flatnonzero(out.splits == "holdout")
+    assert set(chosen) <= set(range(80))
+    expected = np.sort(np.random.default_rng(3).permutation(80)[:20])
+    assert np.array_equal(chosen, expected)                      # the documented draw
+    assert np.array_equal(holdout_split(data, 0.25, seed=3).splits, out.splits)  # 0.25 x 80 = 20
+    assert not np.array_equal(holdout_split(data, 20, seed=4).splits, out.splits)
+    np.testing.assert_array_equal(out.labels, data.labels)
+
+
+def test_holdout_refuses_bad_sizes_and_existing_names():
+    data = toy()
+    for size in (0, 80, 1.5, -3, True):
+        with pytest.raises(ValueError, match="size"):
+            holdout_split(data, size)
+    with pytest.raises(DataFormatError, match="exists already"):
+        holdout_split(data, 10, name="test")
+    with pytest.raises(DataFormatError, match="has no split"):
+        holdout_split(toy(splits=False), 10)
+
+
+def test_random_split_counts_cover_every_image_once():
+    data = random_split(toy(101, splits=False), {"train": 0.8, "val": 0.1, "test": 0.1}, seed=0)
+    counts = {s: int((data.splits == s).sum()) for s in ("train", "val", "test")}
+    assert counts == {"train": 81, "val": 10, "test": 10}       # 80.8 / 10.1 / 10.1, remainder first
+    again = random_split(toy(101, splits=False), {"train": 0.8, "val": 0.1, "test": 0.1}, seed=0)
+    assert np.array_equal(again.splits, data.splits)
+    with pytest.raises(ValueError, match="sum to"):
+        random_split(data, {"train": 0.8, "test": 0.1})
+
+
+def test_recipe_split_refuses_data_that_has_one_and_holdout_checks_keys():
+    with pytest.raises(DataFormatError, match="has its own split"):
+        apply_recipe_splits(toy(), {"split": {"train": 0.5, "test": 0.5}})
+    with pytest.raises(ValueError, match="data.holdout takes"):
+        apply_recipe_splits(toy(), {"holdout": {"sise": 10}})
+    out = apply_recipe_splits(toy(splits=False), {"split": {"train": 0.9, "test": 0.1, "seed": 1},
+                                                  "holdout": {"size": 9, "seed": 2}})
+    assert [int((out.splits == s).sum()) for s in ("train", "holdout", "test")] == [81, 9, 10]
+
+
+def make_csv(root: Path, n: int = 30) -> None:
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        (root / "images" / f"{i}.jpg").write_bytes(b"")
+        rows.append(f"images/{i}.jpg,{i % 2},{(i + 1) % 2}")
+    (root / "labels.csv").write_text("image,a,b\n" + "\n".join(rows) + "\n")
+
+
+def test_csv_image_paths_relative_to_the_csv_and_split_file_round_trip(tmp_path):
+    make_csv(tmp_path / "d")
+    data = create_dataset("csv", tmp_path / "d")                 # "images/x.jpg" next to the CSV
+    assert data.image_paths[0] == tmp_path / "d" / "images" / "0.jpg"
+    with pytest.raises(DataFormatError, match="mlrkit data split"):
+        data.split_index("train")
+    split = random_split(data, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=5)
+    write_split_file(split, tmp_path / "d" / "split.csv")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_split_file(split, tmp_path / "d" / "split.csv")
+    reread = create_dataset("csv", tmp_path / "d")
+    assert np.array_equal(reread.splits, split.splits)
+
+
+def test_cli_data_split_writes_split_csv(tmp_path, capsys):
+    make_csv(tmp_path / "d")
+    args = ["data", "split", "--dataset", "csv", "--root", str(tmp_path / "d"), "--seed", "1"]
+    assert main(args) == 0
+    assert "train 24, val 3, test 3" in capsys.readouterr().out
+    assert main(args) == 2                                      # exists: refused, one line
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--train", "0.5", "--val", "0.5", "--test", "0"]) == 0
+    data = create_dataset("csv", tmp_path / "d")
+    assert {s: int((data.splits == s).sum()) for s in data.split_names()} == {"train": 15, "val": 15}
+
+
+def test_voc2007_holdout_as_the_recipes_use_it():
+    root = DATA / "voc2007"
+    if not root.is_dir():
+        pytest.skip(f"real data set voc2007 not found at {root}")
+    data = apply_recipe_splits(create_dataset("voc2007", root),
+                               {"holdout": {"size": 250, "seed": 0, "from": "train"}})
+    counts = {s: int((data.splits == s).sum()) for s in data.split_names()}
+    assert counts == {"train": 2250, "holdout": 250, "val": 2508}
