@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mlrkit.data.dataset import MultiLabelData
-from mlrkit.data.feature_cache import extract_features
+from mlrkit.data.feature_cache import extract_features, load_features
 from mlrkit.encoders.image import create_image_encoder
 from mlrkit.engine.distributed import init_distributed
 
@@ -44,6 +44,7 @@ def main(root: Path, out: Path, batch_size: int, stop_after: int) -> None:
                                    spatial=True, progress=False, on_batch=stop)
     finally:
         (out.parent / f"encoded-{info.rank}.txt").write_text(str(sum(encoded)))
+    load_features(out, data=data)  # complete on every rank as soon as extract_features returns
     if info.is_main:
         (out.parent / "computed.txt").write_text(str(summary.computed))
 

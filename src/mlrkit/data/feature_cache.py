@@ -59,7 +59,7 @@ import mlrkit
 from mlrkit.atomic import atomic_write
 from mlrkit.data.dataset import DataFormatError, MultiLabelData
 from mlrkit.data.images import ImageFiles, UnreadableImagesError, check_image_files
-from mlrkit.engine.distributed import DistInfo, current_info, gather_objects, main_first
+from mlrkit.engine.distributed import DistInfo, barrier, current_info, gather_objects, main_first
 
 logger = logging.getLogger(__name__)
 
@@ -541,7 +541,8 @@ def _run(
     """Compute the rows not done yet: earlier decode failures first, then the rows after
     ``progress.done`` in order, in batches of ``batch_size``. Rank ``r`` of ``K`` computes batches
     ``r, r + K, ...``; each round of ``K`` batches is committed once all of them are on disk.
-    Returns the number of rows computed and committed (by all ranks)."""
+    Returns the number of rows computed and committed (by all ranks), on every rank once rank 0
+    has written the last round's ``meta.json``."""
     state = meta["progress"]
     failed = {f["index"]: f for f in state["failed"]}
     todo = sorted(failed) + list(range(state["done"], data.num_images))
@@ -577,6 +578,7 @@ def _run(
                 _write_meta(out, meta)
             if on_batch is not None:
                 on_batch(committed, len(todo))
+    barrier(info)
     return committed
 
 

@@ -88,7 +88,7 @@ def _read_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     except yaml.YAMLError as err:
         raise ValueError(f"recipe {path} is not valid YAML: {err}") from err
     if not isinstance(raw, dict):
-        raise ValueError(f"recipe {path}: expected a mapping of sections, got {type(raw).__name__}")
+        raise TypeError(f"recipe {path}: expected a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("base", None)
     if base is None:
         return raw

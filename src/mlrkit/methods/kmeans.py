@@ -1,6 +1,6 @@
 """k-means run for many groups of points at once: one clustering per group, one tensor program.
 
-SARB's prototypes (``methods.md`` §1.8) are ``K`` centroids per class, found by clustering the class
+SARB's prototypes (``docs/methods.md`` §1.8) are ``K`` centroids per class, found by clustering the class
 features of the images where that class is an observed positive. The reference fits scikit-learn's
 ``KMeans(n_clusters=K)`` once per class. :func:`batched_kmeans` runs the same algorithm for every
 class at once on the device of the points:
