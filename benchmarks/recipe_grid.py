@@ -43,13 +43,15 @@ def recipe_fingerprint(recipe: dict) -> str:
     return hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def run_recipe(config: str, overrides: list[str], parent: Path) -> dict:
-    """Train ``configs/<config>.yaml`` with ``overrides`` into ``parent/<fingerprint>``.
+def run_recipe(config: str | Path, overrides: list[str], parent: Path) -> dict:
+    """Train ``configs/<config>.yaml`` (or the recipe file ``config``) with ``overrides`` into
+    ``parent/<fingerprint>``.
 
     A finished run of the very same resolved recipe is read back; a killed one resumes. The
     results carry the run folder and the run's lr and weight decay.
     """
-    recipe = load_recipe(ROOT / "configs" / f"{config}.yaml", ["train.progress=false", *overrides])
+    path = config if isinstance(config, Path) else ROOT / "configs" / f"{config}.yaml"
+    recipe = load_recipe(path, ["train.progress=false", *overrides])
     run_dir = parent / recipe_fingerprint(recipe)
     done, saved = run_dir / "results.json", run_dir / "config.yaml"
     fresh = not (done.is_file() and saved.is_file()
@@ -57,8 +59,8 @@ def run_recipe(config: str, overrides: list[str], parent: Path) -> dict:
     results = train_run(recipe, run_dir, resume=saved.is_file()) if fresh else json.loads(
         done.read_text())
     train = TrainConfig(**recipe["train"])
-    return {**results, "run_dir": str(run_dir.relative_to(ROOT)), "lr": train.lr,
-            "weight_decay": train.weight_decay}
+    return {**results, "run_dir": str(run_dir), "lr": train.lr,
+            "weight_decay": train.weight_decay, "reused": not fresh}
 
 
 @dataclass

@@ -1,7 +1,27 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures and helpers shared by several test modules."""
+
+import os
+from pathlib import Path
 
 import pytest
 import torch
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def real_data(name: str) -> Path:
+    """The real data set ``../shared/data/<name>``. When it is missing its test is skipped, but
+    fails under CI (``CI=true``): there a skip would hide that nothing was checked.
+
+    Import it in a test module with ``from conftest import real_data``.
+    """
+    root = DATA / name
+    if not root.is_dir():
+        message = f"real data set {name!r} not found at {root}"
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"{message}; CI must provide ../shared/data", pytrace=False)
+        pytest.skip(message)
+    return root
 
 
 @pytest.fixture(scope="module")

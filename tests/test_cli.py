@@ -4,19 +4,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import real_data
 
 from mlrkit.cli import main
 from mlrkit.data.protocols import ProtocolMask
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-VOC = DATA / "voc12-animals"
 
-pytestmark = pytest.mark.skipif(not VOC.is_dir(), reason=f"{VOC} not found")
+@pytest.fixture
+def voc() -> Path:
+    return real_data("voc12-animals")
 
 
-def test_data_summary_prints_counts_and_mask_stats(capsys, tmp_path):
+def test_data_summary_prints_counts_and_mask_stats(capsys, tmp_path, voc):
     mask_file = tmp_path / "mask.npz"
-    code = main(["data", "summary", "--dataset", "csv", "--root", str(VOC),
+    code = main(["data", "summary", "--dataset", "csv", "--root", str(voc),
                  "--protocol", "partial", "--known", "0.1", "--seed", "0",
                  "--save-mask", str(mask_file)])
     out = capsys.readouterr().out
@@ -31,26 +32,26 @@ def test_data_summary_prints_counts_and_mask_stats(capsys, tmp_path):
     assert f"known entries      {mask.known.mean():.2%}" in out
 
 
-def test_single_positive_summary_uses_cole_seed(capsys):
-    assert main(["data", "summary", "--dataset", "csv", "--root", str(VOC),
+def test_single_positive_summary_uses_cole_seed(capsys, voc):
+    assert main(["data", "summary", "--dataset", "csv", "--root", str(voc),
                  "--protocol", "single_positive", "--mode", "cole"]) == 0
     out = capsys.readouterr().out
     assert "seed=1200" in out
     assert "known positives    2,149" in out
 
 
-def test_errors_are_messages_not_tracebacks(capsys, tmp_path):
+def test_errors_are_messages_not_tracebacks(capsys, tmp_path, voc):
     assert main(["data", "summary", "--dataset", "csv", "--root", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["data", "summary", "--dataset", "voc9", "--root", str(VOC)]) == 2
+    assert main(["data", "summary", "--dataset", "voc9", "--root", str(voc)]) == 2
     assert "unknown dataset 'voc9'" in capsys.readouterr().err
-    assert main(["data", "summary", "--dataset", "csv", "--root", str(VOC),
+    assert main(["data", "summary", "--dataset", "csv", "--root", str(voc),
                  "--protocol", "partial", "--mode", "cole"]) == 2
     assert "mode" in capsys.readouterr().err
 
 
-def test_known_share_matches_requested_proportion(capsys):
-    main(["data", "summary", "--dataset", "csv", "--root", str(VOC), "--protocol", "partial",
+def test_known_share_matches_requested_proportion(capsys, voc):
+    main(["data", "summary", "--dataset", "csv", "--root", str(voc), "--protocol", "partial",
           "--known", "0.5", "--seed", "3"])
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  known entries"))
     share = float(line.split()[2].rstrip("%")) / 100

@@ -13,8 +13,35 @@ from mlrkit.methods import method_class
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
-def test_there_are_recipes():
-    assert len(CONFIGS) >= 10
+#: Every recipe configs/ ships: adding or removing one means updating this set.
+EXPECTED = {
+    "clsl_voc2007_partial",
+    "linear-an_miml_partial",
+    "linear-an_voc12-animals_partial",
+    "linear-an_voc2007_partial",
+    "linear_miml_partial",
+    "linear_miml_single-positive",
+    "linear_voc12-animals_partial",
+    "linear_voc12-animals_single-positive",
+    "linear_voc2007_partial",
+    "linear_voc2007_single-positive",
+    "mlp_miml_partial",
+    "mlp_voc12-animals_partial",
+    "mlp_voc2007_partial",
+    "sarb_coco2014_partial",
+    "sarb_miml_partial",
+    "sarb_vg200_partial",
+    "sarb_voc12-animals_partial",
+    "sarb_voc2007_partial-published",
+    "sarb_voc2007_partial",
+    "ssgrl_miml_partial",
+    "ssgrl_voc12-animals_partial",
+    "ssgrl_voc2007_partial",
+}
+
+
+def test_configs_holds_exactly_the_expected_recipes():
+    assert {p.stem for p in CONFIGS} == EXPECTED
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

@@ -177,6 +177,42 @@ def test_changed_labels_are_rewritten_without_recomputing(encoder, data, tmp_pat
     np.testing.assert_array_equal(load_features(out, data=relabelled).labels, -data.labels)
 
 
+def test_replaced_image_is_refused_on_load_and_extract_recomputes_only_it(encoder, data, tmp_path):
+    out = tmp_path / "cache"
+    extract_features(data, encoder, out, num_workers=0, progress=False)
+    _write_jpeg(data.image_paths[3], seed=20)  # another picture under the same name
+
+    with pytest.raises(StaleCacheError, match=r"1 image file\(s\) changed on disk.*img_3\.jpg.*"
+                                              r"recomputes only these rows.*--overwrite"):
+        load_features(out, data=data)
+    summary = extract_features(data, encoder, out, num_workers=0, progress=False)
+
+    assert summary.computed == 1
+    pooled, _ = _direct_forward(encoder, data)
+    np.testing.assert_allclose(load_features(out, data=data).pooled, pooled, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_from_before_file_records_gets_them_once_without_recomputing(
+    encoder, data, tmp_path, caplog
+):
+    out = tmp_path / "cache"
+    extract_features(data, encoder, out, num_workers=0, progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["images"]["files"]  # as written by mlrkit before the records existed
+    (out / "meta.json").write_text(json.dumps(meta))
+    load_features(out, data=data)  # still readable as it is
+
+    with caplog.at_level("WARNING"):
+        summary = extract_features(data, encoder, out, num_workers=0, progress=False)
+
+    assert summary.reused and "predates per-image size" in caplog.text
+    recorded = json.loads((out / "meta.json").read_text())["images"]["files"]
+    assert recorded == [[p.stat().st_size, p.stat().st_mtime_ns] for p in data.image_paths]
+    _write_jpeg(data.image_paths[0], seed=10)
+    with pytest.raises(StaleCacheError, match="img_0.jpg"):
+        load_features(out, data=data)
+
+
 class Interrupt(Exception):
     pass
 

@@ -223,6 +223,15 @@ def test_precision_recall_f1_top_k_hand_example():
     assert m.overall_recall == pytest.approx(2 / 5)
 
 
+@pytest.mark.parametrize("top_k", [None, 2])
+def test_precision_recall_f1_with_nothing_known_is_nan_everywhere(top_k):
+    scores = torch.tensor([[0.9, 0.2, 0.7], [0.6, 0.8, 0.1]])
+    labels = torch.full((2, 3), -1, dtype=torch.int8)
+    m = precision_recall_f1(scores, labels, threshold=0.5, top_k=top_k)
+    assert all(math.isnan(v) for v in m[:6]), m  # OP was 0.0 while OR and OF1 were NaN
+    assert m.num_classes_averaged == 0
+
+
 def test_top_k_needs_the_threshold_too_and_breaks_ties_by_lower_class_index():
     scores = torch.tensor([[0.3, 0.3, 0.3], [0.6, 0.6, 0.6]])
     labels = torch.tensor([[0, 1, 1], [0, 1, 1]])

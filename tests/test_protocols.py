@@ -1,9 +1,8 @@
 """Label protocols: reproduce the published generators exactly, save/reload, report gaps."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import real_data
 
 from mlrkit.data import DataFormatError
 from mlrkit.data.protocols import (
@@ -15,14 +14,10 @@ from mlrkit.data.protocols import (
     split_from_groups,
 )
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
 
 @pytest.fixture(scope="module")
 def voc_labels() -> np.ndarray:
-    path = DATA / "voc12-animals" / "labels.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
+    path = real_data("voc12-animals") / "labels.csv"
     return np.loadtxt(path, delimiter=",", skiprows=1, usecols=range(1, 21), dtype=np.int8)
 
 

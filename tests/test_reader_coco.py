@@ -5,18 +5,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import real_data
 
 from mlrkit.data import DataFormatError, create_dataset
 
-COCO_MINI = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "coco-mini"
-needs_coco_mini = pytest.mark.skipif(
-    not COCO_MINI.is_dir(), reason=f"real COCO-MINI data not found at {COCO_MINI}"
-)
+
+@pytest.fixture
+def coco_mini() -> Path:
+    return real_data("coco-mini")
 
 
-@needs_coco_mini
-def test_reads_coco_mini():
-    data = create_dataset("coco", COCO_MINI)
+def test_reads_coco_mini(coco_mini):
+    data = create_dataset("coco", coco_mini)
     assert data.name == "coco2017"
     assert data.labels.shape == (159, 80) and data.labels.dtype == np.int8
     assert set(np.unique(data.labels)) == {0, 1}
@@ -30,10 +30,9 @@ def test_reads_coco_mini():
     assert data.extras["num_objects"].sum() == 739 + 624  # every instance, crowd included
 
 
-@needs_coco_mini
-def test_classes_and_one_image_match_the_json():
-    data = create_dataset("coco2017", COCO_MINI, splits="val")
-    raw = json.loads((COCO_MINI / "annotations" / "instances_val2017.json").read_text())
+def test_classes_and_one_image_match_the_json(coco_mini):
+    data = create_dataset("coco2017", coco_mini, splits="val")
+    raw = json.loads((coco_mini / "annotations" / "instances_val2017.json").read_text())
     categories = sorted(raw["categories"], key=lambda c: c["id"])
     assert data.class_names == [c["name"] for c in categories]
     assert len(data.class_names) == 80 and data.class_names[0] == "person"
@@ -114,3 +113,17 @@ def test_missing_images_are_listed(tmp_path):
     with pytest.raises(DataFormatError, match=r"1 of 3 file\(s\) not found.*000000000002\.jpg"):
         create_dataset("coco", tmp_path, splits="val")
     assert len(create_dataset("coco", tmp_path, splits="val", check_images=False)) == 3
+
+
+def test_file_name_leading_outside_the_root_names_the_record(tmp_path):
+    root = tmp_path / "coco"
+    path = write_coco(root, [ann(100, 5)])
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "x.jpg").write_bytes(b"")
+    doc = json.loads(path.read_text())
+    doc["images"][1]["file_name"] = "../../secret/x.jpg"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataFormatError, match=r"instances_val2014\.json: images\[1\]\.file_name: "
+                                              r"image .*outside the dataset root"):
+        create_dataset("coco", root, splits="val")
+    assert len(create_dataset("coco", root, splits="val", allow_outside_root=True)) == 3

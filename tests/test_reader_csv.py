@@ -5,17 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import real_data
 
 from mlrkit.data import DataFormatError, create_dataset
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
-
-def real(name: str) -> Path:
-    root = DATA / name
-    if not root.is_dir():
-        pytest.skip(f"real data set {name!r} not found at {root}")
-    return root
 
 
 def split_sizes(data) -> dict[str, int]:
@@ -23,7 +15,7 @@ def split_sizes(data) -> dict[str, int]:
 
 
 def test_reads_voc12_animals_with_its_split():
-    data = create_dataset("csv", real("voc12-animals"))
+    data = create_dataset("csv", real_data("voc12-animals"))
     assert data.name == "voc12-animals"
     assert data.labels.shape == (3576, 20) and data.labels.dtype == np.int8
     assert data.class_names[0] == "aeroplane" and data.class_names[-1] == "tvmonitor"
@@ -36,7 +28,7 @@ def test_reads_voc12_animals_with_its_split():
 
 
 def test_reads_miml_with_a_filenames_column():
-    data = create_dataset("csv", real("miml"))
+    data = create_dataset("csv", real_data("miml"))
     assert data.labels.shape == (2000, 5)
     assert data.class_names == ["desert", "mountains", "sea", "sunset", "trees"]
     assert split_sizes(data) == {"train": 1228, "val": 377, "test": 395}
@@ -134,3 +126,38 @@ def test_classes_option_must_match_the_header(tmp_path):
     write(tmp_path, "image,dog,cat\na.jpg,1,0\n", ["a.jpg"])
     with pytest.raises(DataFormatError, match=r"labels\.csv:1: the header's classes"):
         create_dataset("csv", tmp_path, classes=["cat", "dog"])
+
+
+def secret_image(tmp_path: Path) -> Path:
+    """An image file outside the dataset root ``tmp_path / "data"``."""
+    secret = tmp_path / "secret" / "x.jpg"
+    secret.parent.mkdir(parents=True)
+    secret.write_bytes(b"")
+    return secret
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_image_outside_the_root_is_refused_naming_the_line_unless_allowed(tmp_path, kind):
+    root, secret = tmp_path / "data", secret_image(tmp_path)
+    name = {"dotdot": "../../secret/x.jpg", "absolute": str(secret), "symlink": "link.jpg"}[kind]
+    write(root, f"image,dog\na.jpg,1\n{name},0\n", ["a.jpg"])
+    if kind == "symlink":
+        (root / "images" / "link.jpg").symlink_to(secret)
+    with pytest.raises(DataFormatError,
+                       match=r"labels\.csv:3: image .* outside the dataset root.*"
+                             r"allow_outside_root"):
+        create_dataset("csv", root)
+    data = create_dataset("csv", root, allow_outside_root=True)
+    assert data.image_paths[1].resolve() == secret.resolve()
+
+
+def test_links_that_stay_inside_and_a_linked_image_folder_are_accepted(tmp_path):
+    store = tmp_path / "disk" / "photos"
+    store.mkdir(parents=True)
+    (store / "a.jpg").write_bytes(b"")
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "images").symlink_to(store)  # the whole image folder lives on another disk
+    (root / "labels.csv").write_text("image,dog\na.jpg,1\nb.jpg,0\n")
+    (store / "b.jpg").symlink_to(store / "a.jpg")  # a link within the image folder
+    assert len(create_dataset("csv", root)) == 2

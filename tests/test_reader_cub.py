@@ -139,3 +139,12 @@ def test_missing_images_are_counted_unless_unchecked(cub_root):
     with pytest.raises(DataFormatError, match=r"1 of 3 file\(s\) not found, e\.g\. .*Laysan"):
         create_dataset("cub", cub_root)
     assert len(create_dataset("cub", cub_root, check_images=False)) == 3
+
+
+def test_image_name_leading_outside_the_root_names_the_line(cub_root, tmp_path):
+    (tmp_path / "secret").mkdir()
+    Image.new("RGB", (4, 3)).save(tmp_path / "secret" / "x.jpg")
+    replace_line(cub_root / "CUB_200_2011" / "images.txt", 2, "2 ../../../secret/x.jpg")
+    with pytest.raises(DataFormatError, match=r"images\.txt:2: image .*outside the dataset root"):
+        create_dataset("cub", cub_root)
+    assert len(create_dataset("cub", cub_root, allow_outside_root=True)) == 3

@@ -204,3 +204,15 @@ def test_missing_images_are_counted_unless_unchecked(nus_root):
 def test_unknown_label_set_is_rejected(nus_root):
     with pytest.raises(ValueError, match="label_set must be one of"):
         create_dataset("nuswide", nus_root, label_set="tags1000")
+
+
+def test_image_linked_to_a_file_outside_the_root_is_refused_unless_allowed(nus_root, tmp_path):
+    secret = tmp_path / "secret.jpg"
+    Image.new("RGB", (4, 3)).save(secret)
+    image = nus_root / "Flickr" / IMAGES[2]
+    image.unlink()
+    image.symlink_to(secret)
+    with pytest.raises(DataFormatError, match=r"ImageList, entry 'beach/0001_1234567890\.jpg': "
+                                              r"image path .* resolves to .*secret\.jpg, outside"):
+        create_dataset("nuswide", nus_root)
+    assert len(create_dataset("nuswide", nus_root, allow_outside_root=True)) == 5

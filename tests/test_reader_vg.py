@@ -131,3 +131,17 @@ def test_blank_or_repeated_category_name_names_file_and_line(vg_root):
         DataFormatError, match=r"names\.json: item 3: class name 'object 1' is listed"
     ):
         create_dataset("vg200", vg_root, category_file="names.json")
+
+
+def test_listed_name_leading_outside_the_root_names_list_and_line(vg_root, tmp_path):
+    (tmp_path / "secret").mkdir()
+    Image.new("RGB", (4, 3)).save(tmp_path / "secret" / "x.jpg")
+    name = "../../secret/x.jpg"  # VG_100K/../../ is the root's parent
+    index = json.loads((vg_root / "vg_category_200_labels_index.json").read_text())
+    (vg_root / "vg_category_200_labels_index.json").write_text(json.dumps({**index, name: [1]}))
+    with open(vg_root / "test_list_500.txt", "a") as f:
+        f.write(name + "\n")
+    with pytest.raises(DataFormatError, match=r"test_list_500\.txt:\d+: image .*outside the "
+                                              r"dataset root"):
+        create_dataset("vg200", vg_root)
+    assert len(create_dataset("vg200", vg_root, allow_outside_root=True)) == len(NAMES) + 1

@@ -158,3 +158,28 @@ def test_wrong_year_or_option_is_an_error(voc_root):
         create_dataset("voc2012", voc_root / "VOCdevkit" / "VOC2007")
     with pytest.raises(ValueError, match="difficult must be one of"):
         create_dataset("voc2007", voc_root, difficult="ignore")
+
+
+def test_image_id_leading_outside_the_root_is_refused_unless_allowed(voc_root, tmp_path):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    Image.new("RGB", (4, 3)).save(secret / "x.jpg")
+    ann = voc_root / "VOCdevkit" / "VOC2007" / "Annotations"
+    shutil.copy(ann / "000005.xml", secret / "x.xml")
+    with open(main_dir(voc_root) / "trainval.txt", "a") as f:
+        f.write("../../../../secret/x\n")  # JPEGImages/../../../../ is the root's parent
+    with pytest.raises(DataFormatError,
+                       match=r"trainval\.txt, image id '\.\./\.\./\.\./\.\./secret/x': image path "
+                             r".*outside the dataset root.*allow_outside_root"):
+        create_dataset("voc2007", voc_root)
+    data = create_dataset("voc2007", voc_root, allow_outside_root=True)
+    assert data.image_paths[-4].resolve() == (secret / "x.jpg").resolve()
+
+
+def test_options_of_a_year_reader_are_those_of_read_voc_but_the_year():
+    from mlrkit.data.dataset import reader_options
+
+    assert "year" not in reader_options("voc2007")
+    assert {"difficult", "allow_outside_root", "extra_splits"} <= set(reader_options("voc2007"))
+    with pytest.raises(ValueError, match=r"\['year'\] are fixed"):
+        create_dataset("voc2007", FIXTURE, year=2012)

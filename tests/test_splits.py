@@ -4,12 +4,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import real_data
 
 from mlrkit.cli import main
 from mlrkit.data import DataFormatError, MultiLabelData, create_dataset
 from mlrkit.data.splits import apply_recipe_splits, holdout_split, random_split, write_split_file
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
 def toy(n: int = 100, splits: bool = True) -> MultiLabelData:
@@ -103,10 +102,34 @@ def test_cli_data_split_writes_split_csv(tmp_path, capsys):
 
 
 def test_voc2007_holdout_as_the_recipes_use_it():
-    root = DATA / "voc2007"
-    if not root.is_dir():
-        pytest.skip(f"real data set voc2007 not found at {root}")
+    root = real_data("voc2007")
     data = apply_recipe_splits(create_dataset("voc2007", root),
                                {"holdout": {"size": 250, "seed": 0, "from": "train"}})
     counts = {s: int((data.splits == s).sum()) for s in data.split_names()}
     assert counts == {"train": 2250, "holdout": 250, "val": 2508}
+
+
+def write_splits(root: Path, names: list[str]) -> None:
+    (root / "split.csv").write_text(
+        "image,split\n" + "".join(f"images/{i}.jpg,{s}\n" for i, s in enumerate(names)))
+
+
+def test_split_name_differing_from_a_standard_one_by_case_is_called_out(tmp_path):
+    make_csv(tmp_path / "d", n=4)
+    write_splits(tmp_path / "d", ["train", "Val", "test", "train"])
+    with pytest.raises(DataFormatError,
+                       match=r"split\.csv:3: split 'Val' differs from the split name 'val' only "
+                             r"by case"):
+        create_dataset("csv", tmp_path / "d")
+
+
+def test_unknown_split_name_is_an_error_unless_accepted_by_option(tmp_path):
+    make_csv(tmp_path / "d", n=4)
+    write_splits(tmp_path / "d", ["train", "dev", "test", "holdout"])
+    with pytest.raises(DataFormatError, match=r"split\.csv:3: split 'dev' is not a known split "
+                                              r"name \(train, val, test, trainval, holdout\).*"
+                                              r"extra_splits"):
+        create_dataset("csv", tmp_path / "d")
+    data = create_dataset("csv", tmp_path / "d", extra_splits=["dev"])
+    assert data.split_names() == ["train", "dev", "test", "holdout"]
+    assert create_dataset("csv", tmp_path / "d", extra_splits="dev").split_names()[1] == "dev"

@@ -336,9 +336,10 @@ def test_role_estimates_stay_in_unit_interval_under_large_steps() -> None:
         out.loss.backward()
         optimizer.step()
         assert torch.isfinite(out.loss)
-    estimates = torch.sigmoid(method.loss.label_logits)
-    assert (estimates >= 0).all() and (estimates <= 1).all()
-    assert torch.isfinite(method.loss.label_logits).all()
+    logits = method.loss.label_logits.detach()
+    assert torch.isfinite(logits).all()  # the estimates sigmoid(logits) are then in [0, 1]
+    moved = (logits - role_head().loss.label_logits.detach()).abs()
+    assert moved.max() > 1.0  # the large steps did reach the estimator
 
 
 def test_role_estimator_has_its_own_10x_learning_rate() -> None:

@@ -25,10 +25,24 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with naming_errors(path), os.fdopen(
+            fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})
+        ) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+@contextmanager
+def naming_errors(path: str | Path) -> Iterator[None]:
+    """Give an ``OSError`` that names no file (a failed write: disk full, file too large) the
+    name of ``path``, the file being written, so that its message says which file failed."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err

@@ -6,18 +6,28 @@
     mlrkit eval --checkpoint runs/linear_voc12-animals_partial
     mlrkit eval --checkpoint runs/linear_voc12-animals_partial --dataset csv --root other_photos
     mlrkit predict --checkpoint runs/linear_voc12-animals_partial photo1.jpg photo2.jpg
+    mlrkit recover --checkpoint runs/my_run --dataset csv --root my_photos --out recovered/
+
+A failure that the input causes (a file, a recipe entry, an option, a full disk) ends with one line
+``mlrkit: error: <file or field>: <what is wrong>; <what to do>`` on stderr and exit code 2;
+``mlrkit --debug ...`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
-from mlrkit.data import DataFormatError, create_dataset, list_datasets
+import yaml
+
+from mlrkit.data import create_dataset, list_datasets
 from mlrkit.data.protocols import (
     PARTIAL_MODES,
     SINGLE_POSITIVE_MODES,
@@ -27,6 +37,8 @@ from mlrkit.data.protocols import (
 from mlrkit.data.summary import format_summary, summarize
 from mlrkit.engine.recipe import load_recipe, parse_override
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+
 
 def _parse_option(text: str) -> tuple[str, object]:
     """``"year=2007"`` → ``("year", 2007)``; values are read as YAML, like recipe overrides."""
@@ -34,7 +46,26 @@ def _parse_option(text: str) -> tuple[str, object]:
         keys, value = parse_override(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"{text}: {_yaml_problem(err)}") from None
     return ".".join(keys), value
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line on what is wrong with a YAML value."""
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    return f"the value is not valid YAML ({problem}); fix it or quote it as a YAML string"
+
+
+def _checked_overrides(texts: list[str]) -> list[str]:
+    """The ``--set`` texts, unchanged, once each parses; a value that is not YAML is an error
+    naming the ``--set``."""
+    for text in texts:
+        try:
+            parse_override(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {text}: {_yaml_problem(err)}") from None
+    return texts
 
 
 def _add_dataset_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -89,9 +120,9 @@ def _cmd_data_split(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from mlrkit.engine.run import train_run
 
-    recipe = load_recipe(args.config, args.set)
+    recipe = load_recipe(args.config, _checked_overrides(args.set))
     run_dir = args.run_dir or recipe["run_dir"] or f"runs/{recipe['name']}"
-    results = train_run(recipe, run_dir, resume=args.resume)
+    results = train_run(recipe, run_dir, resume=args.resume, overwrite=args.overwrite)
     print(_format_metrics(results))
     print(f"run folder: {run_dir}")
     return 0
@@ -106,10 +137,27 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recover(args: argparse.Namespace) -> int:
+    from mlrkit.engine.recover import recover_run
+
+    if args.dataset is None and (args.root is not None or args.option or args.split):
+        raise ValueError("--root, -o and --split describe a dataset: give --dataset too")
+    recovery = recover_run(args.checkpoint, args.out, dataset=args.dataset, root=args.root,
+                           options=dict(args.option), split=args.split,
+                           precision=args.precision, cache_dir=args.cache)
+    print(recovery.summary())
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from mlrkit.engine.run import predict_images
 
-    predictions = predict_images(args.checkpoint, args.images, top_k=args.top_k)
+    top_k = 5 if args.top_k is None else args.top_k
+    predictions = predict_images(args.checkpoint, args.images, top_k=top_k)
+    shown = len(predictions[0]["labels"])
+    if args.top_k is not None and shown < args.top_k:
+        print(f"mlrkit: note: --top-k {args.top_k} is more than the run's {shown} classes; "
+              f"listing all of them", file=sys.stderr)
     if args.format == "json":
         print(json.dumps(predictions, indent=1))
     else:
@@ -172,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlrkit", description="Multi-label image recognition with incomplete labels."
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of its one-line message")
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="inspect datasets and label protocols")
@@ -203,7 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a recipe entry, e.g. --set train.lr=0.01 (repeatable)")
     train.add_argument("--run-dir", default=None, help="run folder (default: runs/<name>)")
     train.add_argument("--resume", action="store_true",
-                       help="continue a killed run from its last finished epoch")
+                       help="continue a killed run from its last finished epoch (same recipe; "
+                            "only train.progress, train.num_workers, train.device, "
+                            "features.num_workers may change)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in the run folder (its files are deleted)")
     train.set_defaults(run=_cmd_train)
 
     evaluate = commands.add_parser("eval", help="metrics of a run's best checkpoint")
@@ -218,10 +272,25 @@ def build_parser() -> argparse.ArgumentParser:
                           help="its feature cache (default: under the run folder)")
     evaluate.set_defaults(run=_cmd_eval)
 
+    recover = commands.add_parser(
+        "recover", help="fill in the unknown labels of a dataset with a trained run")
+    recover.add_argument("--checkpoint", required=True, help="run folder")
+    recover.add_argument("--out", required=True,
+                         help="folder for completed.csv and recovered_long.csv")
+    _add_dataset_args(recover, required=False)  # default: the run's own training split
+    recover.add_argument("--split", default=None, help="with --dataset: only this split")
+    recover.add_argument("--precision", type=float, default=None,
+                         help="per-class thresholds reaching this validation precision "
+                              "(default: maximal F1)")
+    recover.add_argument("--cache", default=None,
+                         help="feature cache of --dataset (default: under the run folder)")
+    recover.set_defaults(run=_cmd_recover)
+
     predict = commands.add_parser("predict", help="top labels of image files")
     predict.add_argument("--checkpoint", required=True, help="run folder")
     predict.add_argument("images", nargs="+")
-    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--top-k", type=int, default=None,
+                         help="labels per image, at least 1 (default 5; at most all classes)")
     predict.add_argument("--format", choices=["json", "csv"], default="json")
     predict.set_defaults(run=_cmd_predict)
     extract = commands.add_parser("extract", help="compute and cache encoder features of images")
@@ -249,9 +318,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.seed = 0
     try:
         return args.run(args)
-    except (DataFormatError, ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
-        print(f"mlrkit: error: {err}", file=sys.stderr)
+    except Exception as err:
+        if args.debug or not isinstance(err, _input_errors()):
+            raise
+        print(f"mlrkit: error: {_error_line(err)}", file=sys.stderr)
         return 2
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """The exception types that input causes: damaged or foreign files, recipe entries and
+    options, the disk (``DataFormatError`` is a ``ValueError``). Imported only after a failure,
+    to keep the command's start-up light."""
+    import pickle
+    import zipfile
+
+    from safetensors import SafetensorError
+
+    weights = sys.modules.get("mlrkit.encoders.weights")  # loaded if its error was raised
+    unavailable = () if weights is None else (weights.WeightsUnavailableError,)
+    return (ValueError, KeyError, TypeError, OSError, FloatingPointError, yaml.YAMLError,
+            zipfile.BadZipFile, pickle.UnpicklingError, SafetensorError, *unavailable)
+
+
+def _error_line(err: Exception) -> str:
+    """``<file or field>: <what is wrong>; <what to do>`` of an input error, on one line.
+
+    mlrkit's own messages have that form; a system error gets its file and advice by ``errno``;
+    an error raised outside mlrkit, a bare key or value, or a ``TypeError`` (Python's message on
+    a call with a wrong argument) gets the hint to rerun with ``--debug``.
+    """
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}; {_os_advice(err.errno)}"
+    if isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
+        text = err.args[0]  # str(KeyError) would quote the message
+    else:
+        text = str(err) or type(err).__name__
+    text = " ".join(text.split())
+    if isinstance(err, TypeError) or not _raised_by_mlrkit(err) or " " not in text:
+        text = f"{type(err).__name__}: {text}; run again as 'mlrkit --debug ...' to see where"
+    return text
+
+
+def _raised_by_mlrkit(err: Exception) -> bool:
+    """Whether ``err`` was raised in mlrkit's own code (whose messages say what to do)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(PACKAGE_DIR)
+
+
+def _os_advice(code: int | None) -> str:
+    """What to do about a failed file operation."""
+    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return "free disk space (or raise the file size limit) and run again"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "check the permissions of the file and its folder"
+    if code == errno.ENOENT:
+        return "check the path"
+    return "check the file and its disk"
 
 
 if __name__ == "__main__":

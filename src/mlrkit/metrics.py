@@ -437,7 +437,8 @@ def precision_recall_f1(
     predicted adds 1 to the OP denominator. The class means run over the classes with ``Ng > 0``
     (the classes that mAP averages; their count is returned); HCP-MLR-PL would return NaN for CR
     instead. Overall counts include every class. An F1 is 0 when precision and recall are both 0;
-    OR and OF1 are NaN when there is no known positive at all.
+    OR and OF1 are NaN when there is no known positive at all. When no entry is known at all,
+    nothing was measured and all six values are NaN (``num_classes_averaged`` is 0).
 
     Args:
         scores: ``(N, C)`` floating scores.
@@ -464,6 +465,9 @@ def precision_recall_f1(
         _check_k(top_k, scores_t.shape[1])
         predicted &= _top_k_mask(scores_t, top_k)
     known, positive = labels_t >= 0, labels_t == 1
+    if not known.any():
+        nan = float("nan")
+        return PrecisionRecallF1(nan, nan, nan, nan, nan, nan, 0)
     n_correct = (predicted & positive).sum(0, dtype=torch.float64)
     n_predicted = (predicted & known).sum(0, dtype=torch.float64).clamp(min=1)
     n_positive = positive.sum(0, dtype=torch.float64)

@@ -24,6 +24,8 @@ from mlrkit.data.dataset import (
     POSITIVE,
     DataFormatError,
     MultiLabelData,
+    check_inside_root,
+    fixed_options,
     register_dataset,
     require_files,
 )
@@ -47,6 +49,7 @@ def read_coco(
     year: int | str | None = None,
     splits: str | Sequence[str] = ("train", "val"),
     check_images: bool = True,
+    allow_outside_root: bool = False,
 ) -> MultiLabelData:
     """Read COCO labels: an image is positive for every category it has an instance of.
 
@@ -61,6 +64,8 @@ def read_coco(
         splits: which ``instances_{split}{year}.json`` files to read (a name or a sequence of
             names); each gives its images that split name.
         check_images: raise when an image file listed in the json is missing.
+        allow_outside_root: accept a ``file_name`` that resolves (symlinks followed) outside
+            ``root`` and its split's image folder; by default it is an error naming the record.
 
     Returns:
         ``labels`` ``(N, C)`` int8 of 1 / 0 (no unknowns); ``splits`` ``(N,)``; ``extras``:
@@ -88,6 +93,11 @@ def read_coco(
     ]
 
     image_paths = [p for part in parts for p in part.paths]
+    origin = [(path, k) for path, part in zip(files, parts) for k in range(len(part.paths))]
+    check_inside_root(
+        image_paths, root, [root / f"{split}{year}" for split in splits],
+        lambda i: f"{origin[i][0]}: images[{origin[i][1]}].file_name", allow_outside_root,
+    )
     if check_images:
         require_files(
             image_paths,
@@ -109,16 +119,8 @@ def read_coco(
     )
 
 
-@register_dataset("coco2014")
-def read_coco2014(root: Path, **options) -> MultiLabelData:
-    """:func:`read_coco` with ``year=2014``."""
-    return read_coco(root, year=2014, **options)
-
-
-@register_dataset("coco2017")
-def read_coco2017(root: Path, **options) -> MultiLabelData:
-    """:func:`read_coco` with ``year=2017``."""
-    return read_coco(root, year=2017, **options)
+read_coco2014 = register_dataset("coco2014")(fixed_options(read_coco, year=2014))
+read_coco2017 = register_dataset("coco2017")(fixed_options(read_coco, year=2017))
 
 
 def _find_year(root: Path) -> str:

@@ -15,7 +15,9 @@
     b.jpg,
 
 Image names are looked up relative to the CSV's folder first, then to ``root/images/`` when that
-folder exists (so both ``x.jpg`` with the photos in ``images/`` and ``images/x.jpg`` work).
+folder exists (so both ``x.jpg`` with the photos in ``images/`` and ``images/x.jpg`` work). A name
+that leads outside the dataset (``../x.jpg`` past the root, an absolute path, a symlink to a file
+elsewhere) is refused unless ``allow_outside_root=True``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from mlrkit.data.dataset import (
     UNKNOWN,
     DataFormatError,
     MultiLabelData,
+    check_inside_root,
     register_dataset,
     require_files,
 )
@@ -49,6 +52,7 @@ def read_csv_labels(
     classes: Sequence[str] | None = None,
     unlisted: Literal["negative", "unknown"] = "negative",
     check_images: bool = True,
+    allow_outside_root: bool = False,
 ) -> MultiLabelData:
     """Read a label CSV (format (a) or (b), see the module docstring).
 
@@ -62,6 +66,8 @@ def read_csv_labels(
         unlisted: format (b): label of a class not listed for an image, ``"negative"`` (0) or
             ``"unknown"`` (-1).
         check_images: raise when an image file is missing.
+        allow_outside_root: accept images that resolve (symlinks followed) outside ``root`` and
+            the CSV's folder; by default they are an error naming the line.
 
     Returns:
         ``labels`` ``(N, C)`` int8; ``name`` is the name of the ``root`` folder; no ``splits``
@@ -90,18 +96,26 @@ def read_csv_labels(
         first_line[image] = line_no
     folders = _image_folders(root, path)
     image_paths = [_locate_image(image, folders) for image in first_line]
+    lines = list(first_line.values())
+    check_inside_root(image_paths, root, folders, lambda i: f"{path}:{lines[i]}",
+                      allow_outside_root)
     if check_images:
         require_files(
             image_paths,
             f"{path} (images relative to {' or '.join(str(f) for f in folders)})",
             "fix the image column or the files, or pass check_images=False",
         )
+    names = list(first_line)
     return MultiLabelData(
         name=root.resolve().name,
         root=root,
         class_names=class_names,
         image_paths=image_paths,
         labels=labels,
+        extras={  # how the file wrote them, so that completed labels are written back alike
+            "image_name": np.asarray(names, dtype=object),
+            "list_format": np.full(len(names), header == LIST_HEADER),
+        },
     )
 
 

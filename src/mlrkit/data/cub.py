@@ -30,16 +30,26 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrkit.data.dataset import DataFormatError, MultiLabelData, register_dataset, require_files
+from mlrkit.data.dataset import (
+    DataFormatError,
+    MultiLabelData,
+    check_inside_root,
+    register_dataset,
+    require_files,
+)
 
 
 @register_dataset("cub")
-def read_cub(root: Path, check_images: bool = True) -> MultiLabelData:
+def read_cub(
+    root: Path, check_images: bool = True, allow_outside_root: bool = False
+) -> MultiLabelData:
     """Read the CUB attribute labels with the official train/test split.
 
     Args:
         root: the folder ``CUB_200_2011.tgz`` was unpacked into, or ``CUB_200_2011/`` itself.
         check_images: raise when image files are missing (count and first few in the message).
+        allow_outside_root: accept image names in ``images.txt`` that resolve (symlinks followed)
+            outside ``root`` and ``images/``; by default they are an error naming the line.
 
     Returns:
         ``labels`` ``(N, 312)`` int8 of 1 / 0 in ``images.txt`` order, columns in
@@ -66,6 +76,8 @@ def read_cub(root: Path, check_images: bool = True) -> MultiLabelData:
         groups.setdefault(name.split("::")[0], []).append(j)
 
     image_paths = [base / "images" / name for name in images.values()]
+    check_inside_root(image_paths, root, [base / "images"],
+                      lambda i: f"{base / 'images.txt'}:{i + 1}", allow_outside_root)
     if check_images:
         require_files(
             image_paths,

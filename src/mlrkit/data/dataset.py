@@ -9,6 +9,9 @@ downstream ever sees them.
 from __future__ import annotations
 
 import csv
+import functools
+import inspect
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +20,16 @@ import numpy as np
 
 POSITIVE, NEGATIVE, UNKNOWN = 1, 0, -1
 LABEL_VALUES = (UNKNOWN, NEGATIVE, POSITIVE)
+
+#: Split names a ``split.csv`` may use without ``extra_splits=``: those of the recipes
+#: (``data.train_split`` / ``val_split`` / ``test_split``), of the official dataset splits and of
+#: :func:`~mlrkit.data.splits.holdout_split`. Anything else is refused, so that a typo such as
+#: ``Val`` does not silently become a split that no recipe uses.
+STANDARD_SPLITS = ("train", "val", "test", "trainval", "holdout")
+ALLOW_OUTSIDE_ROOT = (
+    "pass allow_outside_root=True if the images really live there (recipe: "
+    "data.options.allow_outside_root: true; command line: -o allow_outside_root=true)"
+)
 
 
 class DataFormatError(ValueError):
@@ -150,18 +163,23 @@ class MultiLabelData:
         return ids
 
 
-def read_split_file(path: Path, image_ids: Sequence[str]) -> np.ndarray:
+def read_split_file(
+    path: Path, image_ids: Sequence[str], extra_splits: Sequence[str] = ()
+) -> np.ndarray:
     """Split names for ``image_ids`` from a ``split.csv`` with columns ``image,split``.
 
     Each listed image must exist in the dataset and every dataset image must be listed: a split file
     that silently drops or invents images would change a benchmark without anyone noticing. An image
-    id matches a row when they are equal or when the row names the file name of the id.
+    id matches a row when they are equal or when the row names the file name of the id. Split names
+    are :data:`STANDARD_SPLITS` or one of ``extra_splits``; any other name is an error (one that
+    differs from a standard name only by case is called out as such).
     """
     path = Path(path)
+    allowed = (*STANDARD_SPLITS, *extra_splits)
     by_id = {k: i for i, k in enumerate(image_ids)}
     by_file = {Path(k).name: i for i, k in enumerate(image_ids)}
     splits = np.full(len(image_ids), "", dtype=object)
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM (Excel) is accepted
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["image", "split"]:
@@ -172,6 +190,8 @@ def read_split_file(path: Path, image_ids: Sequence[str]) -> np.ndarray:
             if len(row) != 2 or not row[0].strip() or not row[1].strip():
                 raise DataFormatError(f"{path}:{line_no}: expected 'image,split', got {row}")
             image, split = row[0].strip(), row[1].strip()
+            if split not in allowed:
+                raise DataFormatError(f"{path}:{line_no}: {_unknown_split(split, allowed)}")
             i = by_id.get(image, by_file.get(image))
             if i is None:
                 raise DataFormatError(
@@ -186,6 +206,71 @@ def read_split_file(path: Path, image_ids: Sequence[str]) -> np.ndarray:
             f"{path}: {len(missing)} image(s) have no split, e.g. {missing[:3]}; list every image"
         )
     return splits.astype(str)
+
+
+def _unknown_split(split: str, allowed: Sequence[str]) -> str:
+    """The message for a split name that is not in ``allowed``."""
+    same = [name for name in allowed if name.lower() == split.lower()]
+    if same:
+        return (f"split {split!r} differs from the split name {same[0]!r} only by case; write "
+                f"{same[0]!r} (split names are case-sensitive)")
+    return (f"split {split!r} is not a known split name ({', '.join(allowed)}); fix the name, or "
+            f"accept it with extra_splits=[{split}] (recipe: data.options.extra_splits; command "
+            f"line: -o extra_splits=[{split}])")
+
+
+def check_inside_root(
+    paths: Sequence[Path],
+    root: Path,
+    folders: Sequence[Path],
+    where: Callable[[int], str],
+    allow: bool = False,
+) -> None:
+    """Raise :class:`DataFormatError` when an image path leads outside the dataset.
+
+    Readers call this on the image paths they build from names in their files, before anything is
+    read: a name such as ``../../secret/x.jpg``, an absolute path or a symlink to a file elsewhere
+    would otherwise be read and cached. A path is inside when, with every symlink resolved, it lies
+    under ``root`` or under one of ``folders`` (the reader's image folders, themselves resolved, so
+    an image folder that is a link to another disk is fine).
+
+    Args:
+        paths: the image paths.
+        root: the dataset root.
+        folders: the folders the reader puts images in.
+        where: ``where(i)`` names the origin of ``paths[i]``, e.g. ``"labels.csv:5"``.
+        allow: skip the check (the reader option ``allow_outside_root``).
+    """
+    if allow:
+        return
+    bases = [os.path.realpath(folder) for folder in (root, *folders)]
+    prefixes = tuple(base.rstrip(os.sep) + os.sep for base in bases)
+    parents: dict[str, str] = {}
+    outside = []
+    for i, path in enumerate(paths):
+        real = _real_path(os.fspath(path), parents)
+        if not (real + os.sep).startswith(prefixes):
+            outside.append((i, real))
+    if outside:
+        i, real = outside[0]
+        others = f" ({len(outside) - 1} more image path(s) do too)" if len(outside) > 1 else ""
+        raise DataFormatError(
+            f"{where(i)}: image path {os.fspath(paths[i])} resolves to {real}, outside the "
+            f"dataset root {bases[0]}{others}; fix the path or move the image under the root, or "
+            f"{ALLOW_OUTSIDE_ROOT}"
+        )
+
+
+def _real_path(path: str, parents: dict[str, str]) -> str:
+    """``os.path.realpath(path)``, resolving each parent folder once (``parents`` caches them):
+    one ``lstat`` per image instead of one per path component."""
+    head, name = os.path.split(path)
+    if name in ("", ".", ".."):
+        return os.path.realpath(path)
+    if head not in parents:
+        parents[head] = os.path.realpath(head or ".")
+    real = os.path.join(parents[head], name)
+    return os.path.realpath(real) if os.path.islink(real) else real
 
 
 def require_files(paths: Sequence[Path], where: str, fix: str) -> None:
@@ -223,10 +308,45 @@ def list_datasets() -> list[str]:
     return sorted(_READERS)
 
 
-def create_dataset(name: str, root: str | Path, **kwargs) -> MultiLabelData:
+def fixed_options(reader: DatasetReader, **fixed) -> DatasetReader:
+    """``reader`` with some options fixed (e.g. ``year=2007`` for ``voc2007``); the signature of
+    the result lists the other options, so that :func:`reader_options` can check a recipe's."""
+
+    @functools.wraps(reader)
+    def read(root: Path, **options) -> MultiLabelData:
+        taken = sorted(set(options) & set(fixed))
+        if taken:
+            raise ValueError(f"reader option(s) {taken} are fixed to {fixed} by this dataset name; "
+                             f"use the general reader to choose them")
+        return reader(root, **fixed, **options)
+
+    signature = inspect.signature(reader)
+    read.__signature__ = signature.replace(
+        parameters=[p for p in signature.parameters.values() if p.name not in fixed]
+    )
+    read.__doc__ = f":func:`{reader.__name__}` with {fixed}."
+    return read
+
+
+def reader_options(name: str) -> list[str] | None:
+    """The options ``create_dataset(name, root, **options)`` accepts: those of the reader (without
+    ``root``) and ``create_dataset``'s own ``extra_splits``; ``None`` when the reader takes any
+    ``**options``, so that they cannot be listed."""
+    if name not in _READERS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
+    params = list(inspect.signature(_READERS[name]).parameters.values())[1:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return sorted({p.name for p in params} | {"extra_splits"})
+
+
+def create_dataset(
+    name: str, root: str | Path, extra_splits: str | Sequence[str] = (), **kwargs
+) -> MultiLabelData:
     """Read dataset ``name`` from ``root``; ``kwargs`` go to the reader.
 
-    A ``split.csv`` in ``root`` (columns ``image,split``) overrides the reader's own split.
+    A ``split.csv`` in ``root`` (columns ``image,split``) overrides the reader's own split; its
+    split names are :data:`STANDARD_SPLITS` and ``extra_splits`` (see :func:`read_split_file`).
 
     Example:
         >>> data = create_dataset("csv", "../shared/data/voc12-animals")  # doctest: +SKIP
@@ -241,5 +361,7 @@ def create_dataset(name: str, root: str | Path, **kwargs) -> MultiLabelData:
     data = _READERS[name](root, **kwargs)
     split_file = root / "split.csv"
     if split_file.is_file():
-        data = replace(data, splits=read_split_file(split_file, data.image_ids()))
+        extra = [extra_splits] if isinstance(extra_splits, str) else list(extra_splits)
+        splits = read_split_file(split_file, data.image_ids(), extra)
+        data = replace(data, splits=splits)
     return data

@@ -17,6 +17,13 @@ Guarantees:
   :class:`StaleCacheError` naming the first field that differs. Labels, class names and splits are
   not features: a re-run of :func:`extract_features` refreshes them without recomputing anything,
   and :func:`load_features` refuses a cache whose labels differ from the dataset passed in.
+- **Replaced images are recomputed, alone.** The cache records each image file's size and
+  modification time (``meta["images"]["files"]``, ``[size, mtime_ns]`` per row, as when the cache
+  was started or the row was last scheduled). :func:`load_features` refuses a cache whose files
+  changed since, naming them; :func:`extract_features` recomputes only the changed rows (logged as
+  a warning) and keeps the others. A cache written before these records existed gets them on its
+  next :func:`extract_features` check, without recomputing anything (a warning says so: images
+  replaced before that cannot be detected; rebuild with ``--overwrite`` if that may have happened).
 - **Identical re-runs do no work.** A complete cache that matches is reused without touching the
   encoder or the images (``ExtractionSummary.computed == 0``).
 - **Interrupted runs resume.** Rows are computed in image order; after each batch the arrays are
@@ -43,6 +50,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +73,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 META_FILE = "meta.json"
+CHANGED_FILE = "file changed on disk since its features were computed (size or modification time)"
 POOLED_FILE = "pooled.npy"
 SPATIAL_FILE = "spatial.npy"
 LABELS_FILE = "labels.npy"
@@ -280,11 +289,13 @@ def load_features(
         failed = len(meta["progress"]["failed"])
         raise StaleCacheError(
             f"feature cache {out} is incomplete ({done} of {total} images processed, {failed} "
-            f"failed to read); run the same mlrkit extract command again to finish it"
+            f"failed to read or changed on disk); run the same mlrkit extract command again to "
+            f"finish it"
         )
     if data is not None:
         wanted = {"format": CACHE_FORMAT, "images": _image_meta(data)}
         _check_matches(out, meta, wanted, IMAGE_FIELDS, fix)
+        _check_files_unchanged(out, meta, _file_stats(data))
     if encoder is not None:
         _check_matches(out, meta, {"encoder": _encoder_meta(encoder)}, ENCODER_FIELDS, fix)
 
@@ -325,7 +336,7 @@ def _describe_run(
     """The meta fields a run is checked against (everything but shapes and progress)."""
     return {
         "format": CACHE_FORMAT,
-        "images": _image_meta(data),
+        "images": {**_image_meta(data), "files": _file_stats(data)},
         "encoder": _encoder_meta(encoder),
         "features": {"spatial": spatial, "spatial_dtype": spatial_dtype if spatial else None},
     }
@@ -335,6 +346,42 @@ def _image_meta(data: MultiLabelData) -> dict[str, Any]:
     ids = data.image_ids()
     digest = hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
     return {"count": len(ids), "sha256": digest, "ids": ids}
+
+
+def _file_stats(data: MultiLabelData) -> list[list[int] | None]:
+    """``[size, mtime_ns]`` of each image file (``None`` for a missing one), in row order."""
+    stats: list[list[int] | None] = []
+    for path in data.image_paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            stats.append(None)
+        else:
+            stats.append([st.st_size, st.st_mtime_ns])
+    return stats
+
+
+def _changed_rows(meta: dict[str, Any], files: list[list[int] | None]) -> list[int]:
+    """Rows whose recorded ``[size, mtime_ns]`` differs from ``files`` (the stats now)."""
+    recorded = meta["images"]["files"]
+    return [i for i, (old, new) in enumerate(zip(recorded, files, strict=True)) if old != new]
+
+
+def _check_files_unchanged(out: Path, meta: dict[str, Any], files: list[list[int] | None]) -> None:
+    """Raise :class:`StaleCacheError` naming the images that changed since they were computed
+    (a cache without file records, from before they existed, is not checked)."""
+    if "files" not in meta["images"]:
+        logger.info("%s: no recorded image sizes and times; mlrkit extract records them", out)
+        return
+    changed = _changed_rows(meta, files)
+    if changed:
+        ids = meta["images"]["ids"]
+        raise StaleCacheError(
+            f"feature cache {out}: {len(changed)} image file(s) changed on disk since their "
+            f"features were computed (size or modification time), e.g. "
+            f"{[ids[i] for i in changed[:5]]}; run the same mlrkit extract command again: it "
+            f"recomputes only these rows (or rebuild the cache with --overwrite)"
+        )
 
 
 def _encoder_meta(encoder: nn.Module) -> dict[str, Any]:
@@ -417,6 +464,11 @@ def _read_meta(out: Path) -> dict[str, Any] | None:
             return json.load(f)
     except FileNotFoundError:
         return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StaleCacheError(
+            f"{out / META_FILE}: not valid JSON, truncated or damaged ({err}); rebuild the cache "
+            f"(mlrkit extract --overwrite) or delete the folder"
+        ) from err
 
 
 def _write_meta(out: Path, meta: dict[str, Any]) -> None:
@@ -448,11 +500,40 @@ def _existing_meta(
             )
         return None
     _check_matches(out, meta, wanted, IMAGE_FIELDS + ENCODER_FIELDS + SETTING_FIELDS, fix)
+    _sync_file_stats(out, meta, wanted["images"]["files"])
     if _refresh_annotation(out, meta, data):
         logger.info("%s: labels, class names or splits changed; rewrote them", out)
     if meta["progress"]["complete"]:
         logger.info("%s: complete feature cache matches; reusing it, nothing to compute", out)
     return meta
+
+
+def _sync_file_stats(out: Path, meta: dict[str, Any], files: list[list[int] | None]) -> None:
+    """Record the image stats ``files`` in meta; computed rows whose file changed are scheduled
+    for recomputation (as entries of ``progress.failed``, which :func:`_run` computes first)."""
+    images, progress = meta["images"], meta["progress"]
+    if "files" not in images:
+        images["files"] = files
+        _write_meta(out, meta)
+        logger.warning(
+            "%s: the cache predates per-image size and modification-time records; recorded them "
+            "now without recomputing (images replaced before now cannot be detected: rebuild with "
+            "--overwrite if that may have happened)", out,
+        )
+        return
+    changed = _changed_rows(meta, files)
+    if not changed:
+        return
+    scheduled = {f["index"] for f in progress["failed"]}
+    redo = [i for i in changed if i < progress["done"] and i not in scheduled]
+    entries = [{"index": i, "image": images["ids"][i], "error": CHANGED_FILE} for i in redo]
+    progress["failed"] = sorted(progress["failed"] + entries, key=lambda f: f["index"])
+    progress["complete"] = progress["complete"] and not redo
+    images["files"] = files
+    _write_meta(out, meta)
+    logger.warning("%s: %d image file(s) changed on disk since their features were computed, e.g. "
+                   "%s; recomputing only their rows", out, len(changed),
+                   [images["ids"][i] for i in changed[:5]])
 
 
 def _refresh_annotation(out: Path, meta: dict[str, Any], data: MultiLabelData) -> bool:

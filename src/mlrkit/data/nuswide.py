@@ -50,6 +50,7 @@ from mlrkit.data.dataset import (
     POSITIVE,
     DataFormatError,
     MultiLabelData,
+    check_inside_root,
     register_dataset,
     require_files,
 )
@@ -70,6 +71,7 @@ def read_nuswide(
     source: Literal["auto", "all", "traintest"] = "auto",
     image_dir: str = "Flickr",
     check_images: bool = True,
+    allow_outside_root: bool = False,
 ) -> MultiLabelData:
     """Read NUS-WIDE labels with the official train/test split.
 
@@ -86,6 +88,8 @@ def read_nuswide(
             when ``Groundtruth/AllLabels`` exists.
         image_dir: folder under ``root`` that holds ``<folder>/<file>.jpg``.
         check_images: raise when image files are missing (count and first few in the message).
+        allow_outside_root: accept image entries that resolve (symlinks followed) outside
+            ``root`` and ``image_dir``; by default they are an error naming the image list.
 
     Returns:
         ``labels`` ``(N, C)`` int8 of 1 / 0 (no unknowns; ``C`` = 81 or 1006); ``splits`` ``(N,)``
@@ -145,6 +149,8 @@ def read_nuswide(
 
     image_folder = root / image_dir
     image_paths = [image_folder / key for key in keys]
+    check_inside_root(image_paths, root, [image_folder],
+                      lambda i: f"{root / 'ImageList'}, entry {keys[i]!r}", allow_outside_root)
     if check_images:
         require_files(
             image_paths,

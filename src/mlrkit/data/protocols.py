@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,8 +149,11 @@ class ProtocolMask:
             with np.load(path, allow_pickle=False) as f:
                 meta = json.loads(str(f["meta"]))
                 packed, no_positive = f["known"], f["no_positive"]
-        except (OSError, ValueError, KeyError) as err:
-            raise DataFormatError(f"{path}: not an mlrkit mask file ({err})") from err
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise DataFormatError(
+                f"{path}: not an mlrkit mask file, truncated or damaged ({err}); write it again "
+                f"(mlrkit data summary --save-mask, or train the run again)"
+            ) from err
         if meta.get("format_version") != MASK_FORMAT_VERSION:
             raise DataFormatError(
                 f"{path}: mask format version {meta.get('format_version')}, this mlrkit reads "

@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from mlrkit.data.dataset import POSITIVE, UNKNOWN, MultiLabelData
 from mlrkit.data.protocols import ProtocolMask
 
+#: A class with positives in at most this many images, or in fewer than RARE_CLASS_SHARE of them,
+#: is flagged as a possible typo (``dgo`` in an ``image,labels`` file without a class list).
+RARE_CLASS_IMAGES = 2
+RARE_CLASS_SHARE = 0.001
+
 
 @dataclass
 class DatasetSummary:
@@ -20,6 +25,7 @@ class DatasetSummary:
     unknown_entries: int
     positives_per_class: dict[str, int]
     images_without_positive: int
+    rare_classes: dict[str, int] = field(default_factory=dict)
     mask_split: str | None = None
     mask_params: dict = field(default_factory=dict)
     mask_stats: dict = field(default_factory=dict)
@@ -46,12 +52,22 @@ def summarize(
         positives_per_class=dict(zip(data.class_names, pos.sum(axis=0).tolist(), strict=True)),
         images_without_positive=int((~pos.any(axis=1)).sum()),
     )
+    summary.rare_classes = rare_classes(summary.positives_per_class, data.num_images)
     if mask is not None:
         masked = data if mask_split is None else data.subset(mask_split)
         summary.mask_split = mask_split or "all"
         summary.mask_params = {"protocol": mask.protocol, "seed": mask.seed, **mask.params}
         summary.mask_stats = mask.stats(masked.labels)
     return summary
+
+
+def rare_classes(positives_per_class: dict[str, int], images: int) -> dict[str, int]:
+    """The classes with positives in very few of ``images`` (see :data:`RARE_CLASS_IMAGES`), by
+    count; usually typos of another class name, or classes too rare to learn or evaluate."""
+    limit = max(RARE_CLASS_IMAGES, RARE_CLASS_SHARE * images)
+    rare = {name: count for name, count in positives_per_class.items()
+            if count <= RARE_CLASS_IMAGES or count < limit}
+    return dict(sorted(rare.items(), key=lambda kv: kv[1]))
 
 
 def format_summary(s: DatasetSummary) -> str:
@@ -77,6 +93,13 @@ def format_summary(s: DatasetSummary) -> str:
     for name, count in sorted(s.positives_per_class.items(), key=lambda kv: -kv[1]):
         bar = "#" * round(30 * count / top)
         lines.append(f"  {name:<{width}}  {count:>7,}  {bar}")
+    if s.rare_classes:
+        listed = ", ".join(f"{name!r} ({count})" for name, count in s.rare_classes.items())
+        lines += ["", (
+            f"possible typos: {len(s.rare_classes)} class(es) in very few images: {listed}; "
+            f"check these names in the label file, or list the classes (classes.txt) so that "
+            f"unknown names are errors"
+        )]
     if s.mask_stats:
         params = ", ".join(f"{k}={v}" for k, v in s.mask_params.items())
         st = s.mask_stats

@@ -31,6 +31,7 @@ from mlrkit.data.dataset import (
     POSITIVE,
     DataFormatError,
     MultiLabelData,
+    check_inside_root,
     register_dataset,
     require_files,
 )
@@ -46,6 +47,7 @@ def read_vg200(
     num_classes: int = 200,
     image_dirs: Sequence[str] = ("VG_100K", "VG_100K_2"),
     check_images: bool = True,
+    allow_outside_root: bool = False,
 ) -> MultiLabelData:
     """Read VG-200 labels with HCP-MLR-PL's train/test split.
 
@@ -65,6 +67,9 @@ def read_vg200(
         image_dirs: folders under ``root`` searched in order for each image name (a file name).
         check_images: raise when image files are missing (count and first few in the message);
             with ``False`` an image found nowhere gets a path in the first folder.
+        allow_outside_root: accept image names that resolve (symlinks followed) outside ``root``
+            and ``image_dirs`` (e.g. ``../x.jpg``); by default they are an error naming the list
+            file and line.
 
     Returns:
         ``labels`` ``(N, num_classes)`` int8 of 1 / 0, train images first; ``splits`` ``(N,)``
@@ -102,6 +107,8 @@ def read_vg200(
         labels[row, _class_indices(positives[name], name, labels_path, num_classes)] = POSITIVE
 
     image_paths = _locate_images(root, names, image_dirs)
+    check_inside_root(image_paths, root, [root / d for d in image_dirs],
+                      lambda i: listed_at[names[i]], allow_outside_root)
     if check_images:
         require_files(
             image_paths,

@@ -28,6 +28,8 @@ from mlrkit.data.dataset import (
     UNKNOWN,
     DataFormatError,
     MultiLabelData,
+    check_inside_root,
+    fixed_options,
     register_dataset,
     require_files,
 )
@@ -50,6 +52,7 @@ def read_voc(
     source: Literal["auto", "xml", "imagesets"] = "auto",
     difficult: Literal["unknown", "negative", "positive"] = "unknown",
     check_images: bool = True,
+    allow_outside_root: bool = False,
 ) -> MultiLabelData:
     """Read VOC image-level labels for the 20 classes in the standard order (:data:`VOC_CLASSES`).
 
@@ -65,6 +68,9 @@ def read_voc(
         difficult: label of a difficult-only entry: ``"unknown"`` (-1, default), ``"negative"``
             (0, HCP-MLR-PL's behaviour) or ``"positive"`` (1).
         check_images: raise when a ``JPEGImages/{id}.jpg`` file is missing.
+        allow_outside_root: accept image ids whose ``JPEGImages/{id}.jpg`` resolves (symlinks
+            followed) outside ``root`` and ``JPEGImages/`` (e.g. ``../../x``); by default they are
+            an error naming the image set, checked before any annotation is read.
 
     Returns:
         ``labels`` ``(N, 20)`` int8; ``splits`` ``(N,)`` image-set names; ``extras["difficult"]``
@@ -102,13 +108,17 @@ def read_voc(
         ids += set_ids
         splits += [name] * len(set_ids)
 
+    image_paths = [voc_dir / "JPEGImages" / f"{i}.jpg" for i in ids]
+    check_inside_root(
+        image_paths, root, [voc_dir / "JPEGImages"],
+        lambda k: f"{main_dir / splits[k]}.txt, image id {ids[k]!r}", allow_outside_root,
+    )
     if source == "xml":
         present, hard = _labels_from_xml(voc_dir / "Annotations", ids)
     else:
         present, hard = _labels_from_class_files(main_dir, image_sets, ids, splits)
     labels = np.where(present, POSITIVE, np.where(hard, DIFFICULT_LABEL[difficult], NEGATIVE))
 
-    image_paths = [voc_dir / "JPEGImages" / f"{i}.jpg" for i in ids]
     if check_images:
         require_files(
             image_paths,
@@ -126,16 +136,8 @@ def read_voc(
     )
 
 
-@register_dataset("voc2007")
-def read_voc2007(root: Path, **options) -> MultiLabelData:
-    """:func:`read_voc` with ``year=2007``."""
-    return read_voc(root, year=2007, **options)
-
-
-@register_dataset("voc2012")
-def read_voc2012(root: Path, **options) -> MultiLabelData:
-    """:func:`read_voc` with ``year=2012``."""
-    return read_voc(root, year=2012, **options)
+read_voc2007 = register_dataset("voc2007")(fixed_options(read_voc, year=2007))
+read_voc2012 = register_dataset("voc2012")(fixed_options(read_voc, year=2012))
 
 
 def _find_voc_dir(root: Path, year: int | str | None) -> tuple[Path, str | None]:

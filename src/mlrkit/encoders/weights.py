@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import os
+import pickle
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -28,8 +29,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from mlrkit.loaders import CorruptFileError, read_safetensors
 
 WeightsArg = str | os.PathLike[str] | None
 
@@ -162,9 +164,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        state: Any = load_file(path, device="cpu")
+        state: Any = read_safetensors(path, "download or export the weights again")
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _torch_load(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
@@ -174,6 +176,21 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return dict(state)
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``; a truncated file, or one that pickles other objects
+    than tensors (refused: unpickling runs code), raises naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        if isinstance(err, OSError) and err.filename is not None:
+            raise  # the file is missing or cannot be opened: that message names it
+        raise CorruptFileError(
+            f"{path}: not a readable state dict of tensors ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:120]}); the file is truncated or pickles other objects; "
+            f"save the weights with safetensors or as torch.save(model.state_dict())"
+        ) from err
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save
 from torch import nn
 
 from mlrkit.atomic import atomic_write
+from mlrkit.loaders import read_json, read_safetensors
 
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, LAST_FILE = (
     "model.safetensors",
@@ -32,11 +33,18 @@ MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, LAST_FILE = (
     "state.json",
     "last.json",
 )
+DAMAGED = "train the run again (mlrkit train ... --overwrite)"
 
 
 def _write_json(path: Path, payload: dict) -> None:
     with atomic_write(path, "w") as f:
         json.dump(payload, f, indent=1, sort_keys=True)
+
+
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write a safetensors file, fsynced; a failed write names the file (see atomic_write)."""
+    with atomic_write(path) as f:
+        f.write(save(tensors))
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -81,11 +89,11 @@ def save_checkpoint(
     tmp = ckpt_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_tensors(model.state_dict()), tmp / MODEL_FILE)
+    _write_tensors(tmp / MODEL_FILE, _tensors(model.state_dict()))
     payload = dict(state)
     if optimizer is not None:
         tensors, rest = optimizer_to_flat(optimizer)
-        save_file(tensors, tmp / OPTIMIZER_FILE)
+        _write_tensors(tmp / OPTIMIZER_FILE, tensors)
         payload["optimizer"] = rest
     _write_json(tmp / STATE_FILE, payload)
     if final.exists():
@@ -109,7 +117,7 @@ def last_checkpoint(ckpt_dir: Path) -> Path | None:
     pointer = Path(ckpt_dir) / LAST_FILE
     if not pointer.is_file():
         return None
-    path = Path(ckpt_dir) / json.loads(pointer.read_text())["name"]
+    path = Path(ckpt_dir) / read_json(pointer, DAMAGED)["name"]
     return path if (path / STATE_FILE).is_file() else None
 
 
@@ -123,15 +131,21 @@ def load_checkpoint(
     path = Path(path)
     if not (path / MODEL_FILE).is_file():
         raise FileNotFoundError(f"{path}: no {MODEL_FILE}; is this an mlrkit checkpoint folder?")
-    weights = load_file(path / MODEL_FILE, device=str(map_location))
-    result = model.load_state_dict(weights, strict=False)
+    weights = read_safetensors(path / MODEL_FILE, DAMAGED, device=str(map_location))
+    try:
+        result = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # a tensor of another shape
+        raise ValueError(
+            f"{path / MODEL_FILE} does not fit this model ({' '.join(str(err).split())}); was it "
+            f"written for another method or config?"
+        ) from err
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
             f"{path / MODEL_FILE} does not fit this model: missing {result.missing_keys[:5]}, "
             f"unexpected {result.unexpected_keys[:5]}; was it written for another method or config?"
         )
-    state = json.loads((path / STATE_FILE).read_text())
+    state = read_json(path / STATE_FILE, DAMAGED)
     if optimizer is not None and "optimizer" in state:
-        tensors = load_file(path / OPTIMIZER_FILE, device=str(map_location))
+        tensors = read_safetensors(path / OPTIMIZER_FILE, DAMAGED, device=str(map_location))
         optimizer_from_flat(optimizer, tensors, state["optimizer"])
     return state

@@ -2,8 +2,9 @@
 
 A recipe has the sections ``data``, ``features`` (cached-feature training) or ``encoder``
 (end-to-end training), ``protocol``, ``label_embeddings``, ``method`` and ``train``; see
-``configs/`` for complete examples. The resolved recipe is written into every run folder, so a run
-can be repeated from its folder alone.
+``configs/`` for complete examples. Every section is checked against its schema when the recipe is
+loaded (:mod:`mlrkit.engine.recipe_schema`), before any data is read. The resolved recipe is
+written into every run folder, so a run can be repeated from its folder alone.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mlrkit.atomic import atomic_write
+from mlrkit.engine.recipe_schema import RecipeError, RecipeKeyError, validate_recipe
 
 DEFAULTS: dict[str, Any] = {
     "name": "run",
@@ -47,13 +51,14 @@ STRICT_SECTIONS = ("", "data.")  # sections whose keys are fixed; the others go 
 NAMED_SECTIONS = ("protocol", "method")  # replaced, not merged, when the name changes
 
 
-def _merge(base: dict, update: dict, path: str = "") -> dict:
+def _merge(base: dict, update: dict, source: Path | str, path: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
         if path in STRICT_SECTIONS and key not in out:
-            raise KeyError(f"unknown recipe key {path + key!r}; known keys here: {sorted(out)}")
+            raise RecipeKeyError(f"{source}: unknown recipe key {path + key!r}; known keys here: "
+                                 f"{sorted(out)}")
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value, f"{path}{key}.")
+            out[key] = _merge(out[key], value, source, f"{path}{key}.")
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -111,7 +116,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     """Read a recipe, resolve its ``base:`` files, apply ``key.sub=value`` overrides, fill the
-    defaults (those of its protocol too) and check it.
+    defaults (those of its protocol too) and check every section against its schema
+    (:func:`~mlrkit.engine.recipe_schema.validate_recipe`: unknown keys, types, the method's
+    hyperparameters and loss), so that a typo fails here, not after data and features are ready.
 
     ``base: other.yaml`` (or a list, applied in order) names recipes this one inherits from,
     relative to its own folder: sections merge key by key and this file wins; a ``protocol`` or
@@ -132,22 +139,25 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
                 node[key] = {}
             node = node[key]
         node[keys[-1]] = value
-    recipe = _merge(DEFAULTS, raw)
+    recipe = _merge(DEFAULTS, raw, path)
     _fill_protocol(recipe, path)
     check_recipe(recipe, path)
-    return recipe
+    return validate_recipe(recipe, path)
 
 
 def _fill_protocol(recipe: dict, source: Path | str) -> None:
     protocol = recipe["protocol"]
+    if not isinstance(protocol, dict):
+        raise RecipeError(f"{source}: 'protocol' must be a mapping with a name, got {protocol!r}")
     name = protocol.get("name")
     if name not in PROTOCOL_DEFAULTS:
         raise ValueError(f"{source}: protocol.name {name!r}; use one of {list(PROTOCOL_DEFAULTS)}")
     allowed = {"name", "mask_file", *PROTOCOL_DEFAULTS[name]}
     unknown = sorted(set(protocol) - allowed)
     if unknown:
-        raise KeyError(f"{source}: unknown key(s) {['protocol.' + k for k in unknown]} for protocol "
-                       f"{name!r}; known keys: {sorted(allowed)}")
+        keys = ["protocol." + k for k in unknown]
+        raise RecipeKeyError(f"{source}: unknown key(s) {keys} for protocol {name!r}; known keys: "
+                             f"{sorted(allowed)}")
     recipe["protocol"] = {"name": name, **PROTOCOL_DEFAULTS[name],
                           **{k: v for k, v in protocol.items() if k != "name"}}
 
@@ -165,4 +175,6 @@ def check_recipe(recipe: dict, source: Path | str = "recipe") -> None:
 
 
 def save_recipe(recipe: dict, path: Path) -> None:
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    """Write the resolved recipe as YAML, atomically (a kill leaves the old file or the new one)."""
+    with atomic_write(path, "w") as f:
+        f.write(yaml.safe_dump(recipe, sort_keys=False))

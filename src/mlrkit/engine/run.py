@@ -9,6 +9,10 @@ A run folder holds everything needed to repeat, evaluate or use the run::
     metrics.jsonl    one line per epoch
     checkpoints/     best/ and the last epoch (see engine.checkpoint)
     results.json     best epoch, validation and test metrics
+    train.lock       while a process trains into the folder (see engine.run_lock)
+
+One process trains into a folder at a time, and a folder holds one run (see
+:func:`~mlrkit.engine.run_folder.open_run_folder`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import hashlib
 import json
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mlrkit.atomic import atomic_write
+from mlrkit.atomic import atomic_write, naming_errors
 from mlrkit.data import MultiLabelData, create_dataset
 from mlrkit.data.feature_cache import extract_features, load_features
 from mlrkit.data.protocols import ProtocolMask, partial_labels, single_positive
@@ -36,12 +41,14 @@ from mlrkit.engine.recipe import load_recipe, save_recipe
 from mlrkit.engine.run_folder import (
     MASK_FILE,
     RUN_FILE,
+    open_run_folder,
     placeholder_spec,
     read_run_info,
     rebuild_encoder,
     run_info,
     write_run_files,
 )
+from mlrkit.engine.run_lock import run_lock
 from mlrkit.engine.trainer import TrainConfig, evaluate_logits, fit, score_report
 from mlrkit.methods import Method, MethodOutput, StepInfo, TaskSpec, create_method, method_class
 
@@ -216,16 +223,34 @@ def prepare(recipe: dict) -> PreparedRun:
     return PreparedRun(recipe, data, mask, method, sources, labels, spec, description)
 
 
-def train_run(recipe: dict, run_dir: str | Path, *, resume: bool = False) -> dict:
-    """Train the recipe into ``run_dir`` and return the results (also written to results.json)."""
+def train_run(recipe: dict, run_dir: str | Path, *, resume: bool = False,
+              overwrite: bool = False) -> dict:
+    """Train the recipe into ``run_dir`` and return the results (also written to results.json).
+
+    The folder is locked for the whole call (a second process stops at once, see
+    :mod:`mlrkit.engine.run_lock`). ``resume`` continues the run of this same recipe in
+    ``run_dir`` from its last finished epoch, or starts one where the folder has no config.yaml;
+    a new run into a folder that holds one needs ``overwrite``, which removes the old run's files
+    first (:func:`~mlrkit.engine.run_folder.open_run_folder`).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     cfg = TrainConfig(**recipe["train"])
     info = init_distributed(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
+    with run_lock(run_dir) if info.is_main else nullcontext():
+        if info.is_main:  # the other torchrun ranks follow rank 0's folder
+            resume = open_run_folder(run_dir, recipe, resume=resume, overwrite=overwrite)
+        return _train(recipe, run_dir, cfg, resume, started)
+
+
+def _train(recipe: dict, run_dir: Path, cfg: TrainConfig, resume: bool, started: float) -> dict:
+    """The body of :func:`train_run`, once the folder is locked and checked."""
+    info = current_info()
     prepared = prepare(recipe)
     if info.is_main:
-        save_recipe(recipe, run_dir / "config.yaml")
+        with naming_errors(run_dir / "config.yaml"):
+            save_recipe(recipe, run_dir / "config.yaml")
         if prepared.mask is not None:
             prepared.mask.save(run_dir / MASK_FILE)
         write_run_files(run_dir, prepared.run_info, prepared.spec.label_embeddings)
@@ -363,9 +388,10 @@ def evaluate_run(
     return score_report(logits, labels, prefix=f"{split or 'all'}_")
 
 
-def _recipe_split(run: LoadedRun, split: str) -> tuple[torch.utils.data.Dataset, np.ndarray]:
-    """Batch source and ``(N, C)`` labels of ``split`` as the run's recipe defines it, read
-    through the paths of run.json (absolute, or in the run folder) from any working directory."""
+def prepare_from_run(run: LoadedRun) -> PreparedRun:
+    """The run's recipe prepared again (data, saved mask, features), read through the paths of
+    run.json (absolute, or in the run folder) from any working directory; its class names are
+    checked against the run's."""
     info, recipe = run.info, load_recipe(run.run_dir / "config.yaml")
     recipe["data"]["root"] = info["data"]["root"]
     section = recipe["features"] if info["end_to_end"] is None else recipe["encoder"]
@@ -375,9 +401,15 @@ def _recipe_split(run: LoadedRun, split: str) -> tuple[torch.utils.data.Dataset,
     if info["mask"] is not None:
         recipe["protocol"]["mask_file"] = str(run.run_dir / info["mask"])
     prepared = prepare(recipe)
+    run.check_classes(prepared.data)
+    return prepared
+
+
+def _recipe_split(run: LoadedRun, split: str) -> tuple[torch.utils.data.Dataset, np.ndarray]:
+    """Batch source and ``(N, C)`` labels of ``split`` as the run's recipe defines it."""
+    prepared = prepare_from_run(run)
     if split not in prepared.sources:
         raise ValueError(f"split {split!r} is not part of this run's recipe")
-    run.check_classes(prepared.data)
     return prepared.sources[split], prepared.labels[split]
 
 
@@ -413,8 +445,14 @@ def predict_images(
     folder (and, for a run on cached features, the encoder's weights).
 
     Returns one ``{"image", "labels": [{"label", "score"}, ...]}`` per image, with the ``top_k``
-    classes by probability.
+    classes by probability (all of them when ``top_k`` exceeds the number of classes).
+
+    Raises:
+        ValueError: ``top_k`` is below 1.
     """
+    if top_k < 1:
+        raise ValueError(f"top_k (--top-k) is {top_k}; give at least 1, the number of labels "
+                         f"listed per image")
     run = load_run(run_dir)
     model = run.image_model()
     source = ImageBatches([Path(p) for p in images],

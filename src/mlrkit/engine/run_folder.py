@@ -26,16 +26,22 @@ a weights file) are absolute. A method is rebuilt on a placeholder ``TaskSpec`` 
 ``train_targets`` are all unknown, of the recorded ``(N, C)`` shape: whatever a method derives from
 the training targets (a co-occurrence adjacency, per-sample label estimates) lives in its
 ``state_dict``, so loading the checkpoint restores it.
+
+A folder holds one run: :func:`open_run_folder` refuses a new run into a folder that holds one
+(unless ``overwrite``, which removes the old run's :data:`RUN_ARTIFACTS` first) and a resume with
+another recipe (only the keys in :data:`RESUMABLE_CHANGES` may differ).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from torch import Tensor
 
 import mlrkit
@@ -43,13 +49,17 @@ from mlrkit.atomic import atomic_write
 from mlrkit.data.feature_cache import FeatureCache
 from mlrkit.encoders.image import ImageEncoder, create_image_encoder
 from mlrkit.encoders.weights import WEIGHT_FILE_SUFFIXES
+from mlrkit.engine.recipe import load_recipe
 from mlrkit.engine.trainer import TrainConfig
+from mlrkit.loaders import read_json, read_safetensors
 from mlrkit.methods import TaskSpec
 
 RUN_FORMAT = 1
 RUN_FILE = "run.json"
 EMBEDDINGS_FILE = "label_embeddings.safetensors"
 MASK_FILE = "mask.npz"
+#: What to do about a damaged run.json: load_run writes a missing one again from config.yaml.
+REWRITE_RUN_FILE = "delete it: eval and predict write it again from config.yaml and the data"
 
 
 def run_info(
@@ -124,7 +134,7 @@ def write_run_files(run_dir: Path, info: dict[str, Any], label_embeddings: Tenso
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
     """The parsed ``run.json`` of ``run_dir``."""
-    info = json.loads((run_dir / RUN_FILE).read_text())
+    info = read_json(run_dir / RUN_FILE, REWRITE_RUN_FILE)
     if info.get("format") != RUN_FORMAT:
         raise ValueError(f"{run_dir / RUN_FILE} has format {info.get('format')}; this mlrkit "
                          f"reads format {RUN_FORMAT}")
@@ -137,7 +147,8 @@ def placeholder_spec(run_dir: Path, info: dict[str, Any]) -> TaskSpec:
     spec = info["spec"]
     embeddings = None
     if info["label_embeddings"] is not None:
-        embeddings = load_file(run_dir / info["label_embeddings"])["label_embeddings"]
+        fix = f"delete it and {RUN_FILE}: eval and predict write them again from config.yaml"
+        embeddings = read_safetensors(run_dir / info["label_embeddings"], fix)["label_embeddings"]
     return TaskSpec(
         num_classes=spec["num_classes"],
         feature_shape=tuple(spec["feature_shape"]),
@@ -174,3 +185,92 @@ def rebuild_encoder(description: dict[str, Any], pretrained: bool) -> ImageEncod
     }
     return encoder
 
+
+# --- one run per folder ------------------------------------------------------------------------
+
+#: What mlrkit writes into a run folder: a folder holding any of them holds a run, and
+#: ``overwrite`` removes exactly these (nothing else the folder may contain).
+RUN_ARTIFACTS = ("config.yaml", RUN_FILE, EMBEDDINGS_FILE, MASK_FILE, "metrics.jsonl",
+                 "results.json", "checkpoints", "tensorboard", "eval-cache")
+
+#: The recipe keys that may differ when a run is resumed: where the run folder is and how fast
+#: the work goes, never what is trained (data, protocol and mask, features, method, optimisation,
+#: seeds and epochs all stay as the run began).
+RESUMABLE_CHANGES = ("run_dir", "train.progress", "train.num_workers", "train.device",
+                     "features.num_workers")
+
+_UNSET = "<unset>"
+
+
+def open_run_folder(run_dir: Path, recipe: dict, *, resume: bool, overwrite: bool) -> bool:
+    """Make ``run_dir`` ready for training ``recipe``; returns whether the run resumes.
+
+    ``resume`` continues the run in the folder when its ``config.yaml`` is this recipe (up to
+    :data:`RESUMABLE_CHANGES`); a folder without ``config.yaml`` starts a new run. Otherwise the
+    folder must hold no run, unless ``overwrite``: then the old run's files go first, so that a
+    folder never mixes two runs.
+
+    Raises:
+        ValueError: ``resume`` with another recipe, or ``resume`` together with ``overwrite``.
+        FileExistsError: a new run into a folder that holds one, without ``overwrite``.
+    """
+    if resume and overwrite:
+        raise ValueError(f"{run_dir}: --resume continues the run there and --overwrite deletes "
+                         f"it; give one of them")
+    saved = run_dir / "config.yaml"
+    if resume and saved.is_file():
+        check_same_recipe(saved, recipe)
+        return True
+    existing = [name for name in RUN_ARTIFACTS if (run_dir / name).exists()]
+    if existing and not overwrite:
+        what = "files of a run but no config.yaml to resume from" if resume else "a run"
+        raise FileExistsError(
+            f"{run_dir}: already holds {what} ({', '.join(existing)}); "
+            f"{'' if resume else 'continue it with --resume, '}replace it with --overwrite, or "
+            f"train into another --run-dir"
+        )
+    for name in existing:
+        _remove(run_dir / name)
+    return False
+
+
+def check_same_recipe(saved: Path, recipe: dict) -> None:
+    """Refuse to resume the run whose recipe is ``saved`` (its ``config.yaml``) with another
+    ``recipe``, naming the first keys that differ."""
+    old, new = _comparable(load_recipe(saved)), _comparable(recipe)
+    differing = [key for key in dict.fromkeys([*old, *new])
+                 if old.get(key, _UNSET) != new.get(key, _UNSET)]
+    if differing:
+        shown = ", ".join(f"{key} is {old.get(key, _UNSET)!r} in the run, {new.get(key, _UNSET)!r}"
+                          f" now" for key in differing[:3])
+        more = f" (and {len(differing) - 3} more)" if len(differing) > 3 else ""
+        raise ValueError(
+            f"{saved}: --resume with another recipe: {shown}{more}; resume with the run's own "
+            f"recipe, or start a new run with --overwrite or another --run-dir"
+        )
+
+
+def _comparable(recipe: dict) -> dict[str, Any]:
+    """``recipe`` as ``{"dotted.key": value}``, its train section with TrainConfig's defaults
+    filled in and the :data:`RESUMABLE_CHANGES` left out."""
+    flat = _flatten({**recipe, "train": asdict(TrainConfig(**recipe["train"]))})
+    return {k: v for k, v in flat.items() if k not in RESUMABLE_CHANGES}
+
+
+def _flatten(node: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested sections as ``{"section.key": value}``; an empty section is one value."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a folder with its contents (a link, not what it points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from mlrkit import metrics
+from mlrkit.atomic import naming_errors
 from mlrkit.engine.batches import EpochBatchSampler, batch_loader
 from mlrkit.engine.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from mlrkit.engine.distributed import (
@@ -208,11 +209,10 @@ class _MetricsLog:
         self.tb = None
         if not enabled:
             return
+        run_dir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # drop lines of epochs that the resume will redo
-            kept = [
-                line for line in self.path.read_text().splitlines()
-                if line and json.loads(line).get("epoch", -1) < resume_epoch
-            ]
+            kept = [line for line, record in self._records()
+                    if record.get("epoch", -1) < resume_epoch]
             self.path.write_text("".join(line + "\n" for line in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -221,10 +221,24 @@ class _MetricsLog:
         except ImportError:
             self.tb = None
 
+    def _records(self) -> list[tuple[str, dict]]:
+        """``(line, record)`` of each line; a torn last line (a kill while it was written, before
+        its epoch's checkpoint) is dropped, a damaged line before it is an error."""
+        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line]
+        records = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                records.append((line, json.loads(line)))
+            except json.JSONDecodeError as err:
+                if number < len(lines):
+                    raise ValueError(f"{self.path}:{number}: not a JSON record ({err}); delete "
+                                     f"the damaged line or start the run again") from err
+        return records
+
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
+        with naming_errors(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
             for key, value in record.items():
@@ -353,11 +367,11 @@ def fit(
             }
         state["epoch"] = epoch
         state["history"].append(record)
-        if info.is_main:
+        if info.is_main:  # the log line first: a resume redoes the epochs after the checkpoint
+            log.write(record)
             if improved:
                 save_checkpoint(ckpt_dir, "best", method, None, state, make_last=False)
             save_checkpoint(ckpt_dir, f"epoch-{epoch:04d}", method, optimizer, state)
-            log.write(record)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
         barrier(info)

@@ -1,7 +1,7 @@
 """Methods: one module per family, found through ``create_method(name, spec, **hparams)``; the
 losses they train with, through ``create_loss(name, spec, **options)``."""
 
-from mlrkit.methods import baselines, sarb, semantic_graph  # noqa: F401  (registers methods)
+from mlrkit.methods import baselines, clsl, sarb, semantic_graph  # noqa: F401  (registers methods)
 from mlrkit.methods.base import (
     Method,
     MethodOutput,

@@ -166,7 +166,8 @@ def create_method(name: str, spec: TaskSpec, **hparams) -> Method:
     try:
         return _METHODS[name](spec, **hparams)
     except TypeError as err:
-        raise ValueError(f"method {name!r}: bad hyperparameters {sorted(hparams)}: {err}") from err
+        raise ValueError(f"method {name!r}: bad hyperparameters {sorted(hparams)}: {err}; fix the "
+                         f"recipe's method section (each method's options: docs/methods.md)") from err
 
 
 def known_mask(targets: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 """Layers shared by the semantic-graph family (SSGRL, SARB, SST, HST): semantic decoupling, the
-label co-occurrence adjacency, the gated graph network and the per-class classifier.
+label co-occurrence adjacency, the gated graph network and the per-class classifier; the chunked
+low-rank bilinear scores are shared with CLSL.
 
 Shapes: ``B`` batch, ``P`` spatial positions (``h * w``), ``C`` classes, ``D`` feature channels,
 ``E`` label-embedding size, ``K`` the decoupling's intermediate size, ``N`` training images.
@@ -85,17 +86,8 @@ class SemanticDecoupling(nn.Module):
         label = self.fc2(embeddings)  # (C, K)
         gate = (self.fc4.weight @ self.fc3.weight).squeeze(0)  # (K,): fc4 . fc3 without bias
         offset = self.fc4(self.fc3.bias)  # (1,): shifts every score alike
-        recompute = torch.is_grad_enabled() and (
-            image.requires_grad or label.requires_grad or gate.requires_grad
-        )
-        chunks = []
-        for label_chunk in label.split(self.class_chunk):
-            if recompute:
-                chunk = checkpoint(_chunk_scores, image, label_chunk, gate, use_reentrant=False)
-            else:
-                chunk = _chunk_scores(image, label_chunk, gate)
-            chunks.append(chunk)
-        return torch.cat(chunks, dim=2).transpose(1, 2) + offset  # (B, C, P)
+        scores = chunked_bilinear_scores(image, label, gate, self.class_chunk)  # (B, P, C)
+        return scores.transpose(1, 2) + offset  # (B, C, P)
 
     def scores_direct(self, tokens: Tensor, embeddings: Tensor) -> Tensor:
         """Reference for :meth:`scores`: the formula with ``(B, P, C, K)`` materialised."""
@@ -113,10 +105,46 @@ class SemanticDecoupling(nn.Module):
         return self.attention(tokens, embeddings, direct) @ tokens
 
 
+def chunked_bilinear_scores(
+    image: Tensor, label: Tensor, gate: Tensor, class_chunk: int
+) -> Tensor:
+    """Low-rank bilinear scores ``s[b, p, c] = tanh(image[b, p] * label[c]) @ gate``, ``(B, P, C)``,
+    without materialising ``(B, P, C, K)``.
+
+    The classes are taken ``class_chunk`` at a time; under autograd each chunk is recomputed in the
+    backward pass (activation checkpointing), so at most one ``(B, P, class_chunk, K)`` tensor is
+    alive at once, whatever ``C``. Used by :class:`SemanticDecoupling` (label embeddings shared by
+    the batch) and by CLSL's label attention (:mod:`mlrkit.methods.clsl`, label vectors conditioned
+    on each image).
+
+    Args:
+        image: ``(B, P, K)`` projected position features.
+        label: ``(C, K)`` projected label vectors shared by the batch, or ``(B, C, K)`` per image.
+        gate: ``(K,)`` the linear read-out of the ``tanh`` features.
+        class_chunk: classes per chunk, ``>= 1``.
+    """
+    if class_chunk < 1:
+        raise ValueError(f"class_chunk must be >= 1, got {class_chunk}")
+    recompute = torch.is_grad_enabled() and (
+        image.requires_grad or label.requires_grad or gate.requires_grad
+    )
+    chunks = []
+    for label_chunk in label.split(class_chunk, dim=-2):
+        if recompute:
+            chunk = checkpoint(_chunk_scores, image, label_chunk, gate, use_reentrant=False)
+        else:
+            chunk = _chunk_scores(image, label_chunk, gate)
+        chunks.append(chunk)
+    return torch.cat(chunks, dim=2)
+
+
 def _chunk_scores(image: Tensor, label: Tensor, gate: Tensor) -> Tensor:
-    """``tanh(image_p * label_c) @ gate`` for ``image`` ``(B, P, K)``, ``label`` ``(c, K)``, ``gate``
-    ``(K,)`` → ``(B, P, c)``. The product is a fresh tensor, so ``tanh`` runs in place; autograd
-    then keeps only that one ``(B, P, c, K)`` tensor for the backward pass."""
+    """``tanh(image_p * label_c) @ gate`` for ``image`` ``(B, P, K)``, ``label`` ``(c, K)`` or
+    ``(B, c, K)``, ``gate`` ``(K,)`` → ``(B, P, c)``. The product is a fresh tensor, so ``tanh``
+    runs in place; autograd then keeps only that one ``(B, P, c, K)`` tensor for the backward
+    pass."""
+    if label.ndim == 3:
+        label = label[:, None]  # (B, 1, c, K): one set of label vectors per image
     return torch.tanh_(image[:, :, None, :] * label) @ gate
 
 

@@ -1,0 +1,333 @@
+"""The schema of every recipe section, checked by :func:`~mlrkit.engine.recipe.load_recipe` before
+any data is read or any feature is computed.
+
+What checks each section:
+
+- ``name``, ``run_dir``, ``data`` (with ``data.holdout``), ``features``, ``encoder``,
+  ``label_embeddings`` and each protocol: the pydantic models below;
+- ``data.options``: the keyword options of the dataset's reader (and ``create_dataset``'s
+  ``extra_splits``), read from its signature;
+- ``train``: a model made from :class:`~mlrkit.engine.trainer.TrainConfig`'s fields, then
+  ``TrainConfig`` itself (its choices and ranges);
+- ``method``: the keyword arguments of the method class's ``__init__``; ``loss`` and
+  ``loss_options`` against the loss registry.
+
+An unknown key is an error naming it with the valid keys of its section; a value of the wrong type
+is an error naming the key. Numbers and booleans that YAML left as text (PyYAML reads ``1e-3`` as a
+string) are read by the key's type and replace the text in the recipe. Every other value stays
+exactly as written and no default is added, so a well-typed recipe resolves to the same dict (and
+the same run fingerprint) as before these checks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, fields
+from dataclasses import Field as DataclassField
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from mlrkit.data.protocols import PARTIAL_MODES, SINGLE_POSITIVE_MODES
+
+
+class RecipeError(ValueError):
+    """A recipe value its schema does not accept; the message names the file and the key."""
+
+
+class RecipeKeyError(RecipeError, KeyError):
+    """A recipe key its section does not have; the message names the valid ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HoldoutSection(_Section):
+    """``data.holdout``, see :func:`~mlrkit.data.splits.holdout_split`."""
+
+    size: float = Field(gt=0)
+    seed: int = 0
+    from_: str = Field("train", alias="from")
+    name: str = "holdout"
+
+
+class DataSection(_Section):
+    """``data``: the dataset reader, its folder and options, and which splits train and test."""
+
+    dataset: str
+    root: str
+    options: dict[str, Any] = {}
+    split: dict[str, float] | None = None
+    holdout: HoldoutSection | None = None
+    train_split: str | None = "train"
+    val_split: str | None = "val"
+    test_split: str | None = "test"
+
+
+class FeaturesSection(_Section):
+    """``features``: train on features cached once by this encoder."""
+
+    encoder: str
+    weights: str | None = None
+    image_size: int | None = Field(None, ge=1)
+    seed: int = 0
+    spatial: bool = False
+    cache: str | None = None
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(2, ge=0)
+
+
+class EncoderSection(_Section):
+    """``encoder``: train end to end through this image encoder."""
+
+    name: str
+    weights: str | None = None
+    image_size: int | None = Field(None, ge=1)
+    seed: int = 0
+    trainable: list[str] | None = None
+    lr_mult: float = Field(1.0, ge=0)
+
+
+class LabelEmbeddingsSection(_Section):
+    """``label_embeddings``: see :func:`~mlrkit.encoders.label_embeddings`."""
+
+    source: Literal["glove", "minilm", "clip"]
+    allow_unknown: bool = False
+    cache_dir: str | None = None
+    templates: list[str] | None = None
+
+
+class PartialProtocol(_Section):
+    name: Literal["partial"]
+    known: float = Field(gt=0, le=1)
+    seed: int
+    mode: Literal[PARTIAL_MODES]
+    mask_file: str | None = None
+
+
+class SinglePositiveProtocol(_Section):
+    name: Literal["single_positive"]
+    seed: int
+    mode: Literal[SINGLE_POSITIVE_MODES]
+    mask_file: str | None = None
+
+
+class FullProtocol(_Section):
+    name: Literal["full"]
+    mask_file: str | None = None
+
+
+class TopLevel(_Section):
+    name: str
+    run_dir: str | None = None
+
+
+PROTOCOLS: dict[str, type[BaseModel]] = {
+    "partial": PartialProtocol, "single_positive": SinglePositiveProtocol, "full": FullProtocol,
+}
+SECTIONS: dict[str, type[BaseModel]] = {
+    "data": DataSection, "features": FeaturesSection, "encoder": EncoderSection,
+    "label_embeddings": LabelEmbeddingsSection,
+}
+
+
+def validate_recipe(recipe: dict, source: Path | str) -> dict:
+    """``recipe`` (defaults and protocol filled in) checked section by section; returns it with
+    text that means a number or boolean read as such (see the module docstring)."""
+    out = dict(recipe)
+    top = _validate(TopLevel, {k: recipe[k] for k in ("name", "run_dir")}, "", source)
+    out.update(top)
+    for key, model in SECTIONS.items():
+        if recipe[key] is not None:
+            out[key] = _validate(model, _mapping(recipe, key, source), f"{key}.", source)
+    protocol = _mapping(recipe, "protocol", source)
+    out["protocol"] = _validate(PROTOCOLS[protocol["name"]], protocol, "protocol.", source)
+    out["data"]["options"] = _validate_reader_options(out["data"], source)
+    out["train"] = _validate_train(_mapping(recipe, "train", source), source)
+    out["method"] = _validate_method(_mapping(recipe, "method", source), source)
+    return out
+
+
+def _mapping(recipe: dict, key: str, source: Path | str) -> dict:
+    """Section ``key`` of ``recipe``, which must be a mapping."""
+    section = recipe[key]
+    if not isinstance(section, dict):
+        raise RecipeError(f"{source}: '{key}' must be a mapping of keys to values, got {section!r}")
+    return section
+
+
+def _validate_reader_options(data: dict, source: Path | str) -> dict:
+    """``data.options`` checked against the options of ``data.dataset``'s reader."""
+    from mlrkit.data.dataset import _READERS, create_dataset, reader_options
+
+    try:
+        accepted = reader_options(data["dataset"])
+    except ValueError as err:
+        raise RecipeError(f"{source}: data.dataset: {err}") from None
+    if accepted is None:  # a reader taking **options: nothing to check against
+        return data["options"]
+    reader = _READERS[data["dataset"]]
+    types = {**_parameter_types(create_dataset), **_parameter_types(reader)}
+    model = _signature_model(f"options of {data['dataset']}", inspect.signature(reader),
+                             types, skip=1)
+    model = create_model(model.__name__, __base__=model,
+                         extra_splits=(types["extra_splits"], ()))
+    return _validate(model, data["options"], "data.options.", source)
+
+
+def _validate_train(section: dict, source: Path | str) -> dict:
+    """``train`` against :class:`TrainConfig`'s fields, then its own checks."""
+    from mlrkit.engine.trainer import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    model = create_model(
+        "TrainSection", __base__=_Section,
+        **{f.name: (hints[f.name], _field_default(f)) for f in fields(TrainConfig)},
+    )
+    section = _validate(model, section, "train.", source)
+    try:
+        TrainConfig(**section)
+    except ValueError as err:
+        raise RecipeError(f"{source}: {err}") from None
+    return section
+
+
+def _field_default(f: DataclassField) -> Any:
+    """The pydantic default of dataclass field ``f`` (``...``: required)."""
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return Field(default_factory=f.default_factory)
+    return ...
+
+
+def _validate_method(section: dict, source: Path | str) -> dict:
+    """``method``: its name, its hyperparameters by the class's ``__init__``, and its loss."""
+    from mlrkit.methods import method_class
+    from mlrkit.methods.base import StepInfo, TaskSpec
+
+    try:
+        cls = method_class(section.get("name"))
+    except ValueError as err:
+        raise RecipeError(f"{source}: method.name: {err}") from None
+    signature = inspect.signature(cls.__init__)
+    types = _parameter_types(cls.__init__, {"TaskSpec": TaskSpec, "StepInfo": StepInfo})
+    model = _signature_model(f"method {section['name']}", signature, types, skip=2)
+    hparams = {k: v for k, v in section.items() if k != "name"}
+    out = {"name": section["name"], **_validate(model, hparams, "method.", source)}
+    if "loss" in signature.parameters:
+        default = signature.parameters["loss"].default
+        out = _validate_loss(out, out.get("loss", default), source)
+    return out
+
+
+def _validate_loss(section: dict, name: Any, source: Path | str) -> dict:
+    """``method.loss`` against the loss registry, ``method.loss_options`` against its options."""
+    from mlrkit.methods.base import StepInfo, TaskSpec
+    from mlrkit.methods.losses.registry import loss_class, loss_options
+
+    try:
+        cls = loss_class(name)
+    except ValueError as err:
+        raise RecipeError(f"{source}: method.loss: {err}") from None
+    accepted = loss_options(name)
+    types = _parameter_types(cls.__init__, {"TaskSpec": TaskSpec, "StepInfo": StepInfo})
+    model = create_model(
+        f"options of loss {name}", __base__=_Section,
+        **{key: (types.get(key, Any), ... if p.default is p.empty else p.default)
+           for key, p in accepted.items()},
+    )
+    options = _validate(model, section.get("loss_options") or {}, "method.loss_options.", source)
+    if "loss_options" in section:
+        section = {**section, "loss_options": section["loss_options"] and options}
+    return section
+
+
+def _parameter_types(fn: Callable, names: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The resolved annotations of ``fn``'s parameters (``Any`` for all when one cannot be
+    resolved); ``names`` supplies names that its module imports only for type checking."""
+    try:
+        return typing.get_type_hints(fn, localns=names)
+    except (NameError, TypeError):
+        return {}
+
+
+def _signature_model(
+    title: str, signature: inspect.Signature, types: dict[str, Any], skip: int
+) -> type[BaseModel]:
+    """A model of the keyword parameters of ``signature`` after the first ``skip`` (``self``,
+    ``spec``, ``root``); it accepts any other key when the signature takes ``**kwargs``."""
+    params = list(signature.parameters.values())[skip:]
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    extra = "allow" if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params) else "forbid"
+    return create_model(
+        title, __config__=ConfigDict(extra=extra),
+        **{p.name: (types.get(p.name, Any), ... if p.default is p.empty else p.default)
+           for p in params if p.kind not in variadic},
+    )
+
+
+def _validate(model: type[BaseModel], section: dict, prefix: str, source: Path | str) -> dict:
+    """``section`` validated by ``model``; errors name ``prefix`` + the key (e.g. ``train.lr``)."""
+    try:
+        validated = model.model_validate(section).model_dump(by_alias=True)
+    except ValidationError as err:
+        raise _recipe_error(err, model, prefix, source) from None
+    return _read_text_values(section, validated)
+
+
+def _read_text_values(original: dict, validated: dict) -> dict:
+    """``original`` with each text value that ``validated`` read as something else (a number, a
+    boolean) replaced by it, nested mappings included; every other value as it was."""
+    out = {}
+    for key, value in original.items():
+        new = validated.get(key)
+        if isinstance(value, str) and isinstance(new, (bool, int, float)):
+            value = new
+        elif isinstance(value, dict) and isinstance(new, dict):
+            value = _read_text_values(value, new)
+        out[key] = value
+    return out
+
+
+def _recipe_error(
+    err: ValidationError, model: type[BaseModel], prefix: str, source: Path | str
+) -> Exception:
+    """One line for all of ``err``'s problems: unknown keys first (a :class:`RecipeKeyError`
+    listing the valid keys), else each key's type problem (a :class:`RecipeError`)."""
+    errors = err.errors()
+    unknown = [e["loc"] for e in errors if e["type"] == "extra_forbidden"]
+    if unknown:
+        names = [prefix + ".".join(map(str, loc)) for loc in unknown]
+        section = prefix + ".".join(map(str, unknown[0][:-1]))
+        valid = _keys(_model_at(model, unknown[0][:-1]))
+        return RecipeKeyError(f"{source}: unknown key(s) {names}; valid keys of "
+                              f"'{section.rstrip('.') or 'the recipe'}': {valid}")
+    problems = []
+    for e in errors:
+        key = prefix + ".".join(str(part) for part in e["loc"])
+        if e["type"] == "missing":
+            problems.append(f"{key} is required; set it in the recipe or with --set {key}=VALUE")
+        else:
+            problems.append(f"{key}: {e['msg']} (got {e['input']!r})")
+    return RecipeError(f"{source}: {'; '.join(problems)}")
+
+
+def _model_at(model: type[BaseModel], path: tuple) -> type[BaseModel]:
+    """The model of the nested section at ``path`` (keys) of ``model``."""
+    for key in path:
+        field = next(f for name, f in model.model_fields.items() if (f.alias or name) == key)
+        candidates = (field.annotation, *typing.get_args(field.annotation))
+        model = next(t for t in candidates if isinstance(t, type) and issubclass(t, BaseModel))
+    return model
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    return sorted(f.alias or name for name, f in model.model_fields.items())

@@ -1,0 +1,82 @@
+"""Every recipe section is checked against its schema when the recipe is loaded, before any data."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlrkit.engine.recipe import load_recipe
+
+RECIPE = {  # its data root does not exist: loading must not read data
+    "name": "r",
+    "data": {"dataset": "csv", "root": "no/such/folder"},
+    "features": {"encoder": "resnet18", "spatial": True},
+    "label_embeddings": {"source": "glove"},
+    "protocol": {"name": "partial", "known": 0.3},
+    "method": {"name": "sarb", "mixup_epoch": 2},
+    "train": {"lr": 0.01, "weight_decay": 0, "epochs": 3},
+}
+
+
+def load(tmp_path: Path, overrides: list[str], recipe: dict = RECIPE) -> dict:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return load_recipe(path, overrides)
+
+
+@pytest.mark.parametrize(("override", "unknown", "valid"), [
+    ("features.spatail=true", "features.spatail", "spatial"),
+    ("train.lrr=0.1", "train.lrr", "weight_decay"),
+    ("label_embeddings.allow_unknwon=true", "label_embeddings.allow_unknwon", "allow_unknown"),
+    ("method.mixup_epok=2", "method.mixup_epok", "mixup_epoch"),
+    ("method.loss_options.gama_neg=2", "method.loss_options.gama_neg", "gamma_neg"),
+    ("data.options.allow_outside_rot=true", "data.options.allow_outside_rot",
+     "allow_outside_root"),
+    ("data.holdout.sead=1", "data.holdout.sead", "from"),
+])
+def test_a_typo_in_any_section_is_named_with_the_valid_keys(tmp_path, override, unknown, valid):
+    extra = ["data.holdout.size=5"] if override.startswith("data.holdout") else []
+    extra += ["method.loss=asl"] if "loss_options" in override else []
+    with pytest.raises(KeyError, match=rf"r\.yaml: unknown key\(s\) \['{unknown}'\]; valid keys "
+                                       rf"of .*'{valid}'") as err:
+        load(tmp_path, [*extra, override])
+    assert not str(err.value).startswith("'")  # one clean line, not a quoted KeyError
+
+
+def test_end_to_end_encoder_section_is_checked_too(tmp_path):
+    recipe = {**RECIPE, "features": None, "encoder": {"name": "resnet18", "lr_mul": 0.1}}
+    with pytest.raises(KeyError, match=r"\['encoder\.lr_mul'\].*'lr_mult'"):
+        load(tmp_path, [], recipe)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.lr=fast", r"train\.lr: Input should be a valid number.*\(got 'fast'\)"),
+    ("train.epochs=2.5", r"train\.epochs: Input should be a valid integer"),
+    ("train.optimizer=adm", r"train\.optimizer='adm'; choose one of"),
+    ("features.batch_size=0", r"features\.batch_size: Input should be greater than or equal to 1"),
+    ("protocol.known=lots", r"protocol\.known: Input should be a valid number"),
+    ("protocol.mode=cole", r"protocol\.mode: Input should be 'bernoulli' or 'hcp'"),
+    ("label_embeddings.source=glov", r"label_embeddings\.source: Input should be 'glove'"),
+    ("method.mixup_epoch=soon", r"method\.mixup_epoch: Input should be a valid integer"),
+    ("method.name=sabr", r"method\.name: unknown method 'sabr'; available: .*sarb"),
+    ("method.loss=partial_bc", r"method\.loss: unknown loss 'partial_bc'; available: .*bce"),
+    ("method.loss=epr", r"method\.loss_options\.expected_positives is required"),
+    ("data.train_split=[a, b]", r"data\.train_split: Input should be a valid string"),
+    ("data.options.check_images=maybe", r"data\.options\.check_images: .* valid boolean"),
+    ("data.dataset=cvs", r"data\.dataset: unknown dataset 'cvs'"),
+    ("name=[x]", r"r\.yaml: name: Input should be a valid string"),
+])
+def test_a_value_of_the_wrong_type_is_named(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        load(tmp_path, [override])
+
+
+def test_numbers_and_booleans_left_as_text_are_read_and_nothing_else_changes(tmp_path):
+    recipe = load(tmp_path, ["train.lr='1e-3'", "features.spatial='false'",
+                             "method.loss_options.alpha='0.2'", "method.loss=em"])
+    assert recipe["train"] == {"lr": 0.001, "weight_decay": 0, "epochs": 3}  # no defaults added
+    assert isinstance(recipe["train"]["weight_decay"], int)  # well-typed values stay as written
+    assert recipe["features"] == {"encoder": "resnet18", "spatial": False}
+    assert recipe["method"] == {"name": "sarb", "mixup_epoch": 2, "loss": "em",
+                                "loss_options": {"alpha": 0.2}}
+    assert recipe["data"]["options"] == {}

@@ -1,0 +1,93 @@
+"""Recovered labels: threshold rules on hand-built scores, and `mlrkit recover` on a CSV with
+empty cells writing the completed CSV and the long table."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mlrkit.cli import main
+from mlrkit.engine.recover import DEFAULT_THRESHOLD, choose_thresholds, recover
+from test_recipe_run import CLASSES, make_dataset
+
+
+def test_f1_threshold_is_the_best_cut_and_ties_are_not_split():
+    probs = np.array([[0.9], [0.8], [0.7], [0.6], [0.2]])
+    labels = np.array([[1], [0], [1], [0], [1]], dtype=np.int8)
+    # cut-offs: 0.9 -> P 1 R 1/3 F1 .5; 0.8 -> .5/.33 F1 .4; 0.7 -> .67/.67 F1 .67; 0.6 -> .5/.67;
+    # 0.2 -> .6/1 F1 .75: the best is to keep everything
+    out = choose_thresholds(probs, labels)
+    assert out.values[0] == 0.2 and out.chosen[0]
+    assert out.val_precision[0] == pytest.approx(0.6) and out.val_recall[0] == 1.0
+    tied = choose_thresholds(np.array([[0.5], [0.5], [0.1]]), np.array([[1], [0], [0]], np.int8))
+    assert tied.values[0] == 0.5 and tied.val_precision[0] == 0.5  # both 0.5s together
+
+
+def test_precision_target_takes_the_lowest_threshold_reaching_it_and_unknowns_are_ignored():
+    probs = np.array([[0.9, 0.9], [0.8, 0.8], [0.7, 0.1], [0.6, 0.3]])
+    labels = np.array([[1, 0], [1, -1], [0, -1], [1, -1]], dtype=np.int8)
+    out = choose_thresholds(probs, labels, precision=0.75)
+    # class 0: 0.9 P 1, 0.8 P 1, 0.7 P .67, 0.6 P .75 -> lowest reaching .75 is 0.6
+    assert out.values[0] == 0.6 and out.chosen[0]
+    # class 1 has no known positive: default threshold, not chosen
+    assert out.values[1] == DEFAULT_THRESHOLD and not out.chosen[1]
+    never = choose_thresholds(np.array([[0.9], [0.1]]), np.array([[0], [1]], np.int8), 0.9)
+    assert never.values[0] == 1.0 and not never.chosen[0]
+
+
+def test_recover_keeps_known_entries_and_thresholds_the_unknown_ones():
+    observed = np.array([[1, -1, 0], [-1, -1, 0]], dtype=np.int8)
+    probs = np.array([[0.1, 0.7, 0.9], [0.6, 0.2, 0.9]])
+    thresholds = choose_thresholds(np.array([[0.6, 0.6, 0.6]]), np.array([[1, 1, 1]], np.int8))
+    assert np.array_equal(recover(observed, probs, thresholds), [[1, 1, 0], [1, 0, 0]])
+
+
+def test_cli_recover_fills_the_empty_cells_of_a_csv(tmp_path, capsys):
+    make_dataset(tmp_path / "data", n=48)
+    recipe = {
+        "name": "tiny", "data": {"dataset": "csv", "root": str(tmp_path / "data")},
+        "features": {"encoder": "resnet18", "weights": None, "image_size": 32,
+                     "cache": str(tmp_path / "cache"), "num_workers": 0},
+        "method": {"name": "linear"}, "protocol": {"name": "full"},
+        "train": {"epochs": 3, "batch_size": 8, "lr": 0.01, "device": "cpu", "progress": False},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", "--config", str(tmp_path / "r.yaml"), "--run-dir",
+                 str(tmp_path / "run")]) == 0
+    sparse = tmp_path / "sparse"            # the same photos, every other cell left empty
+    sparse.mkdir()
+    rows = list(csv.reader((tmp_path / "data" / "labels.csv").open()))
+    for i, row in enumerate(rows[1:]):
+        for j in range(1, 4):
+            if (i + j) % 2:
+                row[j] = ""
+        row[0] = f"../data/images/{row[0]}"
+    with (sparse / "labels.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert main(["recover", "--checkpoint", str(tmp_path / "run"), "--dataset", "csv",
+                 "--root", str(sparse), "-o", "allow_outside_root=true", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "72 unknown entries in 48 images" in said and "completed.csv" in said
+    completed = list(csv.reader((out / "completed.csv").open()))
+    assert completed[0] == ["image", *CLASSES]
+    assert [r[0] for r in completed[1:]] == [r[0] for r in rows[1:]]   # names as the input
+    long_rows = list(csv.DictReader((out / "recovered_long.csv").open()))
+    assert len(long_rows) == 48 * 3
+    for i, row in enumerate(rows[1:]):
+        for j, name in enumerate(CLASSES, start=1):
+            entry = long_rows[3 * i + j - 1]
+            assert entry["class"] == name and entry["observed"] == row[j]
+            assert completed[i + 1][j] == entry["recovered"]
+            if row[j]:                                                # known cells kept
+                assert entry["recovered"] == row[j]
+    probs = np.array([float(e["probability"]) for e in long_rows])
+    assert ((probs >= 0) & (probs <= 1)).all() and len(np.unique(probs)) > 10
+
+
+def test_recover_needs_a_dataset_for_root(tmp_path, capsys):
+    assert main(["recover", "--checkpoint", str(tmp_path), "--root", "x", "--out", "o"]) == 2
+    assert "give --dataset too" in capsys.readouterr().err
