@@ -2,15 +2,14 @@
 empty cells writing the completed CSV and the long table."""
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from test_recipe_run import CLASSES, make_dataset
 
 from mlrkit.cli import main
 from mlrkit.engine.recover import DEFAULT_THRESHOLD, choose_thresholds, recover
-from test_recipe_run import CLASSES, make_dataset
 
 
 def test_f1_threshold_is_the_best_cut_and_ties_are_not_split():

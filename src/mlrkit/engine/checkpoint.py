@@ -4,8 +4,10 @@ Layout of ``run_dir/checkpoints``::
 
     epoch-0007/model.safetensors       weights and buffers (per-sample state included)
     epoch-0007/optimizer.safetensors   optimizer tensors (moments, steps)
+    epoch-0007/ema.safetensors         the weight average, with train.ema_decay (engine.ema)
     epoch-0007/state.json              epoch, optimizer hyperparameters, early-stopping state
-    best/...                           the same files for the best validation epoch
+    best/...                           the validated weights (the average with train.ema_eval)
+                                       and state of the best validation epoch
     last.json                          {"name": "epoch-0007"}: the newest complete checkpoint
 
 A checkpoint folder is written under a temporary name and renamed when complete, and ``last.json``
@@ -27,9 +29,10 @@ from torch import nn
 from mlrkit.atomic import atomic_write
 from mlrkit.loaders import read_json, read_safetensors
 
-MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, LAST_FILE = (
+MODEL_FILE, OPTIMIZER_FILE, EMA_FILE, STATE_FILE, LAST_FILE = (
     "model.safetensors",
     "optimizer.safetensors",
+    "ema.safetensors",
     "state.json",
     "last.json",
 )
@@ -81,8 +84,12 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     state: dict,
     make_last: bool = True,
+    ema: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write checkpoint ``ckpt_dir/name`` atomically; point ``last.json`` at it if ``make_last``."""
+    """Write checkpoint ``ckpt_dir/name`` atomically; point ``last.json`` at it if ``make_last``.
+
+    ``ema``: the weight average (:class:`~mlrkit.engine.ema.WeightEma` ``state``), saved as
+    ``ema.safetensors`` when given."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / name
@@ -95,6 +102,8 @@ def save_checkpoint(
         tensors, rest = optimizer_to_flat(optimizer)
         _write_tensors(tmp / OPTIMIZER_FILE, tensors)
         payload["optimizer"] = rest
+    if ema is not None:
+        _write_tensors(tmp / EMA_FILE, _tensors(ema))
     _write_json(tmp / STATE_FILE, payload)
     if final.exists():
         old = ckpt_dir / f".{name}.old"
@@ -149,3 +158,12 @@ def load_checkpoint(
         tensors = read_safetensors(path / OPTIMIZER_FILE, DAMAGED, device=str(map_location))
         optimizer_from_flat(optimizer, tensors, state["optimizer"])
     return state
+
+
+def load_ema(path: Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The weight average saved in checkpoint ``path`` (``ema.safetensors``)."""
+    file = Path(path) / EMA_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no weight average in this checkpoint; was the run "
+                                f"trained without train.ema_decay?")
+    return read_safetensors(file, DAMAGED, device=str(map_location))
