@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from mlrkit.engine.batches import EpochBatchSampler, FeatureBatches
 from mlrkit.engine.checkpoint import last_checkpoint
-from mlrkit.engine.trainer import TrainConfig, fit, lr_factor
+from mlrkit.engine.ema import WeightEma
+from mlrkit.engine.trainer import TrainConfig, evaluate_logits, fit, lr_factor, score_report
 from mlrkit.methods import TaskSpec, create_method
 
 HERE = Path(__file__).resolve().parent
@@ -31,12 +32,14 @@ def make_linear(train_targets: np.ndarray, d: int, seed: int = 0):
     return create_method("linear", spec, dropout=0.1)
 
 
-def run(tmp: Path, epochs: int = 4, resume: bool = False, on_epoch_end=None, known: float = 0.5):
+def run(tmp: Path, epochs: int = 4, resume: bool = False, on_epoch_end=None, known: float = 0.5,
+        **train_options):
     features, labels = synthetic()
     observed = np.where(np.random.default_rng(1).random(labels.shape) < known, labels, -1)
     train = FeatureBatches(features[:192], observed[:192].astype(np.int8))
     val = FeatureBatches(features[192:], labels[192:])
-    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=0.05, progress=False, device="cpu")
+    cfg = TrainConfig(**{"epochs": epochs, "batch_size": 32, "lr": 0.05, "progress": False,
+                         "device": "cpu", **train_options})
     method = make_linear(train.targets, features.shape[1])
     result = fit(method, train, val, labels[192:], cfg, tmp, resume=resume,
                  on_epoch_end=on_epoch_end)
@@ -55,22 +58,34 @@ class Killed(RuntimeError):
     pass
 
 
-def test_killed_run_resumes_to_the_same_weights_and_metrics(tmp_path):
-    full, full_result = run(tmp_path / "full")
+@pytest.mark.parametrize("options", [{}, {"ema_decay": 0.9, "schedule": "onecycle"}],
+                         ids=["plain", "ema-onecycle"])
+def test_killed_run_resumes_to_the_same_weights_and_metrics(tmp_path, options):
+    full, full_result = run(tmp_path / "full", **options)
 
     def kill_after_epoch_1(epoch, record):
         if epoch == 1:
             raise Killed
 
     with pytest.raises(Killed):
-        run(tmp_path / "killed", on_epoch_end=kill_after_epoch_1)
+        run(tmp_path / "killed", on_epoch_end=kill_after_epoch_1, **options)
     assert last_checkpoint(tmp_path / "killed" / "checkpoints").name == "epoch-0001"
-    resumed, resumed_result = run(tmp_path / "killed", resume=True)
+    resumed, resumed_result = run(tmp_path / "killed", resume=True, **options)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert resumed_result.best_val == full_result.best_val
+    assert resumed_result.history == [{**r, "epoch_seconds": s["epoch_seconds"]} for r, s in
+                                      zip(full_result.history, resumed_result.history, strict=True)]
     lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4
+    last = [tmp_path / name / "checkpoints" / "epoch-0003" for name in ("full", "killed")]
+    files = ["model.safetensors", *(["ema.safetensors"] if options else [])]
+    for file in files:
+        a, b = (load_file(folder / file) for folder in last)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{file} {key}")
+    if options:  # OneCycleLR ends at max_lr / (div_factor * final_div_factor)
+        assert resumed_result.history[-1]["lr"] == pytest.approx(0.05 / 25 / 1e4, rel=1e-9)
 
 
 def test_half_written_checkpoint_is_ignored(tmp_path):

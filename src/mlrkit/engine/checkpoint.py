@@ -80,7 +80,7 @@ def optimizer_from_flat(
 def save_checkpoint(
     ckpt_dir: Path,
     name: str,
-    model: nn.Module,
+    model: nn.Module | dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer | None,
     state: dict,
     make_last: bool = True,
@@ -88,6 +88,7 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint ``ckpt_dir/name`` atomically; point ``last.json`` at it if ``make_last``.
 
+    ``model``: the module, or the ``state_dict`` to save as its weights.
     ``ema``: the weight average (:class:`~mlrkit.engine.ema.WeightEma` ``state``), saved as
     ``ema.safetensors`` when given."""
     ckpt_dir = Path(ckpt_dir)
@@ -96,7 +97,8 @@ def save_checkpoint(
     tmp = ckpt_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    _write_tensors(tmp / MODEL_FILE, _tensors(model.state_dict()))
+    weights = model.state_dict() if isinstance(model, nn.Module) else model
+    _write_tensors(tmp / MODEL_FILE, _tensors(weights))
     payload = dict(state)
     if optimizer is not None:
         tensors, rest = optimizer_to_flat(optimizer)

@@ -10,9 +10,10 @@ default, 0.9983 in the VOC 2007 and NUS-WIDE commands; methods.md §3.4), which 
 ``state_dict`` entry, integer ones included (their average truncated to an integer, so its
 ``num_batches_tracked`` lags far behind the model's).
 
-The training loop keeps training the raw weights; :meth:`WeightEma.applied` puts the average into
-the model for validation and the ``best/`` checkpoint, and every epoch checkpoint saves the
-average (``ema.safetensors``) so that a resumed run continues it exactly.
+The training loop keeps training the raw weights; with ``train.ema_eval`` (the default)
+:meth:`WeightEma.applied` puts the average into the model for validation and ``best/`` holds the
+average. Every epoch checkpoint saves it (``ema.safetensors``), so that a resumed run continues it
+exactly.
 """
 
 from __future__ import annotations
