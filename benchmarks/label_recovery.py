@@ -74,14 +74,12 @@ def main() -> None:
             rows.append([f"{known:.0%}", method, *cells, f"{scores[0]['hidden']:,}"])
             print(f"{args.dataset} p={known:.0%} {method:<8} AP unknown {cells[0]}  F1 {cells[3]}",
                   flush=True)
-    body = [
-        "Each method's tuned runs of `partial_labels.py` (training seeds "
-        f"{args.seeds}, mean ± std) recover the hidden entries of their own training split; "
-        "thresholds per class maximise F1 on the validation hold-out. `AP unknown`: mAP over the "
-        "hidden entries only; P / R / F1: overall, of the entries recovered as positive.", "",
-        *markdown_table(["known", "method", "AP unknown", "precision", "recall", "F1",
-                         "hidden entries"], rows),
-    ]
+    note = ("Each method's tuned runs of `partial_labels.py` (training seeds "
+            f"{args.seeds}, mean ± std) recover the hidden entries of their own training split; "
+            "thresholds per class maximise F1 on the validation hold-out. `AP unknown`: mAP over "
+            "the hidden entries only; P / R / F1: overall, of the entries recovered as positive.")
+    header = ["known", "method", "AP unknown", "precision", "recall", "F1", "hidden entries"]
+    body = [note, "", *markdown_table(header, rows)]
     text = write_result(args.out_dir, f"label_recovery_{args.dataset}",
                         f"Recovered training labels on {args.dataset}", body, results)
     print(text)

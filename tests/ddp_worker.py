@@ -1,6 +1,7 @@
 """Train a linear head on fixed synthetic data; run alone or under torchrun (see test_engine.py).
 
-Writes ``final.safetensors`` and ``val_logits.npy`` into the folder given as the only argument.
+Writes ``final.safetensors`` and ``val_logits.npy`` into the folder given as the first argument;
+a second argument is ``train.ema_decay``.
 Labels are fully known so the per-rank loss means average to the single-process mean exactly.
 """
 
@@ -17,7 +18,7 @@ from mlrkit.engine.trainer import TrainConfig, evaluate_logits, fit
 from mlrkit.methods import TaskSpec, create_method
 
 
-def main(out: Path) -> None:
+def main(out: Path, ema_decay: float | None) -> None:
     rng = np.random.default_rng(0)
     features = rng.normal(size=(160, 8)).astype(np.float32)
     labels = (features @ rng.normal(size=(8, 3)) > 0).astype(np.int8)
@@ -26,7 +27,7 @@ def main(out: Path) -> None:
     torch.manual_seed(0)
     method = create_method("linear", TaskSpec(3, (8,), labels[:128]))
     cfg = TrainConfig(epochs=3, batch_size=32, lr=0.1, optimizer="sgd", progress=False,
-                      device="cpu")
+                      device="cpu", ema_decay=ema_decay)
     fit(method, train, val, labels[128:], cfg, out)
     info = init_distributed(torch.device("cpu"))
     logits = evaluate_logits(method, val, 16, torch.device("cpu"), info)
@@ -37,4 +38,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -118,14 +118,96 @@ def test_lr_schedules():
         TrainConfig(optimizer="lbfgs")
 
 
-def test_two_process_torchrun_equals_single_process(tmp_path):
+@pytest.mark.parametrize(("epochs", "steps", "pct_start", "div", "final_div"), [
+    (60, 7, 0.2, 25.0, 1e4),  # CLSL's release (methods.md §3.4), fewer steps
+    (3, 5, 0.3, 10.0, 100.0),  # pct_start * T = 4.5 steps: the peak falls between two steps
+    (2, 3, 0.1, 25.0, 1e4),  # pct_start * T - 1 < 0: no rising phase
+])
+def test_onecycle_follows_torch_onecycle_lr_step_by_step(epochs, steps, pct_start, div,
+                                                         final_div):
+    max_lr = 3e-4
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([weight], lr=max_lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps, pct_start=pct_start,
+        div_factor=div, final_div_factor=final_div,
+    )
+    cfg = TrainConfig(epochs=epochs, schedule="onecycle", pct_start=pct_start, onecycle_div=div,
+                      onecycle_final_div=final_div, lr=max_lr)
+    for s in range(epochs * steps):
+        epoch, step = divmod(s, steps)
+        ours = max_lr * lr_factor(cfg, epoch + step / steps, steps)  # as fit calls it
+        assert abs(ours - optimizer.param_groups[0]["lr"]) <= 1e-9 * max_lr, s
+        optimizer.step()
+        scheduler.step()
+
+
+def test_onecycle_and_ema_settings_are_checked():
+    cfg = TrainConfig(epochs=10, schedule="onecycle")  # without steps: the continuous limit
+    assert lr_factor(cfg, 0.0) == pytest.approx(1 / 25)
+    assert lr_factor(cfg, 2.0) == pytest.approx(1.0)
+    assert lr_factor(cfg, 10.0) == pytest.approx(1 / 25 / 1e4)
+    with pytest.raises(ValueError, match="train.warmup_epochs=1.*onecycle"):
+        TrainConfig(schedule="onecycle", warmup_epochs=1)
+    with pytest.raises(ValueError, match="train.pct_start"):
+        TrainConfig(pct_start=1.0)
+    with pytest.raises(ValueError, match=r"train.ema_decay=1.0 must be in \(0, 1\)"):
+        TrainConfig(ema_decay=1)
+
+
+def test_weight_ema_update_is_decay_times_average_plus_the_rest_times_weights():
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.BatchNorm1d(1))
+    state = model.state_dict()
+    for value in state.values():
+        value.fill_(1)  # weight, bias, running mean and var 1; num_batches_tracked 1
+    ema = WeightEma(model, decay=0.75)
+    for step, value in enumerate((3.0, 5.0), start=2):
+        for entry in state.values():
+            entry.fill_(value if entry.is_floating_point() else step)
+        ema.update(model)
+    expected = 0.75 * (0.75 * 1 + 0.25 * 3) + 0.25 * 5  # 2.375, exact in binary
+    for key, average in ema.state.items():
+        want = expected if average.is_floating_point() else 3  # integer buffers: copied
+        assert torch.all(average == want), key
+    with ema.applied(model):
+        assert torch.all(model[0].weight == expected)
+    assert torch.all(model[0].weight == 5)  # its own weights back
+
+
+def test_fit_validates_and_keeps_the_weight_average(tmp_path):
+    """One step per epoch: after epoch k the average is 0.5 * average + 0.5 * weights_k."""
+    features, labels = synthetic()
+    train = FeatureBatches(features[:192], labels[:192])
+    val = FeatureBatches(features[192:], labels[192:])
+    cfg = TrainConfig(epochs=3, batch_size=192, lr=0.5, ema_decay=0.5, progress=False,
+                      device="cpu")
+    method = make_linear(train.targets, 16)
+    average = [{k: v.clone() for k, v in method.state_dict().items()}]  # it starts at init
+
+    def follow(epoch, record):
+        weights = method.state_dict()  # the raw weights: training goes on from them
+        average.append({k: 0.5 * average[-1][k] + 0.5 * weights[k] for k in weights})
+
+    result = fit(method, train, val, labels[192:], cfg, tmp_path, on_epoch_end=follow)
+    saved = load_file(tmp_path / "checkpoints" / "epoch-0002" / "ema.safetensors")
+    for key, value in saved.items():
+        torch.testing.assert_close(value, average[3][key], rtol=1e-6, atol=1e-7)
+    for key, value in load_file(tmp_path / "checkpoints" / "best" / "model.safetensors").items():
+        torch.testing.assert_close(value, average[result.best_epoch + 1][key])
+    logits = evaluate_logits(method, val, 64, torch.device("cpu"))  # best/, loaded by fit
+    assert score_report(logits, labels[192:])["mAP"] == result.best_val["val_mAP"]
+
+
+@pytest.mark.parametrize("ema", [[], ["0.8"]], ids=["raw", "ema"])
+def test_two_process_torchrun_equals_single_process(tmp_path, ema):
+    """With ``ema_decay``, ``final`` is the best weight average, validated on both ranks."""
     worker = HERE / "ddp_worker.py"
     single = tmp_path / "single"
-    subprocess.run([sys.executable, str(worker), str(single)], check=True, timeout=300)
+    subprocess.run([sys.executable, str(worker), str(single), *ema], check=True, timeout=300)
     ddp = tmp_path / "ddp"
     subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(worker), str(ddp)],
+         str(worker), str(ddp), *ema],
         check=True, timeout=300,
     )
     a = load_file(single / "final.safetensors")

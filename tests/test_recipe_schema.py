@@ -80,3 +80,16 @@ def test_numbers_and_booleans_left_as_text_are_read_and_nothing_else_changes(tmp
     assert recipe["method"] == {"name": "sarb", "mixup_epoch": 2, "loss": "em",
                                 "loss_options": {"alpha": 0.2}}
     assert recipe["data"]["options"] == {}
+
+
+def test_onecycle_and_ema_keys_are_accepted_and_add_nothing_when_unused(tmp_path):
+    recipe = load(tmp_path, ["train.schedule=onecycle", "train.pct_start='0.2'",
+                             "train.ema_decay='0.9997'"])
+    assert recipe["train"] == {"lr": 0.01, "weight_decay": 0, "epochs": 3, "schedule": "onecycle",
+                               "pct_start": 0.2, "ema_decay": 0.9997}
+    assert load(tmp_path, [])["train"] == RECIPE["train"]
+    assert load(tmp_path, ["train.ema_decay=null"])["train"]["ema_decay"] is None
+    with pytest.raises(ValueError, match=r"train\.ema_decay: Input should be a valid number"):
+        load(tmp_path, ["train.ema_decay=slow"])
+    with pytest.raises(ValueError, match=r"train\.ema_decay=1\.5 must be in \(0, 1\)"):
+        load(tmp_path, ["train.ema_decay=1.5"])

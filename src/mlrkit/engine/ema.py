@@ -6,9 +6,9 @@ statistics included), towards the model's: ``ema = decay * ema + (1 - decay) * w
 entries (integer counters such as ``num_batches_tracked``, boolean masks) are copied. The average
 starts from the weights training starts from, and the decay is constant from the first update,
 without a warm-up: the rule of CLSL's released ``ModelEma`` (``lib/util.py``, decay 0.9997 by
-default, 0.9983 in the VOC 2007 and NUS-WIDE commands; methods.md §3.4), which averages every
-``state_dict`` entry, integer ones included (their average truncated to an integer, so its
-``num_batches_tracked`` lags far behind the model's).
+default and on MS-COCO, 0.9983 in the README's VOC 2007 commands and for the full model on
+NUS-WIDE; methods.md §3.4), which averages every ``state_dict`` entry, integer ones included
+(their average truncated to an integer, so its ``num_batches_tracked`` lags far behind).
 
 The training loop keeps training the raw weights; with ``train.ema_eval`` (the default)
 :meth:`WeightEma.applied` puts the average into the model for validation and ``best/`` holds the

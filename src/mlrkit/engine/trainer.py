@@ -57,7 +57,8 @@ class TrainConfig:
     ``warmup_epochs`` must stay 0. CLSL's release: ``pct_start`` 0.2 and PyTorch's defaults 25
     and 1e4 (methods.md §3.4); PyTorch's cycling of AdamW's β₁ is not applied (β₁ stays 0.9).
     ``ema_decay``: keep an exponential moving average of the weights, updated after every
-    optimizer step (:mod:`mlrkit.engine.ema`; CLSL: 0.9997, 0.9983 on VOC 2007 and NUS-WIDE).
+    optimizer step (:mod:`mlrkit.engine.ema`; CLSL: 0.9997 on MS-COCO, 0.9983 on VOC 2007 and
+    NUS-WIDE).
     ``ema_eval``: with ``ema_decay``, validate the average instead of the raw weights, so that
     the best epoch is chosen by, and ``best/`` holds, the average (what eval, predict and recover
     then use); ``False`` validates and keeps the raw weights.
