@@ -173,3 +173,18 @@ def create_method(name: str, spec: TaskSpec, **hparams) -> Method:
 def known_mask(targets: Tensor) -> Tensor:
     """``(B, C)`` bool, True where the observed label is known (not -1)."""
     return targets >= 0
+
+
+def require_label_embeddings(spec: TaskSpec, method: str) -> Tensor:
+    """The ``(C, E)`` label embeddings of ``spec`` as a float32 copy, validated for ``method``."""
+    embeddings = spec.label_embeddings
+    if embeddings is None:
+        raise ValueError(
+            f"{method} needs label embeddings: TaskSpec.label_embeddings is None (expected a "
+            f"(C, E) tensor of class-name vectors; recipes: label_embeddings: {{source: glove}})"
+        )
+    if embeddings.ndim != 2 or embeddings.shape[0] != spec.num_classes:
+        raise ValueError(
+            f"label_embeddings must be (C={spec.num_classes}, E), got {tuple(embeddings.shape)}"
+        )
+    return embeddings.detach().clone().float()

@@ -70,7 +70,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from mlrkit.methods.base import Method, MethodOutput, StepInfo, TaskSpec, register_method
+from mlrkit.methods.base import (
+    Method,
+    MethodOutput,
+    StepInfo,
+    TaskSpec,
+    register_method,
+    require_label_embeddings,
+)
 from mlrkit.methods.layers import chunked_bilinear_scores
 from mlrkit.methods.losses import asymmetric_loss, create_loss
 from mlrkit.methods.losses.partial_label import check_asymmetric_options
@@ -255,20 +262,6 @@ class CLSLLogits(NamedTuple):
     attention: Tensor
 
 
-def _label_embeddings(spec: TaskSpec) -> Tensor:
-    embeddings = spec.label_embeddings
-    if embeddings is None:
-        raise ValueError(
-            "clsl needs label embeddings: TaskSpec.label_embeddings is None "
-            "(expected a (C, E) tensor of class-name vectors; recipes: label_embeddings: ...)"
-        )
-    if embeddings.ndim != 2 or embeddings.shape[0] != spec.num_classes:
-        raise ValueError(
-            f"label_embeddings must be (C={spec.num_classes}, E), got {tuple(embeddings.shape)}"
-        )
-    return embeddings.detach().clone().float()
-
-
 def _conv_mlp(in_dim: int, out_dim: int) -> nn.Sequential:
     """1x1 Conv1d ``in -> in``, BatchNorm1d, GELU, 1x1 Conv1d ``in -> out`` (the release's
     ``ttd``), on ``(B, in, C)``."""
@@ -346,7 +339,7 @@ class CLSL(Method):
             raise ValueError(f"recovery must be one of {RECOVERY_RULES}, got {recovery!r}")
         if project_embeddings and use_srfl:
             raise ValueError("project_embeddings applies only with use_srfl=False")
-        embeddings = _label_embeddings(spec)
+        embeddings = require_label_embeddings(spec, "clsl")
         self.register_buffer("label_embeddings", embeddings)
         num_classes, embed_dim = embeddings.shape
         in_dim = spec.feature_dim

@@ -19,7 +19,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mlrkit.methods.base import Method, MethodOutput, StepInfo, TaskSpec, register_method
+from mlrkit.methods.base import (
+    Method,
+    MethodOutput,
+    StepInfo,
+    TaskSpec,
+    register_method,
+    require_label_embeddings,
+)
 from mlrkit.methods.layers import (
     ElementWiseClassifier,
     GatedGNN,
@@ -27,21 +34,6 @@ from mlrkit.methods.layers import (
     cooccurrence_adjacency,
 )
 from mlrkit.methods.losses import create_loss
-
-
-def _label_embeddings(spec: TaskSpec) -> Tensor:
-    """The ``(C, E)`` label embeddings of ``spec`` as float32, validated."""
-    embeddings = spec.label_embeddings
-    if embeddings is None:
-        raise ValueError(
-            "ssgrl needs label embeddings: TaskSpec.label_embeddings is None "
-            "(expected a (C, E) tensor of class-name vectors)"
-        )
-    if embeddings.ndim != 2 or embeddings.shape[0] != spec.num_classes:
-        raise ValueError(
-            f"label_embeddings must be (C={spec.num_classes}, E), got {tuple(embeddings.shape)}"
-        )
-    return embeddings.detach().clone().float()
 
 
 @register_method("ssgrl")
@@ -81,7 +73,7 @@ class SemanticGraphHead(Method):
         super().__init__(spec)
         if len(spec.feature_shape) != 3:
             raise ValueError(f"ssgrl needs spatial (D, h, w) features, got {spec.feature_shape}")
-        embeddings = _label_embeddings(spec)
+        embeddings = require_label_embeddings(spec, "ssgrl")
         self.register_buffer("label_embeddings", embeddings)
         in_dim = spec.feature_dim
         dim = in_dim if image_dim is None else image_dim
