@@ -93,3 +93,36 @@ def test_onecycle_and_ema_keys_are_accepted_and_add_nothing_when_unused(tmp_path
         load(tmp_path, ["train.ema_decay=slow"])
     with pytest.raises(ValueError, match=r"train\.ema_decay=1\.5 must be in \(0, 1\)"):
         load(tmp_path, ["train.ema_decay=1.5"])
+
+
+def test_label_embeddings_from_a_file_are_accepted_and_read_by_prepare(tmp_path):
+    from conftest import real_data
+
+    from mlrkit.engine.run import _label_embeddings
+
+    path = str(real_data("clip-text") / "zegclip_voc12_single.npy")
+    recipe = load(tmp_path, ["label_embeddings.source=file", f"label_embeddings.path={path}"])
+    assert recipe["label_embeddings"] == {"source": "file", "path": path}  # nothing added
+    vectors = _label_embeddings(recipe["label_embeddings"], ["dog", "cat"])
+    assert tuple(vectors.shape) == (2, 512) and vectors.dtype.is_floating_point
+    prompted = load(tmp_path, ["label_embeddings.source=minilm",
+                               "label_embeddings.templates=['a photo of a {}']"])
+    assert prompted["label_embeddings"]["templates"] == ["a photo of a {}"]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["label_embeddings.source=file"],
+     r"r\.yaml: label_embeddings\.path is required with source: file"),
+    (["label_embeddings.source=file", "label_embeddings.path=no/such.npy"],
+     r"label_embeddings\.path: file not found: no/such\.npy"),
+    (["label_embeddings.path=v.npy"],
+     r"label_embeddings\.path only applies to source file, not glove"),
+    (["label_embeddings.templates=['a {}']"],
+     r"label_embeddings\.templates only applies to source clip or minilm, not glove"),
+    (["label_embeddings.source=minilm", "label_embeddings.allow_unknown=true"],
+     r"label_embeddings\.allow_unknown only applies to source glove, not minilm"),
+])
+def test_label_embedding_options_of_another_source_are_refused_at_load(tmp_path, overrides,
+                                                                       message):
+    with pytest.raises(ValueError, match=message):
+        load(tmp_path, overrides)

@@ -6,6 +6,7 @@
     mlrkit eval --checkpoint runs/linear_voc12-animals_partial
     mlrkit eval --checkpoint runs/linear_voc12-animals_partial --dataset csv --root other_photos
     mlrkit predict --checkpoint runs/linear_voc12-animals_partial photo1.jpg photo2.jpg
+    mlrkit tag photos/ --recursive --labels "cat, dog, sofa" --zero-shot conse --top-k 2
     mlrkit recover --checkpoint runs/my_run --dataset csv --root my_photos --out recovered/
 
 A failure that the input causes (a file, a recipe entry, an option, a full disk) ends with one line
@@ -169,6 +170,137 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _cmd_tag(args: argparse.Namespace) -> int:
+    from mlrkit.zero_shot import conse_scores, embed_labels
+
+    if args.checkpoint is not None:
+        if args.zero_shot is not None:
+            raise ValueError("--checkpoint and --zero-shot: give one scorer, not both")
+        _refuse_closed_set_run(Path(args.checkpoint))
+    if args.top_k < 1:
+        raise ValueError(f"--top-k is {args.top_k}; give at least 1, the most labels per image")
+    if args.template is not None and args.embeddings != "minilm":
+        raise ValueError(f"--template applies to --embeddings minilm, not {args.embeddings}; "
+                         f"remove it")
+    labels = _tag_labels(args.labels, args.labels_file)
+    templates = None if args.template is None else [args.template]
+    try:  # before any image is read: a label GloVe does not know fails at once
+        vectors = embed_labels(labels, args.embeddings, templates)
+    except ValueError as err:
+        raise ValueError(f"--labels with --embeddings {args.embeddings}: {err}") from None
+    images = _image_files(args.images, args.recursive)
+    scores = conse_scores(
+        images, labels, top_t=args.top_t, source=args.embeddings, templates=templates,
+        label_vectors=vectors, batch_size=args.batch_size, device=args.device,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    _print_tags(_ranked_tags(images, labels, scores, args.top_k, args.threshold), args.format)
+    return 0
+
+
+def _refuse_closed_set_run(run_dir: Path) -> None:
+    """Raise: no run is open-vocabulary yet; name the run's method and its classes."""
+    from mlrkit.engine.run_folder import RUN_FILE, read_run_info
+    from mlrkit.methods import method_class
+
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"--checkpoint {run_dir}: not a run folder (no config.yaml in it); give "
+                         f"the folder 'mlrkit train' wrote")
+    if (run_dir / RUN_FILE).is_file():
+        info = read_run_info(run_dir)
+    else:  # a run from before run.json: load_run writes it from config.yaml and the data
+        from mlrkit.engine.run import load_run
+
+        info = load_run(run_dir).info
+    name, classes = info["method"]["name"], info["class_names"]
+    if method_class(name).open_vocabulary:
+        raise ValueError(f"--checkpoint {run_dir}: tagging with open-vocabulary runs is not "
+                         f"built yet; use --zero-shot conse")
+    raise ValueError(
+        f"--checkpoint {run_dir}: method {name!r} is closed-set: it scores only the "
+        f"{len(classes)} classes it was trained on ({', '.join(classes)}); use 'mlrkit predict "
+        f"--checkpoint {run_dir}' for those, or 'mlrkit tag --zero-shot conse' for any labels"
+    )
+
+
+def _tag_labels(text: str | None, labels_file: str | None) -> list[str]:
+    """The candidate labels: ``--labels "cat, dog"`` (comma-separated) or ``--labels-file`` (one
+    per line; blank lines and ``#`` comments skipped)."""
+    if (text is None) == (labels_file is None):
+        raise ValueError('give the candidate labels with --labels "cat, dog, sofa" or '
+                         '--labels-file FILE (one per line), exactly one of the two')
+    if text is not None:
+        where, labels = "--labels", [part.strip() for part in text.split(",")]
+    else:
+        lines = Path(labels_file).read_text(encoding="utf-8").splitlines()
+        where, labels = labels_file, [line.strip() for line in lines
+                                      if not line.strip().startswith("#")]
+    labels = [label for label in labels if label]
+    if not labels:
+        raise ValueError(f"{where}: no labels in it; give at least one, e.g. --labels \"cat, dog\"")
+    folded = [" ".join(label.casefold().split()) for label in labels]
+    twice = sorted({label for label, key in zip(labels, folded, strict=True)
+                    if folded.count(key) > 1})
+    if twice:
+        raise ValueError(f"{where}: labels given more than once: {twice}; list each once")
+    return labels
+
+
+def _image_files(paths: Sequence[str], recursive: bool) -> list[Path]:
+    """Image files named directly, and those in the folders given (their subfolders too with
+    ``recursive``), in the order given, each folder's files sorted; each file once."""
+    found: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(_folder_images(path, recursive))
+        else:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    return list(dict.fromkeys(found))
+
+
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    """The image files of ``folder`` (by suffix, hidden files left out), sorted by path."""
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    images = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not images:
+        subfolders = not recursive and any(p.is_dir() for p in folder.iterdir())
+        raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it"
+                         + ("; it has subfolders: add --recursive" if subfolders else
+                            "; give image files or a folder of them"))
+    return images
+
+
+def _ranked_tags(images: list[Path], labels: list[str], scores, top_k: int,
+                 threshold: float | None) -> list[dict]:
+    """``{"image", "labels": [{"label", "score"}, ...]}`` per image: best first, at most
+    ``top_k``, only scores of at least ``threshold``."""
+    results = []
+    for path, row in zip(images, scores, strict=True):
+        order = sorted(range(len(labels)), key=lambda c: -row[c])[:top_k]
+        kept = [c for c in order if threshold is None or row[c] >= threshold]
+        results.append({"image": str(path), "labels": [
+            {"label": labels[c], "score": round(float(row[c]), 6)} for c in kept]})
+    return results
+
+
+def _print_tags(results: list[dict], fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(results, indent=1))
+        return
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["image", "rank", "label", "score"])
+    for item in results:
+        for rank, entry in enumerate(item["labels"], start=1):
+            writer.writerow([item["image"], rank, entry["label"], entry["score"]])
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
     from mlrkit.data.feature_cache import extract_features
     from mlrkit.encoders.image import create_image_encoder
@@ -293,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="labels per image, at least 1 (default 5; at most all classes)")
     predict.add_argument("--format", choices=["json", "csv"], default="json")
     predict.set_defaults(run=_cmd_predict)
+    _add_tag_parser(commands)
     extract = commands.add_parser("extract", help="compute and cache encoder features of images")
     _add_dataset_args(extract)
     extract.add_argument("--encoder", required=True, help="timm model name")
@@ -310,6 +443,38 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--overwrite", action="store_true", help="rebuild an existing cache")
     extract.set_defaults(run=_cmd_extract)
     return parser
+
+
+def _add_tag_parser(commands: argparse._SubParsersAction) -> None:
+    tag = commands.add_parser(
+        "tag", help="rank any label names for images, without training (zero-shot)",
+        description="Rank candidate labels for each image with a zero-shot scorer. ConSE: an "
+                    "ImageNet classifier's top-T classes, their names embedded and averaged by "
+                    "probability, compared by cosine with each label's embedding.",
+    )  # fmt: skip
+    tag.add_argument("images", nargs="+", help="image files or folders of them")
+    tag.add_argument("--labels", default=None, help='candidate labels, e.g. "cat, dog, sofa"')
+    tag.add_argument("--labels-file", default=None, help="candidate labels, one per line")
+    tag.add_argument("--zero-shot", choices=["conse"], default=None,
+                     help="the zero-shot scorer (default conse)")
+    tag.add_argument("--checkpoint", default=None,
+                     help="an open-vocabulary run folder instead (none exists yet)")
+    tag.add_argument("--top-k", type=int, default=5,
+                     help="most labels listed per image (default 5)")
+    tag.add_argument("--threshold", type=float, default=None,
+                     help="list only labels scoring at least this cosine (-1 .. 1)")
+    tag.add_argument("--format", choices=["json", "csv"], default="json")
+    tag.add_argument("--recursive", action="store_true", help="also the images in subfolders")
+    tag.add_argument("--embeddings", choices=["minilm", "glove"], default="minilm",
+                     help="label and class-name embeddings (default minilm)")
+    tag.add_argument("--template", default=None,
+                     help='minilm prompt with one {} (default "a photo of a {}")')
+    tag.add_argument("--top-t", type=int, default=10,
+                     help="ImageNet classes combined per image (ConSE's T, default 10)")
+    tag.add_argument("--batch-size", type=int, default=16)
+    tag.add_argument("--device", default="cpu", help="e.g. cuda (default: cpu)")
+    tag.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    tag.set_defaults(run=_cmd_tag)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

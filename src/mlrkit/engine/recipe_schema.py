@@ -4,7 +4,8 @@ any data is read or any feature is computed.
 What checks each section:
 
 - ``name``, ``run_dir``, ``data`` (with ``data.holdout``), ``features``, ``encoder``,
-  ``label_embeddings`` and each protocol: the pydantic models below;
+  ``label_embeddings`` and each protocol: the pydantic models below; ``label_embeddings`` also by
+  :func:`_check_label_embeddings` (options of another source, the file of ``source: file``);
 - ``data.options``: the keyword options of the dataset's reader (and ``create_dataset``'s
   ``extra_splits``), read from its signature;
 - ``train``: a model made from :class:`~mlrkit.engine.trainer.TrainConfig`'s fields, then
@@ -98,10 +99,12 @@ class EncoderSection(_Section):
 class LabelEmbeddingsSection(_Section):
     """``label_embeddings``: see :func:`~mlrkit.encoders.label_embeddings`."""
 
-    source: Literal["glove", "minilm", "clip"]
+    source: Literal["glove", "minilm", "clip", "file"]
     allow_unknown: bool = False
     cache_dir: str | None = None
     templates: list[str] | None = None
+    path: str | None = None
+    names_path: str | None = None
 
 
 class PartialProtocol(_Section):
@@ -147,12 +150,35 @@ def validate_recipe(recipe: dict, source: Path | str) -> dict:
     for key, model in SECTIONS.items():
         if recipe[key] is not None:
             out[key] = _validate(model, _mapping(recipe, key, source), f"{key}.", source)
+    if out["label_embeddings"] is not None:
+        _check_label_embeddings(out["label_embeddings"], source)
     protocol = _mapping(recipe, "protocol", source)
     out["protocol"] = _validate(PROTOCOLS[protocol["name"]], protocol, "protocol.", source)
     out["data"]["options"] = _validate_reader_options(out["data"], source)
     out["train"] = _validate_train(_mapping(recipe, "train", source), source)
     out["method"] = _validate_method(_mapping(recipe, "method", source), source)
     return out
+
+
+def _check_label_embeddings(section: dict, source: Path | str) -> None:
+    """``label_embeddings``: options only for the sources that take them, and for ``source: file``
+    a ``path`` to an existing file (checked now rather than after the features are computed)."""
+    kind = section["source"]
+    only = {"templates": ("clip", "minilm"), "path": ("file",), "names_path": ("file",),
+            "allow_unknown": ("glove",)}
+    for key, sources in only.items():
+        if section.get(key) not in (None, False) and kind not in sources:
+            raise RecipeError(f"{source}: label_embeddings.{key} only applies to source "
+                              f"{' or '.join(sources)}, not {kind}; remove it")
+    if kind != "file":
+        return
+    if not section.get("path"):
+        raise RecipeError(f"{source}: label_embeddings.path is required with source: file; set "
+                          f"it to a .npy (with X.names.txt), .pt or .safetensors file of vectors")
+    for key in ("path", "names_path"):
+        if section.get(key) is not None and not Path(section[key]).is_file():
+            raise RecipeError(f"{source}: label_embeddings.{key}: file not found: "
+                              f"{section[key]}; check the path (relative to the working folder)")
 
 
 def _mapping(recipe: dict, key: str, source: Path | str) -> dict:

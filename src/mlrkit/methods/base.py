@@ -99,6 +99,9 @@ class Method(nn.Module):
     #: True when some parameters get no gradient in some steps (e.g. SARB's alpha/beta during
     #: warm-up); DistributedDataParallel must then look for unused parameters.
     has_unused_parameters: ClassVar[bool] = False
+    #: True for a method that scores label names it was not trained on (``mlrkit tag
+    #: --checkpoint``); every method so far is closed-set: it predicts its C classes only.
+    open_vocabulary: ClassVar[bool] = False
 
     def __init__(self, spec: TaskSpec) -> None:
         super().__init__()

