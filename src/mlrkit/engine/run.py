@@ -261,6 +261,7 @@ def _train(recipe: dict, run_dir: Path, cfg: TrainConfig, resume: bool, started:
         "method": recipe["method"]["name"],
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
+        "threads": torch.get_num_threads(),
         **result.best_val,
     }
     if "test" in prepared.sources:

@@ -49,6 +49,10 @@ class TrainConfig:
     ``amp``: ``"auto"`` uses bfloat16 autocast on CUDA devices that support it and full precision
     elsewhere; ``"bf16"``/``"fp16"`` force it (fp16 with a gradient scaler), ``"off"`` disables it.
     ``patience``: stop after this many evaluations without a better validation mAP (0 = never).
+    ``threads``: torch's intra-op CPU threads for the run (``None``: leave torch's setting). A
+    run is reproducible to the digit for a given thread count; methods whose training selects
+    entries by value (SARB's hard mining and k-means) can end elsewhere with another count,
+    because float sums are split differently across threads. ``results.json`` records the count.
     ``schedule``: ``"cosine"`` (after ``warmup_epochs``, down to ``min_lr_ratio``), ``"step"``
     (times ``gamma`` every ``step_size`` epochs), ``"constant"``, or ``"onecycle"``: PyTorch's
     ``OneCycleLR`` with cosine annealing (see :func:`lr_factor`), ``lr`` being its maximum, from
@@ -89,6 +93,7 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 0
     progress: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         self._coerce_numbers()
@@ -100,6 +105,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name}={getattr(self, name)!r}; choose one of {allowed}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"train.threads={self.threads} must be >= 1 (or null)")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise ValueError("train.epochs, train.batch_size and train.eval_every must be >= 1")
         self._check_onecycle_and_ema()
@@ -341,6 +348,8 @@ def fit(
     ckpt_dir = run_dir / "checkpoints"
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     info = init_distributed(device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     method.to(device)
     optimizer = build_optimizer(method, cfg)
