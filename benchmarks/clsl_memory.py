@@ -33,20 +33,14 @@ K 1024), ``python benchmarks/clsl_memory.py --quick --out-dir /tmp/clsl`` for a 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
-import os
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from decoupling_memory import max_resident_bytes, resident_bytes, synchronize
+from decoupling_memory import fresh_worker, peak_and_time
 from torch import Tensor, nn
 
 from mlrkit.methods.base import TaskSpec
@@ -261,29 +255,9 @@ def measure(args: argparse.Namespace, variant: str, mode: str) -> dict:
     model = build(args, variant, device)
     _, inputs, targets = make_task(args)
     inputs, targets = inputs.to(device), targets.to(device)
-    run_once(model, variant, inputs[:1], targets[:1], mode)  # warm-up: lazy initialisation
-    model.zero_grad(set_to_none=True)
-    gc.collect()
-    synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-    else:
-        before, peak_before = resident_bytes(), max_resident_bytes()
-    run_once(model, variant, inputs, targets, mode)
-    synchronize(device)
-    if device.type == "cuda":
-        peak, exact = torch.cuda.max_memory_allocated(device) - before, True
-    else:
-        peak_after = max_resident_bytes()
-        peak, exact = peak_after - before, peak_after > peak_before
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        run_once(model, variant, inputs, targets, mode)
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return {"peak": peak, "exact": exact, "time": statistics.median(times)}
+    return peak_and_time(model, lambda: run_once(model, variant, inputs, targets, mode),
+                         lambda: run_once(model, variant, inputs[:1], targets[:1], mode), device,
+                         args.repeats)
 
 
 def max_difference(a: Tensor, b: Tensor) -> tuple[float, bool]:
@@ -337,14 +311,6 @@ def check(args: argparse.Namespace) -> dict:
     return result
 
 
-def run_worker(args: argparse.Namespace, task: list) -> dict:
-    """A worker in a fresh interpreter; returns its result."""
-    command = [sys.executable, __file__, *sys.argv[1:], "--worker", json.dumps(task)]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
-    output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
-    return json.loads(output.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -377,7 +343,7 @@ def main() -> None:
         f"device={args.device} threads={torch.get_num_threads()}"
     )
     print(header)
-    checked = run_worker(args, ["check"])
+    checked = fresh_worker(__file__, ["check"])
     equal = all(ok for _, ok in checked.values())
     measures = {"main_logits": "max |difference|", "aux_logits": "max |difference|",
                 "loss": "relative difference",
@@ -392,7 +358,7 @@ def main() -> None:
     records, rows = [], []
     for mode in MODES:
         for variant in VARIANTS:
-            result = run_worker(args, [variant, mode])
+            result = fresh_worker(__file__, [variant, mode])
             results[variant, mode] = result
             flag = "" if result["exact"] else "*"
             print(f"{variant:<14} {mode:<8} {result['peak'] / MIB:>9.1f}{flag:1} "

@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,14 +87,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(args: argparse.Namespace, direct: bool, mode: str, class_chunk: int) -> dict:
-    """Peak extra memory (bytes) and median time (s) of one variant, in this process."""
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    head = build(args, class_chunk).to(device)
-    inputs = torch.randn(args.batch, args.dim, args.side, args.side, device=device)
-    run_once(head, inputs[:1], direct, mode)  # warm-up: lazy initialisation, kernel selection
-    head.zero_grad(set_to_none=True)
+def peak_and_time(model: torch.nn.Module, run: Callable[[], None], warm_up: Callable[[], None],
+                  device: torch.device, repeats: int) -> dict:
+    """Peak extra memory (bytes) of one ``run()`` after ``warm_up()`` (lazy initialisation, kernel
+    selection), and the median time (s) of ``repeats`` more runs, in this process."""
+    warm_up()
+    model.zero_grad(set_to_none=True)
     gc.collect()
     synchronize(device)
     if device.type == "cuda":
@@ -101,7 +100,7 @@ def measure(args: argparse.Namespace, direct: bool, mode: str, class_chunk: int)
         before = torch.cuda.memory_allocated(device)
     else:
         before, peak_before = resident_bytes(), max_resident_bytes()
-    run_once(head, inputs, direct, mode)
+    run()
     synchronize(device)
     if device.type == "cuda":
         peak, exact = torch.cuda.max_memory_allocated(device) - before, True
@@ -109,23 +108,28 @@ def measure(args: argparse.Namespace, direct: bool, mode: str, class_chunk: int)
         peak_after = max_resident_bytes()
         peak, exact = peak_after - before, peak_after > peak_before
     times = []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         start = time.perf_counter()
-        run_once(head, inputs, direct, mode)
+        run()
         synchronize(device)
         times.append(time.perf_counter() - start)
     return {"peak": peak, "exact": exact, "time": statistics.median(times)}
 
 
-def run_variant(args: argparse.Namespace, direct: bool, mode: str, class_chunk: int) -> dict:
-    """:func:`measure` in a fresh interpreter; returns its result."""
-    command = [
-        sys.executable,
-        __file__,
-        *sys.argv[1:],
-        "--worker",
-        json.dumps([direct, mode, class_chunk]),
-    ]
+def measure(args: argparse.Namespace, direct: bool, mode: str, class_chunk: int) -> dict:
+    """Peak extra memory (bytes) and median time (s) of one variant, in this process."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    head = build(args, class_chunk).to(device)
+    inputs = torch.randn(args.batch, args.dim, args.side, args.side, device=device)
+    return peak_and_time(head, lambda: run_once(head, inputs, direct, mode),
+                         lambda: run_once(head, inputs[:1], direct, mode), device, args.repeats)
+
+
+def fresh_worker(script: str, task: list) -> dict:
+    """Run ``script`` again with its arguments plus ``--worker TASK`` in a fresh interpreter (so
+    that its peak memory is its own) and return its last output line, read as JSON."""
+    command = [sys.executable, script, *sys.argv[1:], "--worker", json.dumps(task)]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
     output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(output.strip().splitlines()[-1])
@@ -163,7 +167,7 @@ def main() -> None:
     for mode in MODES:
         variants = [(f"chunked({c})", False, c) for c in chunks] + [("direct", True, chunks[0])]
         for name, direct, class_chunk in variants:
-            result = run_variant(args, direct, mode, class_chunk)
+            result = fresh_worker(__file__, [direct, mode, class_chunk])
             peaks[name, mode] = result["peak"]
             flag = "" if result["exact"] else "*"
             print(
