@@ -78,7 +78,7 @@ from mlrkit.methods.base import (
     register_method,
     require_label_embeddings,
 )
-from mlrkit.methods.layers import chunked_bilinear_scores
+from mlrkit.methods.layers import channel_projection, chunked_bilinear_scores
 from mlrkit.methods.losses import asymmetric_loss, create_loss
 from mlrkit.methods.losses.partial_label import check_asymmetric_options
 
@@ -351,13 +351,7 @@ class CLSL(Method):
         self.position_encoding = position_encoding
         self.aux_weight = aux_weight
 
-        self.projection = (
-            nn.Identity()
-            if dim == in_dim
-            else nn.Sequential(
-                nn.Conv2d(in_dim, dim, kernel_size=1, bias=False), nn.BatchNorm2d(dim)
-            )
-        )
+        self.projection = channel_projection(in_dim, dim)
         self.encoder = nn.ModuleList(
             PositionalEncoderLayer(dim, num_heads, dim if ffn_dim is None else ffn_dim, dropout,
                                    normalize_before)

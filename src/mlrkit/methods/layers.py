@@ -43,6 +43,15 @@ def cooccurrence_adjacency(targets: np.ndarray) -> Tensor:
     return torch.from_numpy(adjacency.astype(np.float32))
 
 
+def channel_projection(in_dim: int, out_dim: int) -> nn.Module:
+    """``(B, in_dim, h, w)`` -> ``(B, out_dim, h, w)``: a 1x1 conv without bias + BatchNorm2d (the
+    reference's ``changeChannel``), or the identity when the sizes already agree."""
+    if in_dim == out_dim:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(in_dim, out_dim, kernel_size=1, bias=False),
+                         nn.BatchNorm2d(out_dim))
+
+
 class SemanticDecoupling(nn.Module):
     """Class-specific attention pooling of a feature map, guided by label embeddings.
 

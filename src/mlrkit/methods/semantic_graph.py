@@ -31,6 +31,7 @@ from mlrkit.methods.layers import (
     ElementWiseClassifier,
     GatedGNN,
     SemanticDecoupling,
+    channel_projection,
     cooccurrence_adjacency,
 )
 from mlrkit.methods.losses import create_loss
@@ -80,13 +81,7 @@ class SemanticGraphHead(Method):
         output_dim = dim if output_dim is None else output_dim
         # The reference average-pools ResNet-101's 14x14 map at 448 px to 7x7 (AvgPool2d(2, 2)).
         self.input_pool = nn.AvgPool2d(input_pool) if input_pool > 1 else nn.Identity()
-        self.projection = (
-            nn.Identity()
-            if dim == in_dim
-            else nn.Sequential(
-                nn.Conv2d(in_dim, dim, kernel_size=1, bias=False), nn.BatchNorm2d(dim)
-            )
-        )
+        self.projection = channel_projection(in_dim, dim)
         self.decoupling = SemanticDecoupling(dim, embeddings.shape[1], inter_dim, class_chunk)
         self.gnn = GatedGNN(dim, cooccurrence_adjacency(spec.train_targets), time_steps)
         self.fc = nn.Linear(2 * dim, output_dim)
