@@ -126,11 +126,20 @@ def measure(args: argparse.Namespace, direct: bool, mode: str, class_chunk: int)
                          lambda: run_once(head, inputs[:1], direct, mode), device, args.repeats)
 
 
-def fresh_worker(script: str, task: list) -> dict:
+def fresh_worker(script: str, task: list, fixed_mmap_threshold: bool = True) -> dict:
     """Run ``script`` again with its arguments plus ``--worker TASK`` in a fresh interpreter (so
-    that its peak memory is its own) and return its last output line, read as JSON."""
+    that its peak memory is its own) and return its last output line, read as JSON.
+
+    ``fixed_mmap_threshold`` fixes glibc's mmap threshold at 64 KiB (see the module docstring),
+    which the resident-set peak needs; it also makes every large allocation a fresh ``mmap`` with
+    its page faults, so times are better taken without it (glibc's default, as users run).
+    """
     command = [sys.executable, script, *sys.argv[1:], "--worker", json.dumps(task)]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
+    env = dict(os.environ)
+    if fixed_mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
+    else:
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)
     output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(output.strip().splitlines()[-1])
 

@@ -27,9 +27,13 @@ hidden layer, their gradients: 514 MB each at B = 8, P = 196, C = 80, K = 1024).
 non-linearity between the hidden layer ``W_h`` and the read-out ``w_t``, so
 ``alpha2[p, c] = tanh(W1 x_p * W2 v_c) @ g + b`` with ``g = W_h^T w_t`` and one constant ``b``;
 :func:`~mlrkit.methods.layers.chunked_bilinear_scores` computes it class chunk by class chunk with
-activation checkpointing, so the peak does not grow with ``C``. ``direct=True`` runs the literal
-formula (tests, benchmarks/clsl_memory.py). ``b`` is the same for every class and cancels in the
-softmax over classes: ``W_h.bias`` and ``w_t.bias`` get zero gradient, as in the release.
+activation checkpointing, so the peak does not grow with ``C``. ``b`` is the same for every class
+and cancels in the softmax over classes: ``W_h.bias`` and ``w_t.bias`` get zero gradient, as in
+the release. Two concatenations are followed by a linear map: the label MLP's first layer on
+``[e_c ; mean token]`` is applied once per class and once per image (not per pair), and the
+classifier's first layer on ``[g_p ; x_p]`` is ``a @ (V W_g^T) + x_p W_x^T``, so ``W_g`` is applied
+to the ``C`` label vectors instead of the ``P`` positions and ``g`` is never formed.
+``direct=True`` runs the three literal formulas (tests, ``benchmarks/clsl_memory.py``).
 
 Departures from the release (each an option where it can be one):
 
@@ -181,7 +185,7 @@ class BilinearLabelAttention(nn.Module):
     """
 
     def __init__(
-        self, token_dim: int, label_dim: int, att_dim: int = 1024, class_chunk: int = 16
+        self, token_dim: int, label_dim: int, att_dim: int = 1024, class_chunk: int = 4
     ) -> None:
         super().__init__()
         if class_chunk < 1:
@@ -288,7 +292,9 @@ class CLSL(Method):
             in every README command).
         att_dim: bilinear attention size ``K`` (release 1024).
         mlp_dropout: dropout of the position-wise classifier (release ``nn.Dropout()``, 0.5).
-        class_chunk: classes per chunk of the bilinear attention (memory vs. loop length).
+        class_chunk: classes per chunk of the bilinear attention: each chunk's backward pass holds
+            a few ``(B, P, class_chunk, K)`` tensors (4: about 25 MB each at the published size,
+            and faster than larger chunks on a CPU; ``benchmarks/clsl_memory.py``).
         use_srfl: condition the label vectors on the image's mean token (SRFL). ``False``: the raw
             embeddings (``sarlpwoSRFL``), or ``project_embeddings``.
         project_embeddings: with ``use_srfl=False``, pass the embeddings alone through the label
@@ -321,7 +327,7 @@ class CLSL(Method):
         position_encoding: bool = True,
         att_dim: int = 1024,
         mlp_dropout: float = 0.5,
-        class_chunk: int = 16,
+        class_chunk: int = 4,
         use_srfl: bool = True,
         project_embeddings: bool = False,
         use_jls: bool = True,
@@ -397,28 +403,68 @@ class CLSL(Method):
             tokens = layer(tokens, pos)
         return tokens
 
-    def label_vectors(self, tokens: Tensor) -> Tensor:
-        """Label vectors ``v`` ``(B, C, L)``: with SRFL ``MLP([e_c ; mean_p x_p])``."""
+    def label_vectors(self, tokens: Tensor, direct: bool = False) -> Tensor:
+        """Label vectors ``v`` ``(B, C, L)``: with SRFL ``MLP([e_c ; mean_p x_p])``.
+
+        The MLP's first 1x1 conv is linear in the concatenation, ``W [e_c ; m] + b = W_e e_c +
+        (W_m m + b)``: it is computed once per class and once per image, not per (image, class)
+        pair, unless ``direct``.
+        """
         batch = tokens.shape[0]
-        vectors = self.label_embeddings.expand(batch, -1, -1)  # (B, C, E)
-        if self.use_srfl:
-            image = tokens.mean(dim=1, keepdim=True).expand(-1, vectors.shape[1], -1)
-            vectors = torch.cat((vectors, image), dim=-1)  # (B, C, E + d)
-        if self.label_mlp is None:
-            return vectors
-        return self.label_mlp(vectors.transpose(1, 2)).transpose(1, 2)
+        embeddings = self.label_embeddings
+        if not self.use_srfl:
+            vectors = embeddings.expand(batch, -1, -1)  # (B, C, E)
+            if self.label_mlp is None:
+                return vectors
+            return self.label_mlp(vectors.transpose(1, 2)).transpose(1, 2)
+        image = tokens.mean(dim=1)  # (B, d)
+        first, *rest = self.label_mlp
+        if direct:
+            pairs = torch.cat((embeddings.expand(batch, -1, -1),
+                               image[:, None].expand(-1, embeddings.shape[0], -1)), dim=-1)
+            hidden = first(pairs.transpose(1, 2))  # (B, E + d, C)
+        else:
+            weight = first.weight.squeeze(-1)  # (E + d, E + d)
+            split = embeddings.shape[1]
+            per_class = embeddings @ weight[:, :split].T  # (C, E + d)
+            per_image = torch.addmm(first.bias, image, weight[:, split:].T)  # (B, E + d)
+            hidden = (per_class[None] + per_image[:, None]).transpose(1, 2)
+        for layer in rest:
+            hidden = layer(hidden)
+        return hidden.transpose(1, 2)
+
+    def position_scores(self, tokens: Tensor, vectors: Tensor, attention: Tensor,
+                        direct: bool = False) -> Tensor:
+        """Per-position class logits ``alpha3 = MLP([g_p ; x_p])`` ``(B, P, C)``, with the
+        label-aware tokens ``g_p = sum_c a[p, c] v_c``.
+
+        The MLP's first linear map is linear in ``g_p``: ``W_g g_p = sum_c a[p, c] (W_g v_c)``, so
+        ``W_g`` is applied to the ``C`` label vectors rather than to the ``P`` positions and
+        ``g`` and the concatenation are never formed (unless ``direct``).
+        """
+        first, *rest = self.classifier
+        if direct:
+            return self.classifier(torch.cat((attention @ vectors, tokens), dim=-1))
+        split = vectors.shape[-1]
+        per_class = vectors @ first.weight[:, :split].T  # (B, C, d + L)
+        hidden = torch.baddbmm(torch.addmm(first.bias, tokens.flatten(0, 1),
+                                           first.weight[:, split:].T).view(*tokens.shape[:2], -1),
+                               attention, per_class)  # (B, P, d + L)
+        for layer in rest:
+            hidden = layer(hidden)
+        return hidden
 
     def branches(self, inputs: Tensor, direct: bool = False) -> CLSLLogits:
-        """Both branches on ``inputs`` ``(B, D, h, w)``; ``direct`` selects the literal,
-        fully materialised bilinear attention."""
+        """Both branches on ``inputs`` ``(B, D, h, w)``; ``direct`` selects the literal forms:
+        the fully materialised bilinear attention, the label MLP on ``[e_c ; m]`` and the
+        classifier on ``[g_p ; x_p]``, without recomputation."""
         tokens = self.encode(inputs)
-        vectors = self.label_vectors(tokens)
+        vectors = self.label_vectors(tokens, direct)
         aux = None
         if self.aux_head is not None:
             aux = self.aux_head(tokens.transpose(1, 2)).amax(dim=-1)  # (B, C)
         attention = self.attention(tokens, vectors, direct)  # (B, P, C)
-        gathered = attention @ vectors  # (B, P, L)
-        scores = self.classifier(torch.cat((gathered, tokens), dim=-1))  # (B, P, C)
+        scores = self.position_scores(tokens, vectors, attention, direct)  # (B, P, C)
         return CLSLLogits(self_weighted_pool(scores), aux, scores, attention)
 
     def loss_parts(
