@@ -24,6 +24,7 @@ from mlrkit.methods.losses import (
     list_losses,
     ll_loss,
     partial_bce,
+    rank_loss,
     register_loss,
     role_loss,
     wan_loss,
@@ -43,7 +44,7 @@ TRAIN = np.array(
 )
 INDEX = torch.tensor([0, 2])  # the batch is training rows 0 and 2
 NAMES = ["an", "an_ls", "asl", "assume_negative", "em", "epr", "ll_cp", "ll_ct", "ll_r",
-         "partial_bce", "role", "wan"]
+         "partial_bce", "rank", "role", "wan"]
 
 
 def sig(x: np.ndarray) -> np.ndarray:
@@ -99,6 +100,7 @@ FUNCTIONAL = {
     "ll_cp": ({"delta_rel": 10}, lambda loss, s, y: ll_loss(s, y, "LL-Cp", 3, 10).loss),
     "asl": ({"gamma_neg": 2.0, "clip": 0.1},
             lambda loss, s, y: asymmetric_loss(s, y, gamma_neg=2.0, clip=0.1)),
+    "rank": ({"margin": 2.0}, lambda loss, s, y: rank_loss(s, y, 2.0)),
 }
 
 
@@ -380,3 +382,39 @@ def test_every_head_trains_with_every_loss(head: str, loss: str) -> None:
     grads = [p.grad for p in method.parameters() if id(p) not in loss_params]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert sum(g.abs().sum() for g in grads) > 0
+
+
+# ---------------------------------------------------------------- the ranking loss
+
+
+def test_rank_loss_sums_hinges_over_violated_pairs_per_image() -> None:
+    logits = torch.tensor([[2.0, 0.5, 1.8, 0.0], [0.0, 1.0, 3.0, -1.0], [1.0, 2.0, 0.0, 0.0]])
+    targets = torch.tensor([[1, 0, 0, -1], [1, 1, 0, 0], [-1, -1, 1, -1]], dtype=torch.int8)
+    # image 0: pairs (0,1) hinge 0, (0,2) 0.8 -> 0.8 / 1 violated pair;
+    # image 1: positives 0, 1 vs negatives 2, 3: (0,2) 4, (0,3) 0, (1,2) 3, (1,3) 0 -> 7 / 2;
+    # image 2: no negative -> 0. The mean runs over all three images.
+    expected = (0.8 + 3.5 + 0.0) / 3
+    assert float(rank_loss(logits, targets)) == pytest.approx(expected, rel=1e-6)
+    assert float(rank_loss(logits, targets, margin=0.5)) == pytest.approx(
+        (0.3 + (3.5 + 2.5) / 2) / 3, rel=1e-6)
+
+
+def test_rank_loss_ignores_unknown_entries_and_matches_a_pair_loop() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(7, 6, requires_grad=True)
+    targets = torch.randint(-1, 2, (7, 6), dtype=torch.int8)
+    per_image = []
+    for s, y in zip(logits.tolist(), targets.tolist(), strict=True):
+        hinges = [max(0.0, 1 + s[j] - s[i]) for i in range(6) for j in range(6)
+                  if y[i] == 1 and y[j] == 0]
+        violated = sum(h > 0 for h in hinges)
+        per_image.append(sum(hinges) / (violated + 1e-8))
+    loss = rank_loss(logits, targets)
+    assert float(loss) == pytest.approx(sum(per_image) / 7, rel=1e-6)
+    loss.backward()
+    unknown = targets == -1
+    assert (logits.grad[unknown] == 0).all() and logits.grad.abs().sum() > 0
+    module = create_loss("rank", spec(), margin=1.0)
+    assert float(module(logits, targets).loss) == pytest.approx(float(loss), rel=1e-7)
+    with pytest.raises(ValueError, match="margin"):
+        rank_loss(logits, targets, margin=0.0)

@@ -394,8 +394,10 @@ def options_for(loss: str, expected_positives: float, delta_rel: float) -> dict:
     return {"delta_rel": delta_rel} if loss.startswith("ll_") else {}
 
 
-@pytest.mark.parametrize("loss", list_losses())
+@pytest.mark.parametrize("loss", [name for name in list_losses() if name != "rank"])
 def test_gradients_flow_for_every_loss(loss: str) -> None:
+    """Single positive labels and no known negative: every loss but ``rank`` (which ranks known
+    positives above known negatives, ``tests/test_losses.py``) has a gradient."""
     torch.manual_seed(0)
     targets = np.full((6, 5), -1, dtype=np.int8)
     targets[np.arange(6), [0, 1, 2, 3, 4, 0]] = 1

@@ -170,35 +170,84 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_CLIP_MODEL = "ViT-B-32"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def _cmd_tag(args: argparse.Namespace) -> int:
-    from mlrkit.zero_shot import conse_scores, embed_labels
-
     if args.checkpoint is not None:
         if args.zero_shot is not None:
             raise ValueError("--checkpoint and --zero-shot: give one scorer, not both")
         _refuse_closed_set_run(Path(args.checkpoint))
     if args.top_k < 1:
         raise ValueError(f"--top-k is {args.top_k}; give at least 1, the most labels per image")
-    if args.template is not None and args.embeddings != "minilm":
-        raise ValueError(f"--template applies to --embeddings minilm, not {args.embeddings}; "
+    scorer = _clip_tags if args.zero_shot == "clip" else _conse_tags
+    images, labels, scores = scorer(args)
+    _print_tags(_ranked_tags(images, labels, scores, args.top_k, args.threshold), args.format)
+    return 0
+
+
+def _conse_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object]:
+    """The images, labels and ``(N, L)`` ConSE scores of ``mlrkit tag --zero-shot conse``."""
+    from mlrkit.zero_shot import conse_scores, embed_labels
+
+    for option, value in (("--weights", args.weights), ("--clip-model", args.clip_model)):
+        if value is not None:
+            raise ValueError(f"{option} applies to --zero-shot clip, not conse; remove it or "
+                             f"add --zero-shot clip")
+    embeddings = args.embeddings or "minilm"
+    if args.template is not None and embeddings != "minilm":
+        raise ValueError(f"--template applies to --embeddings minilm, not {embeddings}; "
                          f"remove it")
     labels = _tag_labels(args.labels, args.labels_file)
     templates = None if args.template is None else [args.template]
     try:  # before any image is read: a label GloVe does not know fails at once
-        vectors = embed_labels(labels, args.embeddings, templates)
+        vectors = embed_labels(labels, embeddings, templates)
     except ValueError as err:
-        raise ValueError(f"--labels with --embeddings {args.embeddings}: {err}") from None
+        raise ValueError(f"--labels with --embeddings {embeddings}: {err}") from None
     images = _image_files(args.images, args.recursive)
     scores = conse_scores(
-        images, labels, top_t=args.top_t, source=args.embeddings, templates=templates,
+        images, labels, top_t=args.top_t, source=embeddings, templates=templates,
         label_vectors=vectors, batch_size=args.batch_size, device=args.device,
         progress=not args.no_progress,
     )  # fmt: skip
-    _print_tags(_ranked_tags(images, labels, scores, args.top_k, args.threshold), args.format)
-    return 0
+    return images, labels, scores
+
+
+def _clip_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object]:
+    """The images, labels and ``(N, L)`` CLIP scores of ``mlrkit tag --zero-shot clip``."""
+    import open_clip
+
+    from mlrkit.encoders.clip import create_clip
+    from mlrkit.zero_shot import clip_scores
+
+    if args.embeddings is not None:
+        raise ValueError("--embeddings applies to --zero-shot conse; CLIP embeds the labels with "
+                         "its own text tower: remove it")
+    if args.weights is None:
+        raise ValueError("--zero-shot clip needs --weights FILE: no CLIP weights ship with "
+                         "mlrkit; download an open_clip checkpoint and pass the local file, "
+                         "e.g. --weights ViT-B-32.safetensors --clip-model ViT-B-32-quickgelu")
+    weights, name = Path(args.weights), args.clip_model or DEFAULT_CLIP_MODEL
+    if not weights.is_file():
+        raise ValueError(f"--weights {weights}: not a file; give a local open_clip checkpoint "
+                         f"(.safetensors, or a state dict .bin/.pt)")
+    if name not in open_clip.list_models():
+        raise ValueError(f"--clip-model {name}: not an open_clip architecture; give one of "
+                         f"open_clip.list_models(), e.g. ViT-B-32 or ViT-B-16-quickgelu")
+    labels = _tag_labels(args.labels, args.labels_file)
+    images = _image_files(args.images, args.recursive)
+    try:
+        clip = create_clip(name, weights=weights)
+    except RuntimeError as err:  # load_state_dict: missing, unexpected or misshapen tensors
+        raise ValueError(f"--weights {weights}: its tensors do not fit --clip-model {name} "
+                         f"(missing, unexpected or misshapen); name the file's architecture "
+                         f"with --clip-model") from err
+    scores = clip_scores(
+        images, labels, clip, templates=None if args.template is None else [args.template],
+        batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
+    )  # fmt: skip
+    return images, labels, scores
 
 
 def _refuse_closed_set_run(run_dir: Path) -> None:
@@ -337,15 +386,21 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _format_metrics(results: dict) -> str:
+    """One ``key value`` line per result; rates in percent, per-class APs one per line."""
     lines = []
     for key, value in results.items():
+        if isinstance(value, dict):  # {class: AP}
+            lines += [f"{key}[{name}]".ljust(22) + f" {100 * ap:.2f}" for name, ap in value.items()]
+            continue
         shown = f"{100 * value:.2f}" if isinstance(value, float) and _is_rate(key) else value
         lines.append(f"{key:<22} {shown}")
     return "\n".join(lines)
 
 
 def _is_rate(key: str) -> bool:
-    return key.split("_")[-1] in {"mAP", "voc", "CP", "CR", "CF1", "OP", "OR", "OF1", "top3"}
+    last = key.split("_")[-1]
+    return last in {"mAP", "voc", "CP", "CR", "CF1", "OP", "OR", "OF1", "top3"} or (
+        last.split("@")[0] in {"P", "R", "F1"} and "@" in last)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -450,13 +505,22 @@ def _add_tag_parser(commands: argparse._SubParsersAction) -> None:
         "tag", help="rank any label names for images, without training (zero-shot)",
         description="Rank candidate labels for each image with a zero-shot scorer. ConSE: an "
                     "ImageNet classifier's top-T classes, their names embedded and averaged by "
-                    "probability, compared by cosine with each label's embedding.",
+                    "probability, compared by cosine with each label's embedding. CLIP: the "
+                    "cosine of the image's CLIP embedding and the label's, averaged over CLIP's "
+                    "prompt ensemble; needs a local open_clip weights file (--weights).",
     )  # fmt: skip
     tag.add_argument("images", nargs="+", help="image files or folders of them")
     tag.add_argument("--labels", default=None, help='candidate labels, e.g. "cat, dog, sofa"')
     tag.add_argument("--labels-file", default=None, help="candidate labels, one per line")
-    tag.add_argument("--zero-shot", choices=["conse"], default=None,
+    tag.add_argument("--zero-shot", choices=["conse", "clip"], default=None,
                      help="the zero-shot scorer (default conse)")
+    tag.add_argument("--weights", default=None,
+                     help="clip: a local open_clip weights file (.safetensors or a state dict); "
+                          "none ship with mlrkit")
+    tag.add_argument("--clip-model", default=None,
+                     help=f"clip: the open_clip architecture of --weights (default "
+                          f"{DEFAULT_CLIP_MODEL}); for OpenAI's weights the -quickgelu one, "
+                          f"e.g. ViT-B-32-quickgelu")
     tag.add_argument("--checkpoint", default=None,
                      help="an open-vocabulary run folder instead (none exists yet)")
     tag.add_argument("--top-k", type=int, default=5,
@@ -465,10 +529,11 @@ def _add_tag_parser(commands: argparse._SubParsersAction) -> None:
                      help="list only labels scoring at least this cosine (-1 .. 1)")
     tag.add_argument("--format", choices=["json", "csv"], default="json")
     tag.add_argument("--recursive", action="store_true", help="also the images in subfolders")
-    tag.add_argument("--embeddings", choices=["minilm", "glove"], default="minilm",
-                     help="label and class-name embeddings (default minilm)")
+    tag.add_argument("--embeddings", choices=["minilm", "glove"], default=None,
+                     help="conse: label and class-name embeddings (default minilm)")
     tag.add_argument("--template", default=None,
-                     help='minilm prompt with one {} (default "a photo of a {}")')
+                     help='prompt with one {}: minilm\'s (default "a photo of a {}"), or for '
+                          'clip one replacing its 7-prompt ensemble')
     tag.add_argument("--top-t", type=int, default=10,
                      help="ImageNet classes combined per image (ConSE's T, default 10)")
     tag.add_argument("--batch-size", type=int, default=16)

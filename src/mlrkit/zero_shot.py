@@ -1,4 +1,8 @@
-"""Zero-shot scores of images for any label names, without training: ConSE.
+"""Zero-shot scores of images for any label names, without training: ConSE and CLIP.
+
+- :func:`conse_scores`: an ImageNet classifier's probabilities mapped into a word-embedding space;
+- :func:`clip_scores`: cosines of CLIP image embeddings and prompt-ensembled text embeddings of
+  the labels (``clip`` a :class:`~mlrkit.encoders.clip.ClipEncoder` with local weights).
 
 ConSE (Norouzi et al., "Zero-Shot Learning by Convex Combination of Semantic Embeddings",
 ICLR 2014) maps an image into a word-embedding space through an ImageNet classifier. With
@@ -25,13 +29,15 @@ Scores are cosines in ``[-1, 1]``, comparable across labels of one image (a rank
 calibrated probabilities: a threshold on them is a similarity threshold.
 
     scores = conse_scores(["cat.jpg", "street.jpg"], ["cat", "dog", "car"])  # (2, 3)
+    clip = create_clip("ViT-B-32-quickgelu", weights="openai_vit_b32.safetensors")
+    scores = clip_scores(["cat.jpg", "street.jpg"], ["cat", "dog", "car"], clip)  # (2, 3)
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -48,6 +54,18 @@ DEFAULT_TEMPLATES: dict[str, tuple[str, ...] | None] = {
     "glove": None,
     "clip": None,
 }
+#: CLIP's zero-shot prompts: 7 of the 80 ImageNet templates of Radford et al. 2021, "Learning
+#: Transferable Visual Models From Natural Language Supervision", the subset the released
+#: notebook (``Prompt_Engineering_for_ImageNet.ipynb``) selects for prompt ensembling.
+CLIP_TEMPLATES = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
 ImageInput = str | Path | Image.Image
 
 
@@ -216,8 +234,51 @@ def imagenet_probabilities(
     Every file is checked before any compute: missing or unreadable ones raise
     :class:`~mlrkit.data.images.UnreadableImagesError` naming all of them.
     """
-    from tqdm import tqdm
+    _check_images(images)
+    model = (classifier if classifier is not None else imagenet_classifier()).to(device).eval()
+    probs = _per_batch(images, lambda batch: model.classify(batch).float().softmax(dim=-1),
+                       model.transform(train=False), batch_size=batch_size, device=device,
+                       desc="ConSE", progress=progress)
+    return probs.numpy()
 
+
+def clip_scores(
+    images: Sequence[ImageInput],
+    label_names: Sequence[str],
+    clip: Any,
+    *,
+    templates: Sequence[str] | None = None,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """CLIP zero-shot scores ``(N, L)`` float32 of ``N`` images for ``L`` label names.
+
+    ``score(x, l) = cos(image(x), text(l))``: ``image(x)`` is ``clip.model.encode_image`` of the
+    image through ``clip.transform(train=False)`` (any open_clip image tower), ``text(l)`` the
+    re-normalised mean over ``templates`` of the unit embeddings of the prompts filled with ``l``
+    (``clip.text_embeddings``). Cosines in ``[-1, 1]``, a ranking per image, not probabilities.
+
+    Args:
+        images: image files or PIL images; every file is checked before any compute (missing or
+            unreadable ones raise :class:`~mlrkit.data.images.UnreadableImagesError`).
+        label_names: the ``L`` candidate labels, e.g. ``["cat", "dog", "sofa"]``.
+        clip: a :class:`~mlrkit.encoders.clip.ClipEncoder`, moved to ``device`` in eval mode.
+        templates: prompts with one ``{}`` each; default :data:`CLIP_TEMPLATES`.
+        batch_size, device, progress: of the pass over images (progress bar on stderr).
+    """
+    _check_images(images)
+    clip = clip.to(device).eval()
+    texts = clip.text_embeddings(label_names, CLIP_TEMPLATES if templates is None else templates)
+    embeddings = _per_batch(images, lambda batch: clip.model.encode_image(batch).float(),
+                            clip.transform(train=False), batch_size=batch_size, device=device,
+                            desc="CLIP", progress=progress)  # (N, E)
+    return cosine(embeddings.numpy(), texts.float().cpu().numpy())
+
+
+def _check_images(images: Sequence[ImageInput]) -> None:
+    """Raise unless ``images`` is a non-empty list of PIL images and readable image files (all
+    bad files named in one :class:`~mlrkit.data.images.UnreadableImagesError`)."""
     from mlrkit.data.images import UnreadableImagesError, check_image_files
 
     if isinstance(images, (str, Path, Image.Image)):
@@ -229,17 +290,31 @@ def imagenet_probabilities(
     if problems:
         raise UnreadableImagesError({str(paths[i][1]): why for i, why in problems.items()},
                                     "check the paths, or fix or remove those files")
-    model = (classifier if classifier is not None else imagenet_classifier()).to(device).eval()
-    transform = model.transform(train=False)
+
+
+def _per_batch(
+    images: Sequence[ImageInput],
+    step: Callable[[torch.Tensor], torch.Tensor],
+    transform: Any,
+    *,
+    batch_size: int,
+    device: str | torch.device,
+    desc: str,
+    progress: bool,
+) -> torch.Tensor:
+    """``(N, ...)`` CPU rows of ``step`` over batches ``(B, 3, H, W)`` of the decoded, transformed
+    images, without gradients, with a ``desc`` progress bar on stderr."""
+    from tqdm import tqdm
+
     out = []
-    with tqdm(total=len(images), unit="image", desc="ConSE", file=sys.stderr,
+    with tqdm(total=len(images), unit="image", desc=desc, file=sys.stderr,
               disable=not progress) as bar, torch.inference_mode():
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             batch = torch.stack([transform(_rgb(item)) for item in chunk]).to(device)
-            out.append(model.classify(batch).float().softmax(dim=-1).cpu())
+            out.append(step(batch).cpu())
             bar.update(len(chunk))
-    return torch.cat(out).numpy()
+    return torch.cat(out)
 
 
 def _rgb(item: ImageInput) -> Image.Image:

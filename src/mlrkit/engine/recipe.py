@@ -45,6 +45,7 @@ PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
     "partial": {"known": 0.1, "seed": 0, "mode": "bernoulli"},
     "single_positive": {"seed": 1200, "mode": "uniform"},
     "full": {},
+    "zero_shot": {"unseen": None, "fraction": None, "seed": 0, "split_file": None},
 }
 
 STRICT_SECTIONS = ("", "data.")  # sections whose keys are fixed; the others go to their code

@@ -30,7 +30,14 @@ from dataclasses import Field as DataclassField
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from mlrkit.data.protocols import PARTIAL_MODES, SINGLE_POSITIVE_MODES
 
@@ -127,6 +134,25 @@ class FullProtocol(_Section):
     mask_file: str | None = None
 
 
+class ZeroShotProtocol(_Section):
+    """``protocol: {name: zero_shot}``: the unseen classes as names, ``dataset`` (the reader's
+    groups), a seeded ``fraction``, or a saved ``split_file`` (exactly one)."""
+
+    name: Literal["zero_shot"]
+    unseen: list[str] | Literal["dataset"] | None = None
+    fraction: float | None = Field(None, gt=0, lt=1)
+    seed: int = 0
+    split_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ZeroShotProtocol:
+        given = [k for k in ("unseen", "fraction", "split_file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of unseen, fraction, split_file (got "
+                             f"{given or 'none'})")
+        return self
+
+
 class TopLevel(_Section):
     name: str
     run_dir: str | None = None
@@ -134,6 +160,7 @@ class TopLevel(_Section):
 
 PROTOCOLS: dict[str, type[BaseModel]] = {
     "partial": PartialProtocol, "single_positive": SinglePositiveProtocol, "full": FullProtocol,
+    "zero_shot": ZeroShotProtocol,
 }
 SECTIONS: dict[str, type[BaseModel]] = {
     "data": DataSection, "features": FeaturesSection, "encoder": EncoderSection,
@@ -157,7 +184,24 @@ def validate_recipe(recipe: dict, source: Path | str) -> dict:
     out["data"]["options"] = _validate_reader_options(out["data"], source)
     out["train"] = _validate_train(_mapping(recipe, "train", source), source)
     out["method"] = _validate_method(_mapping(recipe, "method", source), source)
+    _check_zero_shot(out, source)
     return out
+
+
+def _check_zero_shot(recipe: dict, source: Path | str) -> None:
+    """A zero-shot recipe needs an open-vocabulary method and label embeddings; an
+    open-vocabulary method needs label embeddings in any recipe."""
+    from mlrkit.methods import method_class
+
+    name = recipe["method"]["name"]
+    open_vocabulary = method_class(name).open_vocabulary
+    if recipe["protocol"]["name"] == "zero_shot" and not open_vocabulary:
+        raise RecipeError(f"{source}: method {name!r} is closed-set and cannot score unseen "
+                          f"classes; protocol zero_shot needs an open-vocabulary method (devise, "
+                          f"conse)")
+    if open_vocabulary and recipe["label_embeddings"] is None:
+        raise RecipeError(f"{source}: method {name!r} scores label embeddings: add a "
+                          f"label_embeddings section (e.g. {{source: minilm}})")
 
 
 def _check_label_embeddings(section: dict, source: Path | str) -> None:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,12 @@ from torch import Tensor, nn
 from mlrkit.atomic import atomic_write, naming_errors
 from mlrkit.data import MultiLabelData, create_dataset
 from mlrkit.data.feature_cache import extract_features, load_features
-from mlrkit.data.protocols import ProtocolMask, partial_labels, single_positive
+from mlrkit.data.protocols import (
+    ClassSplit,
+    ProtocolMask,
+    partial_labels,
+    single_positive,
+)
 from mlrkit.data.splits import apply_recipe_splits
 from mlrkit.engine.batches import FeatureBatches, ImageBatches
 from mlrkit.engine.checkpoint import load_checkpoint
@@ -50,6 +56,14 @@ from mlrkit.engine.run_folder import (
 )
 from mlrkit.engine.run_lock import run_lock
 from mlrkit.engine.trainer import TrainConfig, evaluate_logits, fit, score_report
+from mlrkit.engine.zero_shot import (
+    SPLIT_FILE,
+    class_split,
+    scoring_classes,
+    seen_training_rows,
+    zero_shot_info,
+    zero_shot_metrics,
+)
 from mlrkit.methods import Method, MethodOutput, StepInfo, TaskSpec, create_method, method_class
 
 
@@ -75,6 +89,11 @@ class EncoderHead(Method):
     def has_unused_parameters(self) -> bool:
         """The wrapped method's (e.g. SARB's alpha/beta before ``mixup_epoch``), for DDP."""
         return self.method.has_unused_parameters
+
+    @property
+    def training_free(self) -> bool:
+        """The wrapped method's: nothing to train (then the encoder is not trained either)."""
+        return self.method.training_free
 
     def _is_trainable(self, name: str) -> bool:
         """Whether parameter or module ``name`` lies inside one of the trainable prefixes."""
@@ -115,7 +134,13 @@ class EncoderHead(Method):
 
 @dataclass
 class PreparedRun:
-    """Everything built from a recipe, before training."""
+    """Everything built from a recipe, before training.
+
+    For the zero-shot protocol ``spec``, the training and validation labels hold the seen classes
+    only; ``class_split`` is the split, ``eval_embeddings`` ``(C, E)`` the label embeddings of all
+    classes (what the test split is scored with) and ``dropped_train_images`` the number of
+    training images without a seen positive.
+    """
 
     recipe: dict
     data: MultiLabelData
@@ -125,6 +150,9 @@ class PreparedRun:
     labels: dict[str, np.ndarray]
     spec: TaskSpec
     run_info: dict  # run.json, see engine.run_folder
+    class_split: ClassSplit | None = None
+    eval_embeddings: Tensor | None = None
+    dropped_train_images: int = 0
 
 
 def draw_mask(protocol: dict, train_labels: np.ndarray) -> ProtocolMask | None:
@@ -171,6 +199,15 @@ def prepare(recipe: dict) -> PreparedRun:
         for s in ("train", "val", "test")
     }
     labels = {s: data.labels[i] for s, i in index.items() if i is not None}
+    split, dropped = None, 0
+    if recipe["protocol"]["name"] == "zero_shot":
+        split = class_split(recipe["protocol"], data)
+        keep = seen_training_rows(split, labels["train"])
+        dropped = len(labels["train"]) - len(keep)
+        index["train"] = index["train"][keep]
+        labels["train"] = labels["train"][keep][:, split.seen]  # the unseen columns are gone
+        if "val" in labels:
+            labels["val"] = labels["val"][:, split.seen]
     mask = draw_mask(recipe["protocol"], labels["train"])
     observed = labels["train"] if mask is None else mask.observed(labels["train"])
     kind = method_class(recipe["method"]["name"]).input_kind
@@ -206,12 +243,14 @@ def prepare(recipe: dict) -> PreparedRun:
             probe = encoder.eval()(torch.zeros(1, *size))
         feature_shape = tuple((probe.spatial if kind == "spatial" else probe.pooled).shape[1:])
 
+    embeddings = _label_embeddings(recipe["label_embeddings"], data.class_names)
+    classes = np.arange(data.num_classes) if split is None else split.seen
     spec = TaskSpec(
-        num_classes=data.num_classes,
+        num_classes=len(classes),
         feature_shape=feature_shape,
         train_targets=observed,
-        label_embeddings=_label_embeddings(recipe["label_embeddings"], data.class_names),
-        class_names=tuple(data.class_names),
+        label_embeddings=None if embeddings is None else embeddings[classes],
+        class_names=tuple(data.class_names[c] for c in classes),
     )
     torch.manual_seed(recipe["train"].get("seed", 0))
     hparams = {k: v for k, v in recipe["method"].items() if k != "name"}
@@ -220,7 +259,10 @@ def prepare(recipe: dict) -> PreparedRun:
         method = EncoderHead(encoder, method, lr_mult=recipe["encoder"].get("lr_mult", 1.0),
                              trainable=recipe["encoder"].get("trainable"))
     description = run_info(recipe, spec, hparams, encoder, cache, masked=mask is not None)
-    return PreparedRun(recipe, data, mask, method, sources, labels, spec, description)
+    if split is not None:
+        description["zero_shot"] = zero_shot_info(split, dropped)
+    return PreparedRun(recipe, data, mask, method, sources, labels, spec, description, split,
+                       embeddings, dropped)
 
 
 def train_run(recipe: dict, run_dir: str | Path, *, resume: bool = False,
@@ -253,7 +295,10 @@ def _train(recipe: dict, run_dir: Path, cfg: TrainConfig, resume: bool, started:
             save_recipe(recipe, run_dir / "config.yaml")
         if prepared.mask is not None:
             prepared.mask.save(run_dir / MASK_FILE)
-        write_run_files(run_dir, prepared.run_info, prepared.spec.label_embeddings)
+        if prepared.class_split is not None:
+            prepared.class_split.save(run_dir / SPLIT_FILE)
+        write_run_files(run_dir, prepared.run_info, prepared.spec.label_embeddings,
+                        prepared.eval_embeddings if prepared.class_split is not None else None)
     result = fit(prepared.method, prepared.sources["train"], prepared.sources.get("val"),
                  prepared.labels.get("val"), cfg, run_dir, resume=resume)
     results = {
@@ -264,6 +309,8 @@ def _train(recipe: dict, run_dir: Path, cfg: TrainConfig, resume: bool, started:
         "threads": torch.get_num_threads(),
         **result.best_val,
     }
+    if prepared.class_split is not None:
+        results["dropped_train_images"] = prepared.dropped_train_images
     if "test" in prepared.sources:
         results.update(_evaluate(prepared, "test", cfg))
     results["seconds"] = time.perf_counter() - started
@@ -274,9 +321,24 @@ def _train(recipe: dict, run_dir: Path, cfg: TrainConfig, resume: bool, started:
 
 
 def _evaluate(prepared: PreparedRun, split: str, cfg: TrainConfig) -> dict[str, float]:
-    device = next(prepared.method.parameters()).device
-    logits = evaluate_logits(prepared.method, prepared.sources[split], cfg.eval_batch_size, device)
-    return score_report(logits, prepared.labels[split], prefix=f"{split}_")
+    """The test metrics: :func:`score_report`, or for the zero-shot protocol the ZSL / GZSL
+    figures over all classes (:func:`~mlrkit.engine.zero_shot.zero_shot_metrics`)."""
+    device = resolve_device(cfg.device, current_info().local_rank)
+    return _scores_report(prepared.method, prepared.sources[split], prepared.labels[split],
+                          cfg.eval_batch_size, device, f"{split}_", prepared.class_split,
+                          prepared.eval_embeddings)
+
+
+def _scores_report(method: Method, source, labels: np.ndarray, batch_size: int,
+                   device: torch.device, prefix: str, split: ClassSplit | None,
+                   all_embeddings: Tensor | None) -> dict:
+    """Metrics of ``method`` on ``source``; with a class ``split`` scored over every class
+    (``all_embeddings``) as ZSL / GZSL."""
+    if split is None:
+        return score_report(evaluate_logits(method, source, batch_size, device), labels, prefix)
+    with scoring_classes(method, all_embeddings, split.class_names):
+        logits = evaluate_logits(method, source, batch_size, device)
+    return zero_shot_metrics(logits, labels, split, prefix)
 
 
 @dataclass
@@ -302,6 +364,19 @@ class LoadedRun:
         if isinstance(self.method, EncoderHead):
             return self.method
         return EncoderHead(rebuild_encoder(self.info["encoder"], pretrained=True), self.method)
+
+    @property
+    def open_vocabulary(self) -> bool:
+        """Whether the run's method scores any class names (``Method.open_vocabulary``)."""
+        return getattr(self.method, "method", self.method).open_vocabulary
+
+    def embed_class_names(self, names: Sequence[str]) -> Tensor:
+        """``(C', E)`` label embeddings of ``names`` from the run's label-embedding source (the
+        recipe's ``label_embeddings`` section, in ``run.json``)."""
+        if self.info.get("label_source") is None:
+            raise ValueError(f"run {self.run_dir} records no label-embedding source (trained "
+                             f"before run.json had one, or without label embeddings)")
+        return _label_embeddings(self.info["label_source"], list(names))
 
     def check_classes(self, data: MultiLabelData) -> None:
         """Refuse ``data`` unless it has the run's class names in the run's order."""
@@ -370,23 +445,38 @@ def evaluate_run(
         ValueError: the dataset's class names differ from the run's.
     """
     run = load_run(run_dir)
+    class_split, embeddings, names = None, None, None
     if dataset is None:
         if root is not None or options:
             raise ValueError("root and options describe another dataset: give its reader too")
         split = split or "test"
-        source, labels = _recipe_split(run, split)
+        prepared = prepare_from_run(run)
+        if split not in prepared.sources:
+            raise ValueError(f"split {split!r} is not part of this run's recipe")
+        source, labels = prepared.sources[split], prepared.labels[split]
+        if prepared.class_split is not None and labels.shape[1] == prepared.data.num_classes:
+            class_split, embeddings = prepared.class_split, prepared.eval_embeddings
     else:
         if root is None:
             raise ValueError(f"dataset {dataset!r} needs its root folder")
         data = create_dataset(dataset, root, **(options or {}))
-        run.check_classes(data)
+        if run.open_vocabulary:  # any class names, embedded as the run embeds its classes
+            names = list(data.class_names)
+            embeddings = run.embed_class_names(names)
+        else:
+            run.check_classes(data)
         cache_dir = cache_dir or _eval_cache(run.run_dir, dataset, root, options, split)
         data = data if split is None else data.subset(split)
         source, labels = _source_for(run, data, Path(cache_dir)), data.labels
-    device = run.device
-    logits = evaluate_logits(run.method.to(device), source, run.info["inference"]["batch_size"],
-                             device)
-    return score_report(logits, labels, prefix=f"{split or 'all'}_")
+    device, batch_size = run.device, run.info["inference"]["batch_size"]
+    prefix = f"{split or 'all'}_"
+    model = run.method.to(device)
+    if names is None:
+        return _scores_report(model, source, labels, batch_size, device, prefix, class_split,
+                              embeddings)
+    with scoring_classes(model, embeddings, names):
+        logits = evaluate_logits(model, source, batch_size, device)
+    return score_report(logits, labels, prefix)
 
 
 def prepare_from_run(run: LoadedRun) -> PreparedRun:
@@ -401,17 +491,15 @@ def prepare_from_run(run: LoadedRun) -> PreparedRun:
         section["cache"] = info["features"]["cache"]
     if info["mask"] is not None:
         recipe["protocol"]["mask_file"] = str(run.run_dir / info["mask"])
+    if info.get("zero_shot") is not None:
+        recipe["protocol"]["split_file"] = str(run.run_dir / info["zero_shot"]["split"])
     prepared = prepare(recipe)
-    run.check_classes(prepared.data)
+    if prepared.class_split is None:
+        run.check_classes(prepared.data)
+    elif list(prepared.spec.class_names) != run.class_names:
+        raise ValueError(f"the seen classes of the recipe's split are not the {len(run.class_names)} "
+                         f"classes run {run.run_dir} was trained on")
     return prepared
-
-
-def _recipe_split(run: LoadedRun, split: str) -> tuple[torch.utils.data.Dataset, np.ndarray]:
-    """Batch source and ``(N, C)`` labels of ``split`` as the run's recipe defines it."""
-    prepared = prepare_from_run(run)
-    if split not in prepared.sources:
-        raise ValueError(f"split {split!r} is not part of this run's recipe")
-    return prepared.sources[split], prepared.labels[split]
 
 
 def _eval_cache(run_dir: Path, dataset: str, root: str | Path, options: dict | None,

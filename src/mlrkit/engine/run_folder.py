@@ -13,6 +13,12 @@ Written at train time next to ``config.yaml`` (see :mod:`mlrkit.engine.run`)::
     method          {"name", "hparams"}: create_method(name, spec, **hparams)
     spec            {"num_classes": C, "feature_shape": [D] or [D, h, w], "num_train": N}
     label_embeddings  "label_embeddings.safetensors" or null
+    label_source    the recipe's label_embeddings section (how new class names are embedded for
+                    an open-vocabulary method: ``mlrkit tag --checkpoint``), or null
+    zero_shot       for the zero-shot protocol: {"split": "class_split.json", "class_names": all C
+                    names, "unseen": [...], "dropped_train_images": n}; ``class_names`` above are
+                    then the seen classes (the training logits) and the embeddings file also holds
+                    ``eval_label_embeddings`` (all C)
     encoder         {"name", "weights", "weights_id", "image_size", "seed", "data_config"}
     end_to_end      {"lr_mult", "trainable"} (the encoder's weights are in the checkpoint), or
                     null: the method was trained on cached features of the encoder as built
@@ -85,6 +91,8 @@ def run_info(
         "spec": {"num_classes": spec.num_classes, "feature_shape": list(spec.feature_shape),
                  "num_train": spec.num_train},
         "label_embeddings": None if spec.label_embeddings is None else EMBEDDINGS_FILE,
+        "label_source": recipe["label_embeddings"],
+        "zero_shot": None,
         "encoder": _describe_encoder(section, encoder),
         "end_to_end": None if end_to_end is None else {
             "lr_mult": end_to_end.get("lr_mult", 1.0), "trainable": end_to_end.get("trainable")
@@ -123,11 +131,17 @@ def _describe_features(section: dict, cache: FeatureCache) -> dict[str, Any]:
     }
 
 
-def write_run_files(run_dir: Path, info: dict[str, Any], label_embeddings: Tensor | None) -> None:
-    """Write ``label_embeddings.safetensors`` (when given) and then ``run.json``, atomically."""
+def write_run_files(run_dir: Path, info: dict[str, Any], label_embeddings: Tensor | None,
+                    eval_label_embeddings: Tensor | None = None) -> None:
+    """Write ``label_embeddings.safetensors`` (when given; with ``eval_label_embeddings``, the
+    zero-shot protocol's embeddings of all classes, as a second tensor) and then ``run.json``,
+    atomically."""
     if label_embeddings is not None:
+        tensors = {"label_embeddings": label_embeddings}
+        if eval_label_embeddings is not None:
+            tensors["eval_label_embeddings"] = eval_label_embeddings
         with atomic_write(run_dir / EMBEDDINGS_FILE) as f:
-            f.write(save({"label_embeddings": label_embeddings.detach().cpu().contiguous()}))
+            f.write(save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
     with atomic_write(run_dir / RUN_FILE, "w") as f:
         json.dump(info, f, indent=1)
 

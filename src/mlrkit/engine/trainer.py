@@ -352,6 +352,8 @@ def fit(
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     method.to(device)
+    if method.training_free:
+        return _keep_untrained(method, val, val_labels, cfg, ckpt_dir, device, info)
     optimizer = build_optimizer(method, cfg)
     ema = None if cfg.ema_decay is None else WeightEma(method, cfg.ema_decay)
     validated = ema if cfg.ema_eval else None  # the weights validated and kept in best/
@@ -461,3 +463,21 @@ def fit(
         barrier(info)
     load_checkpoint(ckpt_dir / "best", method, map_location=device)
     return FitResult(state["best_epoch"], state["best_val"], state["history"], stopped_early)
+
+
+def _keep_untrained(method: Method, val: torch.utils.data.Dataset | None,
+                    val_labels: np.ndarray | None, cfg: TrainConfig, ckpt_dir: Path,
+                    device: torch.device, info) -> FitResult:
+    """A training-free method (``Method.training_free``): validated once, saved as ``best``
+    (epoch -1, no optimizer), no training loop."""
+    record: dict = {"epoch": -1}
+    if val is not None:
+        logits = evaluate_logits(method, val, cfg.eval_batch_size, device, info, cfg.num_workers)
+        record.update(score_report(logits, val_labels, prefix="val_"))
+    state = {"epoch": -1, "best_epoch": -1, "bad_evals": 0, "history": [record],
+             "best_val": {k: v for k, v in record.items() if k.startswith("val_")}}
+    if info.is_main:
+        _MetricsLog(ckpt_dir.parent, True, 0).write(record)
+        save_checkpoint(ckpt_dir, "best", method, None, state, make_last=False)
+    barrier(info)
+    return FitResult(-1, state["best_val"], [record], False)

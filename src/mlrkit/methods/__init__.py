@@ -1,10 +1,17 @@
 """Methods: one module per family, found through ``create_method(name, spec, **hparams)``; the
 losses they train with, through ``create_loss(name, spec, **options)``."""
 
-from mlrkit.methods import baselines, clsl, sarb, semantic_graph  # noqa: F401  (registers methods)
+from mlrkit.methods import (  # noqa: F401  (registers methods)
+    baselines,
+    clsl,
+    open_vocabulary,
+    sarb,
+    semantic_graph,
+)
 from mlrkit.methods.base import (
     Method,
     MethodOutput,
+    OpenVocabularyMethod,
     StepInfo,
     TaskSpec,
     create_method,
@@ -19,6 +26,7 @@ __all__ = [
     "LossOutput",
     "Method",
     "MethodOutput",
+    "OpenVocabularyMethod",
     "StepInfo",
     "TaskSpec",
     "create_loss",

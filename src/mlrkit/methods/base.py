@@ -10,11 +10,12 @@ training images. Observed labels follow the mlrkit convention: ``int8`` 1 / 0 / 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from mlrkit.methods.losses import (
@@ -99,9 +100,12 @@ class Method(nn.Module):
     #: True when some parameters get no gradient in some steps (e.g. SARB's alpha/beta during
     #: warm-up); DistributedDataParallel must then look for unused parameters.
     has_unused_parameters: ClassVar[bool] = False
-    #: True for a method that scores label names it was not trained on (``mlrkit tag
-    #: --checkpoint``); every method so far is closed-set: it predicts its C classes only.
+    #: True for a method that scores any class set given as label embeddings
+    #: (:class:`OpenVocabularyMethod`); a closed-set method predicts the C classes it was built for.
     open_vocabulary: ClassVar[bool] = False
+    #: True for a method with nothing to train (ConSE, CLIP zero-shot): the engine skips the
+    #: training loop, saves its state as the best checkpoint and evaluates it.
+    training_free: ClassVar[bool] = False
 
     def __init__(self, spec: TaskSpec) -> None:
         super().__init__()
@@ -134,6 +138,76 @@ class Method(nn.Module):
         """Called before each training epoch. ``train_batches()`` iterates the whole training set
         in order, without augmentation randomness beyond the dataset's, as ``(inputs, targets,
         index)`` on the training device; use it for passes such as class prototypes."""
+
+
+class OpenVocabularyMethod(Method):
+    """A method that scores whatever classes it is given, as label embeddings.
+
+    The current class set is ``class_embeddings`` ``(C, E)`` with ``class_names``: at first the
+    task's (``spec.label_embeddings``), replaced with :meth:`set_classes` (evaluation on unseen
+    classes, ``mlrkit tag --checkpoint``). It is a non-persistent buffer: checkpoints hold only
+    what was learned, so a trained run loads for a class list it never saw. Subclasses implement
+    :meth:`score` on the embeddings they are handed; ``forward`` passes the current set, or the
+    ``label_embeddings`` given for one call. Training targets must have one column per class of
+    the set in use.
+    """
+
+    open_vocabulary = True
+
+    def __init__(self, spec: TaskSpec) -> None:
+        super().__init__(spec)
+        embeddings = require_label_embeddings(spec, type(self).__name__)
+        self.register_buffer("class_embeddings", embeddings, persistent=False)
+        self.class_names: tuple[str, ...] = tuple(spec.class_names)
+
+    @property
+    def embedding_dim(self) -> int:
+        """``E``, the width every class set must have."""
+        return self.class_embeddings.shape[1]
+
+    def set_classes(self, embeddings: Tensor, names: Sequence[str] = ()) -> None:
+        """Score ``embeddings`` ``(C', E)`` (named ``names``) from now on."""
+        embeddings = self._check_classes(embeddings)
+        if names and len(names) != len(embeddings):
+            raise ValueError(f"{len(names)} class names for {len(embeddings)} label embeddings")
+        self.class_embeddings = embeddings.to(self.class_embeddings.device)
+        self.class_names = tuple(names)
+
+    def _check_classes(self, embeddings: Tensor) -> Tensor:
+        embeddings = torch.as_tensor(embeddings).detach().float()
+        if embeddings.ndim != 2 or embeddings.shape[0] < 1 or (
+                embeddings.shape[1] != self.embedding_dim):
+            raise ValueError(
+                f"label embeddings must be (C, E={self.embedding_dim}) like the ones this run "
+                f"was trained with, got {tuple(embeddings.shape)}; embed the class names with "
+                f"the run's label-embedding source"
+            )
+        return embeddings
+
+    def score(self, inputs: Tensor, embeddings: Tensor) -> Tensor:
+        """Logits ``(B, C')`` of ``inputs`` for the classes ``embeddings`` ``(C', E)``."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        inputs: Tensor,
+        targets: Tensor | None = None,
+        index: Tensor | None = None,
+        step: StepInfo | None = None,
+        label_embeddings: Tensor | None = None,
+    ) -> MethodOutput:
+        """Logits ``(B, C')`` for the current classes or ``label_embeddings`` ``(C', E)``; with
+        ``targets`` ``(B, C')`` the loss (``self.loss``)."""
+        embeddings = self.class_embeddings if label_embeddings is None else (
+            self._check_classes(label_embeddings).to(self.class_embeddings.device))
+        logits = self.score(inputs, embeddings)
+        if targets is None:
+            return MethodOutput(logits)
+        if targets.shape != logits.shape:
+            raise ValueError(f"targets {tuple(targets.shape)} do not match the {logits.shape[1]} "
+                             f"classes scored")
+        out = self.loss(logits, targets, index, step)
+        return MethodOutput(logits, out.loss, out.logs)
 
 
 _METHODS: dict[str, type[Method]] = {}

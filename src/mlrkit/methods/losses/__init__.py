@@ -13,6 +13,7 @@ from mlrkit.methods.losses.partial_label import (
     asymmetric_loss,
     partial_bce,
 )
+from mlrkit.methods.losses.ranking import rank_loss
 from mlrkit.methods.losses.registry import (
     Loss,
     LossOutput,
@@ -56,6 +57,7 @@ __all__ = [
     "loss_class",
     "loss_options",
     "partial_bce",
+    "rank_loss",
     "register_loss",
     "role_initial_logits",
     "role_loss",

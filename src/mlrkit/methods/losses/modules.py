@@ -16,6 +16,7 @@ name                function                                     needs
 ``ll_ct``           :func:`ll_loss` ``"LL-Ct"``                  ``step``
 ``ll_cp``           :func:`ll_loss` ``"LL-Cp"`` + corrections    ``index``, ``step``
 ``asl``             :func:`asymmetric_loss`                      -
+``rank``            :func:`rank_loss` (zero-shot ranking hinge)  -
 =================== ============================================ ==========================
 """
 
@@ -33,6 +34,7 @@ from mlrkit.methods.losses.partial_label import (
     check_asymmetric_options,
     partial_bce,
 )
+from mlrkit.methods.losses.ranking import rank_loss
 from mlrkit.methods.losses.registry import Loss, LossOutput, register_loss
 from mlrkit.methods.losses.single_positive import (
     LargeLossOutput,
@@ -286,3 +288,14 @@ class LargeLossPermanentCorrection(_LargeLoss):
         pairs = gather_across_ranks(pairs)
         self.corrected[pairs[:, 0], pairs[:, 1]] = True
 
+
+
+@register_loss("rank")
+class RankLoss(_FunctionLoss):
+    """The pairwise ranking hinge of BiAM / MKT / SigRL over the known entries: :func:`rank_loss`
+    (``margin`` 1 as released)."""
+
+    function = staticmethod(rank_loss)
+
+    def __init__(self, spec: TaskSpec, margin: float = 1.0) -> None:
+        super().__init__(spec, margin=margin)

@@ -1,0 +1,134 @@
+"""Open-vocabulary heads on pooled features: they score any label embeddings given to them.
+
+- ``devise``: the learned baseline (DeViSE, Frome et al. 2013; Fast0Tag, Zhang et al. 2016, with
+  a hidden layer): image features projected into the label-embedding space,
+  ``logit_c = scale * cos(P x, e_c)``, trained on the seen classes with the ranking loss of the
+  zero-shot methods (``rank``) or any registered loss.
+- ``conse``: ConSE (Norouzi et al. 2014, :mod:`mlrkit.zero_shot`), training-free: the ImageNet
+  classifier of ``tf_efficientnet_lite0`` applied to the cached pooled features (its input),
+  the probability-weighted mean of the top-``T`` ImageNet class-name embeddings, cosine with
+  each label embedding.
+
+Both are :class:`~mlrkit.methods.base.OpenVocabularyMethod`: the class set is an input, not a
+parameter (``docs/protocols.md``, "Zero-shot").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mlrkit.methods.base import OpenVocabularyMethod, TaskSpec, register_method
+from mlrkit.methods.losses import create_loss
+
+
+@register_method("devise")
+class LabelProjection(OpenVocabularyMethod):
+    """``logit_c = scale * cos(P x, e_c)`` for pooled ``x`` ``(B, D)`` and label embeddings ``e``.
+
+    Args:
+        spec: the task; ``label_embeddings`` ``(C, E)`` of the training classes.
+        hidden_dim: ``None``: ``P`` is linear ``D -> E`` (DeViSE); a number: ``D -> H``, GELU,
+            ``H -> E`` (Fast0Tag's non-linear mapping).
+        dropout: on the input features.
+        scale: the inverse temperature of the cosines (the rank loss's margin is in these units).
+        learn_scale: learn ``log scale`` as a parameter (CLIP's logit scale) instead of fixing it.
+        loss, loss_options: the registered training loss (default ``rank``, margin 1).
+    """
+
+    input_kind = "pooled"
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        hidden_dim: int | None = None,
+        dropout: float = 0.0,
+        scale: float = 10.0,
+        learn_scale: bool = False,
+        loss: str = "rank",
+        loss_options: dict | None = None,
+    ) -> None:
+        super().__init__(spec)
+        if scale <= 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        out_dim = self.embedding_dim
+        if hidden_dim is None:
+            self.projection = nn.Sequential(nn.Dropout(dropout), nn.Linear(spec.feature_dim, out_dim))
+        else:
+            self.projection = nn.Sequential(
+                nn.Dropout(dropout), nn.Linear(spec.feature_dim, hidden_dim), nn.GELU(),
+                nn.Linear(hidden_dim, out_dim),
+            )
+        log_scale = torch.tensor(math.log(scale))
+        if learn_scale:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+        self.loss = create_loss(loss, spec, **(loss_options or {}))
+
+    def embed_images(self, inputs: Tensor) -> Tensor:
+        """Unit image vectors ``(B, E)`` in the label-embedding space."""
+        return F.normalize(self.projection(inputs), dim=-1)
+
+    def score(self, inputs: Tensor, embeddings: Tensor) -> Tensor:
+        return self.log_scale.exp() * self.embed_images(inputs) @ F.normalize(embeddings, dim=-1).T
+
+
+@register_method("conse")
+class ConSE(OpenVocabularyMethod):
+    """ConSE on pooled ``tf_efficientnet_lite0`` features ``(B, 1280)``; nothing is trained.
+
+    Logits are cosines in ``[-1, 1]`` (a ranking, not probabilities), equal to
+    :func:`mlrkit.zero_shot.conse_scores` of the same images.
+
+    Args:
+        spec: the task; ``label_embeddings`` of the classes, from the same ``source`` (and
+            templates) as the ImageNet class names here.
+        top_t: ``T``, the most probable ImageNet classes combined (ConSE(10) by default).
+        source, templates: how the ImageNet class names are embedded
+            (:func:`~mlrkit.zero_shot.imagenet_class_embeddings`); they must match the recipe's
+            ``label_embeddings`` section (the widths are checked).
+    """
+
+    input_kind = "pooled"
+    training_free = True
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        top_t: int = 10,
+        source: str = "minilm",
+        templates: list[str] | None = None,
+    ) -> None:
+        from mlrkit.zero_shot import CLASSIFIER, imagenet_class_embeddings, imagenet_classifier
+
+        super().__init__(spec)
+        if top_t < 1:
+            raise ValueError(f"top_t is {top_t}; give at least 1 (ConSE's T, default 10)")
+        self.top_t = top_t
+        head = imagenet_classifier().model.get_classifier()
+        if head.in_features != spec.feature_dim:
+            raise ValueError(f"conse needs the pooled {head.in_features}-d features of {CLASSIFIER} "
+                             f"(its ImageNet classifier's input), got {spec.feature_dim}-d features")
+        vectors = torch.as_tensor(imagenet_class_embeddings(source, templates))
+        if vectors.shape[1] != self.embedding_dim:
+            raise ValueError(f"the ImageNet names embedded with {source!r} are {vectors.shape[1]}-d "
+                             f"but the label embeddings {self.embedding_dim}-d; use the same "
+                             f"source in label_embeddings and in the method")
+        self.register_buffer("classifier_weight", head.weight.detach().clone(), persistent=False)
+        self.register_buffer("classifier_bias", head.bias.detach().clone(), persistent=False)
+        self.register_buffer("imagenet_vectors", vectors, persistent=False)
+
+    def embed_images(self, inputs: Tensor) -> Tensor:
+        """ConSE's ``f(x)`` ``(B, E)``: the top-``T`` ImageNet class vectors weighted by their
+        probabilities, divided by the sum of those probabilities."""
+        probs = F.linear(inputs.float(), self.classifier_weight, self.classifier_bias).softmax(-1)
+        top = probs.topk(min(self.top_t, probs.shape[1]), dim=1)
+        weights = torch.zeros_like(probs).scatter_(1, top.indices, top.values)
+        return weights @ self.imagenet_vectors / top.values.sum(dim=1, keepdim=True)
+
+    def score(self, inputs: Tensor, embeddings: Tensor) -> Tensor:
+        return F.normalize(self.embed_images(inputs), dim=-1) @ F.normalize(embeddings, dim=-1).T
