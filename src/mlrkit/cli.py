@@ -178,10 +178,12 @@ def _cmd_tag(args: argparse.Namespace) -> int:
     if args.checkpoint is not None:
         if args.zero_shot is not None:
             raise ValueError("--checkpoint and --zero-shot: give one scorer, not both")
-        _refuse_closed_set_run(Path(args.checkpoint))
+        _require_open_vocabulary_run(Path(args.checkpoint))
     if args.top_k < 1:
         raise ValueError(f"--top-k is {args.top_k}; give at least 1, the most labels per image")
     scorer = _clip_tags if args.zero_shot == "clip" else _conse_tags
+    if args.checkpoint is not None:
+        scorer = _checkpoint_tags
     images, labels, scores = scorer(args)
     _print_tags(_ranked_tags(images, labels, scores, args.top_k, args.threshold), args.format)
     return 0
@@ -250,8 +252,24 @@ def _clip_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object]
     return images, labels, scores
 
 
-def _refuse_closed_set_run(run_dir: Path) -> None:
-    """Raise: no run is open-vocabulary yet; name the run's method and its classes."""
+def _checkpoint_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object]:
+    """The images, labels and ``(N, L)`` scores of ``mlrkit tag --checkpoint RUN`` (an
+    open-vocabulary run; its logits)."""
+    from mlrkit.engine.run import score_label_names
+
+    for option, value in (("--weights", args.weights), ("--clip-model", args.clip_model),
+                          ("--embeddings", args.embeddings), ("--template", args.template)):
+        if value is not None:
+            raise ValueError(f"{option} does not apply to --checkpoint: the run embeds labels "
+                             f"with its own label-embedding source; remove it")
+    labels = _tag_labels(args.labels, args.labels_file)
+    images = _image_files(args.images, args.recursive)
+    return images, labels, score_label_names(args.checkpoint, images, labels, args.batch_size)
+
+
+def _require_open_vocabulary_run(run_dir: Path) -> None:
+    """Raise unless ``run_dir`` is a run of an open-vocabulary method; name a closed-set run's
+    method and its classes."""
     from mlrkit.engine.run_folder import RUN_FILE, read_run_info
     from mlrkit.methods import method_class
 
@@ -266,8 +284,7 @@ def _refuse_closed_set_run(run_dir: Path) -> None:
         info = load_run(run_dir).info
     name, classes = info["method"]["name"], info["class_names"]
     if method_class(name).open_vocabulary:
-        raise ValueError(f"--checkpoint {run_dir}: tagging with open-vocabulary runs is not "
-                         f"built yet; use --zero-shot conse")
+        return
     raise ValueError(
         f"--checkpoint {run_dir}: method {name!r} is closed-set: it scores only the "
         f"{len(classes)} classes it was trained on ({', '.join(classes)}); use 'mlrkit predict "
@@ -502,12 +519,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_tag_parser(commands: argparse._SubParsersAction) -> None:
     tag = commands.add_parser(
-        "tag", help="rank any label names for images, without training (zero-shot)",
+        "tag", help="rank any label names for images (zero-shot, or an open-vocabulary run)",
         description="Rank candidate labels for each image with a zero-shot scorer. ConSE: an "
                     "ImageNet classifier's top-T classes, their names embedded and averaged by "
                     "probability, compared by cosine with each label's embedding. CLIP: the "
                     "cosine of the image's CLIP embedding and the label's, averaged over CLIP's "
-                    "prompt ensemble; needs a local open_clip weights file (--weights).",
+                    "prompt ensemble; needs a local open_clip weights file (--weights). "
+                    "--checkpoint RUN: an open-vocabulary run's scores, the labels embedded as "
+                    "the run embedded its classes.",
     )  # fmt: skip
     tag.add_argument("images", nargs="+", help="image files or folders of them")
     tag.add_argument("--labels", default=None, help='candidate labels, e.g. "cat, dog, sofa"')
@@ -522,7 +541,8 @@ def _add_tag_parser(commands: argparse._SubParsersAction) -> None:
                           f"{DEFAULT_CLIP_MODEL}); for OpenAI's weights the -quickgelu one, "
                           f"e.g. ViT-B-32-quickgelu")
     tag.add_argument("--checkpoint", default=None,
-                     help="an open-vocabulary run folder instead (none exists yet)")
+                     help="score with an open-vocabulary run folder (e.g. devise trained on "
+                          "seen classes) instead of a zero-shot scorer")
     tag.add_argument("--top-k", type=int, default=5,
                      help="most labels listed per image (default 5)")
     tag.add_argument("--threshold", type=float, default=None,

@@ -559,3 +559,30 @@ def predict_images(
         }
         for path, scores, classes in zip(images, top.values, top.indices, strict=True)
     ]
+
+
+def score_label_names(
+    run_dir: str | Path, images: list[str | Path], label_names: Sequence[str],
+    batch_size: int = 16,
+) -> np.ndarray:
+    """``(N, L)`` scores of an open-vocabulary run for image files and any label names.
+
+    The names are embedded as the run embedded its classes (``run.json``'s ``label_source``) and
+    scored from the images through the run's encoder; the scores are the method's logits (a
+    ranking per image; for ``devise`` ``scale x`` cosine, for ``conse`` the cosine).
+
+    Raises:
+        ValueError: the run is closed-set, or a name cannot be embedded.
+    """
+    run = load_run(run_dir)
+    if not run.open_vocabulary:
+        raise ValueError(f"run {run.run_dir} ({run.info['method']['name']}) is closed-set: it "
+                         f"scores only its {len(run.class_names)} classes")
+    embeddings = run.embed_class_names(label_names)
+    model = run.image_model().to(run.device)
+    source = ImageBatches([Path(p) for p in images],
+                          np.zeros((len(images), len(label_names)), dtype=np.int8),
+                          model.encoder.transform(train=False))
+    with scoring_classes(model, embeddings, label_names):
+        logits = evaluate_logits(model, source, batch_size, run.device)
+    return logits.float().cpu().numpy()

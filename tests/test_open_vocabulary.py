@@ -1,0 +1,194 @@
+"""Open vocabulary: classes given at forward time, the zero-shot protocol, runs that score classes
+they never saw (eval, tag, load), and the training-free ConSE head."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from conftest import real_data
+from safetensors.torch import load_file
+from test_recipe_run import CLASSES, make_dataset
+
+from mlrkit.cli import main
+from mlrkit.data import create_dataset
+from mlrkit.encoders import label_embeddings
+from mlrkit.engine.recipe import RecipeError, load_recipe
+from mlrkit.engine.run import evaluate_run, load_run, prepare_from_run, train_run
+from mlrkit.engine.trainer import evaluate_logits
+from mlrkit.engine.zero_shot import zero_shot_metrics
+from mlrkit.methods import TaskSpec, create_method
+from mlrkit.methods.losses.modules import RankLoss
+from mlrkit.zero_shot import conse_scores
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _label_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLRKIT_CACHE", str(tmp_path_factory.mktemp("mlrkit-cache")))
+        yield
+
+
+def zero_shot_recipe(tmp_path: Path, **method) -> Path:
+    """A devise run on the coloured squares: blue unseen, GloVe label embeddings."""
+    make_dataset(tmp_path / "data")
+    recipe = {
+        "name": "tiny-zs",
+        "data": {"dataset": "csv", "root": str(tmp_path / "data")},
+        "features": {"encoder": "resnet18", "weights": None, "image_size": 32, "seed": 0,
+                     "cache": str(tmp_path / "cache"), "num_workers": 0},
+        "protocol": {"name": "zero_shot", "unseen": ["blue"]},
+        "label_embeddings": {"source": "glove"},
+        "method": {"name": "devise", **method},
+        "train": {"epochs": 3, "batch_size": 8, "lr": 0.01, "progress": False, "device": "cpu"},
+    }
+    path = tmp_path / "tiny-zs.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_unseen_training_labels_never_reach_a_loss(tmp_path, monkeypatch):
+    seen_targets = []
+
+    def recording_rank_loss(logits, targets, margin=1.0):
+        seen_targets.append(targets.clone())
+        return (logits * 0).sum() + margin * 0
+
+    monkeypatch.setattr(RankLoss, "function", staticmethod(recording_rank_loss))
+    results = train_run(load_recipe(zero_shot_recipe(tmp_path)), tmp_path / "run")
+    data = create_dataset("csv", str(tmp_path / "data"))
+    train = data.labels[data.split_index("train")]
+    kept = train[(train[:, :2] == 1).any(axis=1)]  # a seen (red or green) positive
+    assert results["dropped_train_images"] == len(train) - len(kept) > 0
+    assert all(t.shape[1] == 2 for t in seen_targets)  # the blue column is gone, not unknown
+    per_epoch = len(kept)
+    batches = torch.cat(seen_targets)
+    assert len(batches) >= 3 * per_epoch  # 3 epochs (the last batch is padded to full size)
+    rows = {tuple(r) for r in batches.tolist()}
+    assert rows <= {tuple(r) for r in kept[:, :2].tolist()}
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["class_names"] == ["red", "green"]
+    assert info["zero_shot"]["unseen"] == ["blue"] and info["zero_shot"]["class_names"] == CLASSES
+
+
+@pytest.fixture
+def zero_shot_run(tmp_path) -> Path:
+    train_run(load_recipe(zero_shot_recipe(tmp_path)), tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_zero_shot_eval_scores_all_classes_as_zsl_and_gzsl(zero_shot_run):
+    results = json.loads((zero_shot_run / "results.json").read_text())
+    run = load_run(zero_shot_run)
+    prepared = prepare_from_run(run)
+    assert prepared.eval_embeddings.shape == (3, 50)
+    run.method.set_classes(prepared.eval_embeddings, CLASSES)
+    logits = evaluate_logits(run.method, prepared.sources["test"], 16, torch.device("cpu"))
+    expected = zero_shot_metrics(logits, prepared.labels["test"], prepared.class_split, "test_")
+    evaluated = evaluate_run(zero_shot_run)
+    assert evaluated.keys() == expected.keys() and set(evaluated) <= set(results)
+    for key, value in expected.items():
+        assert evaluated[key] == pytest.approx(value), key
+        assert results[key] == pytest.approx(value), key
+    assert list(results["test_zsl_AP"]) == ["blue"]
+    # only the unseen columns count for ZSL; the 3 classes for GZSL
+    from mlrkit import metrics
+    blue = metrics.average_precision(logits[:, [2]].double(), prepared.labels["test"][:, [2]])
+    assert results["test_zsl_mAP"] == pytest.approx(float(blue[0]))
+    assert results["test_gzsl_mAP"] == pytest.approx(
+        metrics.mean_average_precision(logits.double(), prepared.labels["test"]).value)
+    # the validation split chose the epoch on the seen classes only
+    assert results["val_classes_averaged"] == 2
+
+
+def test_checkpoint_holds_no_class_embeddings_and_loads_for_new_names(zero_shot_run):
+    weights = load_file(zero_shot_run / "checkpoints" / "best" / "model.safetensors")
+    assert not any("class_embeddings" in k for k in weights)
+    run = load_run(zero_shot_run)
+    names = ["purple", "orange", "grass", "sky"]
+    new = torch.as_tensor(label_embeddings(names, "glove"))
+    x = torch.randn(5, run.method.spec.feature_dim)
+    run.method.eval()
+    logits = run.method(x, label_embeddings=new).logits
+    projected = F.normalize(run.method.projection(x), dim=-1)
+    expected = 10.0 * projected @ F.normalize(new, dim=-1).T
+    torch.testing.assert_close(logits, expected)
+    run.method.set_classes(new, names)
+    torch.testing.assert_close(run.method(x).logits, expected)
+    with pytest.raises(ValueError, match=r"\(C, E=50\)"):
+        run.method.set_classes(torch.randn(2, 7), ["a", "b"])
+
+
+def test_tag_with_the_checkpoint_scores_unseen_labels(zero_shot_run, capsys):
+    data = create_dataset("csv", str(zero_shot_run.parent / "data"))
+    images = [str(p) for p in np.asarray(data.image_paths)[data.split_index("test")][:4]]
+    capsys.readouterr()
+    code = main(["tag", *images, "--labels", "blue, red", "--checkpoint", str(zero_shot_run),
+                 "--top-k", "2", "--format", "json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    run = load_run(zero_shot_run)
+    model = run.image_model().eval()
+    from mlrkit.engine.batches import ImageBatches
+
+    source = ImageBatches([Path(p) for p in images], np.zeros((4, 2), dtype=np.int8),
+                          model.encoder.transform(train=False))
+    new = torch.as_tensor(label_embeddings(["blue", "red"], "glove"))
+    run.method.set_classes(new, ["blue", "red"])
+    expected = evaluate_logits(model, source, 16, torch.device("cpu"))
+    for entry, row in zip(printed, expected.tolist(), strict=True):
+        order = sorted(range(2), key=lambda c: -row[c])
+        assert [e["label"] for e in entry["labels"]] == [["blue", "red"][c] for c in order]
+        assert [e["score"] for e in entry["labels"]] == pytest.approx(
+            [row[c] for c in order], abs=1e-5)
+
+
+def test_eval_of_another_dataset_embeds_its_class_names(zero_shot_run, tmp_path):
+    other = tmp_path / "other"
+    make_dataset(other)
+    labels = (other / "labels.csv").read_text().replace("red,green,blue", "blue,crimson,lime")
+    (other / "labels.csv").write_text(labels)
+    results = evaluate_run(zero_shot_run, dataset="csv", root=str(other), split="test")
+    assert results["test_classes_averaged"] == 3 and "test_mAP" in results
+
+
+def test_zero_shot_recipes_are_validated(tmp_path):
+    path = zero_shot_recipe(tmp_path)
+    with pytest.raises(RecipeError, match="closed-set and cannot score unseen"):
+        load_recipe(path, ["method.name=linear"])
+    with pytest.raises(RecipeError, match="exactly one of unseen, fraction, split_file"):
+        load_recipe(path, ["protocol.fraction=0.3"])
+    recipe = load_recipe(path, ["protocol.unseen=null", "protocol.fraction=0.34",
+                                "protocol.seed=3"])
+    assert recipe["protocol"]["fraction"] == 0.34
+    with pytest.raises(ValueError, match=r"unknown class name\(s\) \['violet'\]"):
+        train_run(load_recipe(path, ["protocol.unseen=[violet]"]), tmp_path / "bad")
+
+
+def test_conse_head_on_cached_features_equals_conse_scores(tmp_path):
+    from mlrkit.encoders import create_image_encoder
+    from mlrkit.zero_shot import CLASSIFIER
+
+    photos = real_data("voc12-animals") / "images"
+    images = sorted(photos.glob("*.jpg"))[:3]
+    encoder = create_image_encoder(CLASSIFIER, weights="imagenet").eval()
+    transform = encoder.transform(train=False)
+    from PIL import Image
+
+    batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in images])
+    with torch.no_grad():
+        pooled = encoder(batch).pooled
+    names = ["cat", "dog", "aeroplane", "sofa"]
+    vectors = torch.as_tensor(label_embeddings(names, "minilm", templates=["a photo of a {}"]))
+    spec = TaskSpec(4, (pooled.shape[1],), np.zeros((1, 4), dtype=np.int8), vectors, tuple(names))
+    head = create_method("conse", spec, top_t=10)
+    assert head.training_free and not list(head.parameters())
+    with torch.no_grad():
+        ours = head(pooled).logits.numpy()
+    reference = conse_scores(images, names, top_t=10)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
