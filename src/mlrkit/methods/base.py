@@ -198,16 +198,25 @@ class OpenVocabularyMethod(Method):
     ) -> MethodOutput:
         """Logits ``(B, C')`` for the current classes or ``label_embeddings`` ``(C', E)``; with
         ``targets`` ``(B, C')`` the loss (``self.loss``)."""
-        embeddings = self.class_embeddings if label_embeddings is None else (
-            self._check_classes(label_embeddings).to(self.class_embeddings.device))
-        logits = self.score(inputs, embeddings)
+        logits = self.score(inputs, self.classes_for(label_embeddings))
         if targets is None:
             return MethodOutput(logits)
+        out = self.loss(logits, self.check_targets(targets, logits), index, step)
+        return MethodOutput(logits, out.loss, out.logs)
+
+    def classes_for(self, label_embeddings: Tensor | None) -> Tensor:
+        """The embeddings to score: ``label_embeddings`` (checked) or the current class set."""
+        if label_embeddings is None:
+            return self.class_embeddings
+        return self._check_classes(label_embeddings).to(self.class_embeddings.device)
+
+    @staticmethod
+    def check_targets(targets: Tensor, logits: Tensor) -> Tensor:
+        """``targets``, refused unless they have one column per scored class."""
         if targets.shape != logits.shape:
             raise ValueError(f"targets {tuple(targets.shape)} do not match the {logits.shape[1]} "
                              f"classes scored")
-        out = self.loss(logits, targets, index, step)
-        return MethodOutput(logits, out.loss, out.logs)
+        return targets
 
 
 _METHODS: dict[str, type[Method]] = {}

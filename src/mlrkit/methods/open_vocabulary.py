@@ -21,13 +21,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlrkit.methods.base import OpenVocabularyMethod, TaskSpec, register_method
+from mlrkit.methods.base import (
+    MethodOutput,
+    OpenVocabularyMethod,
+    StepInfo,
+    TaskSpec,
+    register_method,
+)
 from mlrkit.methods.losses import create_loss
 
 
 @register_method("devise")
 class LabelProjection(OpenVocabularyMethod):
     """``logit_c = scale * cos(P x, e_c)`` for pooled ``x`` ``(B, D)`` and label embeddings ``e``.
+
+    With ``distill_weight > 0`` the projection is also pulled towards ConSE's embedding of the
+    image (:class:`ConseEmbedding`, the probability-weighted ImageNet class names in the same
+    label space): ``loss = rank + distill_weight * mean |P x - f(x)|``, the L1 distillation SigRL
+    applies to its global embedding (``docs/methods.md`` §4.2) with ConSE as the teacher. It keeps
+    the projection in the part of the label space that ImageNet's 1,000 classes span, rather than
+    the few directions the seen classes need.
 
     Args:
         spec: the task; ``label_embeddings`` ``(C, E)`` of the training classes.
@@ -36,6 +49,10 @@ class LabelProjection(OpenVocabularyMethod):
         dropout: on the input features.
         scale: the inverse temperature of the cosines (the rank loss's margin is in these units).
         learn_scale: learn ``log scale`` as a parameter (CLIP's logit scale) instead of fixing it.
+        distill_weight: weight of the L1 distillation to the ConSE teacher (0: none, DeViSE).
+        distill_top_t, distill_source, distill_templates: the teacher's ``T`` and how it embeds
+            the ImageNet names (must be the space of the label embeddings; pooled
+            ``tf_efficientnet_lite0`` features only).
         loss, loss_options: the registered training loss (default ``rank``, margin 1).
     """
 
@@ -48,12 +65,17 @@ class LabelProjection(OpenVocabularyMethod):
         dropout: float = 0.0,
         scale: float = 10.0,
         learn_scale: bool = False,
+        distill_weight: float = 0.0,
+        distill_top_t: int = 10,
+        distill_source: str = "minilm",
+        distill_templates: list[str] | None = None,
         loss: str = "rank",
         loss_options: dict | None = None,
     ) -> None:
         super().__init__(spec)
-        if scale <= 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
+        if scale <= 0 or distill_weight < 0:
+            raise ValueError(f"scale must be > 0 and distill_weight >= 0, got {scale} and "
+                             f"{distill_weight}")
         out_dim = self.embedding_dim
         if hidden_dim is None:
             self.projection = nn.Sequential(nn.Dropout(dropout), nn.Linear(spec.feature_dim, out_dim))
@@ -67,14 +89,93 @@ class LabelProjection(OpenVocabularyMethod):
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale)
+        self.distill_weight = distill_weight
+        self.teacher = None
+        if distill_weight > 0:
+            self.teacher = ConseEmbedding(spec.feature_dim, distill_top_t, distill_source,
+                                          distill_templates)
+            _check_same_space(self.teacher, out_dim)
         self.loss = create_loss(loss, spec, **(loss_options or {}))
 
-    def embed_images(self, inputs: Tensor) -> Tensor:
-        """Unit image vectors ``(B, E)`` in the label-embedding space."""
-        return F.normalize(self.projection(inputs), dim=-1)
-
     def score(self, inputs: Tensor, embeddings: Tensor) -> Tensor:
-        return self.log_scale.exp() * self.embed_images(inputs) @ F.normalize(embeddings, dim=-1).T
+        return self._score(self.projection(inputs), embeddings)
+
+    def _score(self, projected: Tensor, embeddings: Tensor) -> Tensor:
+        image = F.normalize(projected, dim=-1)
+        return self.log_scale.exp() * image @ F.normalize(embeddings, dim=-1).T
+
+    def forward(
+        self,
+        inputs: Tensor,
+        targets: Tensor | None = None,
+        index: Tensor | None = None,
+        step: StepInfo | None = None,
+        label_embeddings: Tensor | None = None,
+    ) -> MethodOutput:
+        """As :meth:`OpenVocabularyMethod.forward`, plus the distillation term (``distill``
+        in the logs) when ``distill_weight > 0``."""
+        embeddings = self.classes_for(label_embeddings)
+        projected = self.projection(inputs)
+        logits = self._score(projected, embeddings)
+        if targets is None:
+            return MethodOutput(logits)
+        out = self.loss(logits, self.check_targets(targets, logits), index, step)
+        if self.teacher is None:
+            return MethodOutput(logits, out.loss, out.logs)
+        with torch.no_grad():
+            target = self.teacher(inputs)
+        distill = (projected - target).abs().mean()
+        logs = {**out.logs, "rank": float(out.loss.detach()), "distill": float(distill.detach())}
+        return MethodOutput(logits, out.loss + self.distill_weight * distill, logs)
+
+
+class ConseEmbedding(nn.Module):
+    """ConSE's image embedding ``f(x)`` ``(B, E)`` from pooled ``tf_efficientnet_lite0``
+    features ``(B, 1280)``: the ImageNet classifier's top-``T`` classes, their name embeddings
+    weighted by probability and divided by the sum of those probabilities. Nothing is learned;
+    the classifier and the class-name vectors are rebuilt from the package weights (not saved).
+
+    Args:
+        feature_dim: ``D`` of the inputs (checked against the classifier's input).
+        top_t: ``T`` (ConSE(10) by default).
+        source, templates: how the ImageNet class names are embedded
+            (:func:`~mlrkit.zero_shot.imagenet_class_embeddings`).
+    """
+
+    def __init__(self, feature_dim: int, top_t: int = 10, source: str = "minilm",
+                 templates: list[str] | None = None) -> None:
+        from mlrkit.zero_shot import CLASSIFIER, imagenet_class_embeddings, imagenet_classifier
+
+        super().__init__()
+        if top_t < 1:
+            raise ValueError(f"top_t is {top_t}; give at least 1 (ConSE's T, default 10)")
+        self.top_t, self.source = top_t, source
+        head = imagenet_classifier().model.get_classifier()
+        if head.in_features != feature_dim:
+            raise ValueError(f"ConSE needs the pooled {head.in_features}-d features of {CLASSIFIER} "
+                             f"(its ImageNet classifier's input), got {feature_dim}-d features")
+        vectors = torch.as_tensor(imagenet_class_embeddings(source, templates))
+        self.register_buffer("classifier_weight", head.weight.detach().clone(), persistent=False)
+        self.register_buffer("classifier_bias", head.bias.detach().clone(), persistent=False)
+        self.register_buffer("imagenet_vectors", vectors, persistent=False)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.imagenet_vectors.shape[1]
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """``f(x)`` ``(B, E)`` for pooled features ``(B, D)``."""
+        probs = F.linear(inputs.float(), self.classifier_weight, self.classifier_bias).softmax(-1)
+        top = probs.topk(min(self.top_t, probs.shape[1]), dim=1)
+        weights = torch.zeros_like(probs).scatter_(1, top.indices, top.values)
+        return weights @ self.imagenet_vectors / top.values.sum(dim=1, keepdim=True)
+
+
+def _check_same_space(teacher: ConseEmbedding, width: int) -> None:
+    if teacher.embedding_dim != width:
+        raise ValueError(f"the ImageNet names embedded with {teacher.source!r} are "
+                         f"{teacher.embedding_dim}-d but the label embeddings {width}-d; use the "
+                         f"same source in label_embeddings and in the method")
 
 
 @register_method("conse")
@@ -87,10 +188,8 @@ class ConSE(OpenVocabularyMethod):
     Args:
         spec: the task; ``label_embeddings`` of the classes, from the same ``source`` (and
             templates) as the ImageNet class names here.
-        top_t: ``T``, the most probable ImageNet classes combined (ConSE(10) by default).
-        source, templates: how the ImageNet class names are embedded
-            (:func:`~mlrkit.zero_shot.imagenet_class_embeddings`); they must match the recipe's
-            ``label_embeddings`` section (the widths are checked).
+        top_t, source, templates: of :class:`ConseEmbedding`; ``source`` and ``templates`` must
+            match the recipe's ``label_embeddings`` section (the widths are checked).
     """
 
     input_kind = "pooled"
@@ -103,32 +202,9 @@ class ConSE(OpenVocabularyMethod):
         source: str = "minilm",
         templates: list[str] | None = None,
     ) -> None:
-        from mlrkit.zero_shot import CLASSIFIER, imagenet_class_embeddings, imagenet_classifier
-
         super().__init__(spec)
-        if top_t < 1:
-            raise ValueError(f"top_t is {top_t}; give at least 1 (ConSE's T, default 10)")
-        self.top_t = top_t
-        head = imagenet_classifier().model.get_classifier()
-        if head.in_features != spec.feature_dim:
-            raise ValueError(f"conse needs the pooled {head.in_features}-d features of {CLASSIFIER} "
-                             f"(its ImageNet classifier's input), got {spec.feature_dim}-d features")
-        vectors = torch.as_tensor(imagenet_class_embeddings(source, templates))
-        if vectors.shape[1] != self.embedding_dim:
-            raise ValueError(f"the ImageNet names embedded with {source!r} are {vectors.shape[1]}-d "
-                             f"but the label embeddings {self.embedding_dim}-d; use the same "
-                             f"source in label_embeddings and in the method")
-        self.register_buffer("classifier_weight", head.weight.detach().clone(), persistent=False)
-        self.register_buffer("classifier_bias", head.bias.detach().clone(), persistent=False)
-        self.register_buffer("imagenet_vectors", vectors, persistent=False)
-
-    def embed_images(self, inputs: Tensor) -> Tensor:
-        """ConSE's ``f(x)`` ``(B, E)``: the top-``T`` ImageNet class vectors weighted by their
-        probabilities, divided by the sum of those probabilities."""
-        probs = F.linear(inputs.float(), self.classifier_weight, self.classifier_bias).softmax(-1)
-        top = probs.topk(min(self.top_t, probs.shape[1]), dim=1)
-        weights = torch.zeros_like(probs).scatter_(1, top.indices, top.values)
-        return weights @ self.imagenet_vectors / top.values.sum(dim=1, keepdim=True)
+        self.embedding = ConseEmbedding(spec.feature_dim, top_t, source, templates)
+        _check_same_space(self.embedding, self.embedding_dim)
 
     def score(self, inputs: Tensor, embeddings: Tensor) -> Tensor:
-        return F.normalize(self.embed_images(inputs), dim=-1) @ F.normalize(embeddings, dim=-1).T
+        return F.normalize(self.embedding(inputs), dim=-1) @ F.normalize(embeddings, dim=-1).T
