@@ -192,3 +192,37 @@ def test_conse_head_on_cached_features_equals_conse_scores(tmp_path):
         ours = head(pooled).logits.numpy()
     reference = conse_scores(images, names, top_t=10)
     np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_devise_distillation_adds_the_l1_to_the_conse_embedding():
+    from mlrkit.methods.losses import rank_loss
+
+    names = ["cat", "dog", "sofa"]
+    vectors = torch.as_tensor(label_embeddings(names, "minilm", templates=["a photo of a {}"]))
+    targets = torch.tensor([[1, 0, 0], [0, 1, -1]], dtype=torch.int8)
+    spec = TaskSpec(3, (1280,), np.zeros((2, 3), dtype=np.int8), vectors, tuple(names))
+    torch.manual_seed(0)
+    head = create_method("devise", spec, distill_weight=5.0,
+                         distill_templates=["a photo of a {}"])
+    x = torch.randn(2, 1280)
+    out = head(x, targets)
+    projected = head.projection(x)
+    teacher = head.teacher(x)
+    rank = rank_loss(10.0 * F.normalize(projected, dim=-1) @ F.normalize(vectors, dim=-1).T,
+                     targets)
+    expected = rank + 5.0 * (projected - teacher).abs().mean()
+    torch.testing.assert_close(out.loss, expected)
+    assert out.logs["distill"] == pytest.approx(float((projected - teacher).abs().mean()))
+    out.loss.backward()
+    assert head.projection[1].weight.grad.abs().sum() > 0
+    assert not any(k.startswith("teacher") for k in head.state_dict())  # rebuilt, not saved
+    with pytest.raises(ValueError, match="same source"):
+        create_method("devise", TaskSpec(3, (1280,), np.zeros((2, 3), dtype=np.int8),
+                                         torch.randn(3, 50), tuple(names)), distill_weight=1.0)
+
+
+def test_eval_cli_prints_zsl_and_gzsl(zero_shot_run, capsys):
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(zero_shot_run)]) == 0
+    out = capsys.readouterr().out
+    assert "test_zsl_mAP" in out and "test_gzsl_mAP" in out and "test_zsl_AP[blue]" in out
