@@ -66,6 +66,8 @@ class TrainConfig:
     ``ema_eval``: with ``ema_decay``, validate the average instead of the raw weights, so that
     the best epoch is chosen by, and ``best/`` holds, the average (what eval, predict and recover
     then use); ``False`` validates and keeps the raw weights.
+    ``no_decay_1d``: no weight decay on 1-d parameters (biases, norm scales, scalars), as timm's
+    ``param_groups_weight_decay`` and SigRL's optimiser do.
     """
 
     epochs: int = 20
@@ -94,6 +96,7 @@ class TrainConfig:
     num_workers: int = 0
     progress: bool = True
     threads: int | None = None
+    no_decay_1d: bool = False
 
     def __post_init__(self) -> None:
         self._coerce_numbers()
@@ -203,11 +206,20 @@ def build_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
         group = dict(group)
         group["base_lr"] = cfg.lr * group.pop("lr_mult", 1.0)
         group["lr"] = group["base_lr"]
-        groups.append(group)
+        groups += _split_1d(group) if cfg.no_decay_1d else [group]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return opt(groups, weight_decay=cfg.weight_decay)
+
+
+def _split_1d(group: dict) -> list[dict]:
+    """``group`` as its parameters of 2 or more dimensions and, with weight decay 0, the others."""
+    params = list(group["params"])
+    matrices = [p for p in params if p.ndim > 1]
+    vectors = [p for p in params if p.ndim <= 1]
+    out = [{**group, "params": matrices}] if matrices else []
+    return out + ([{**group, "params": vectors, "weight_decay": 0.0}] if vectors else [])
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):

@@ -7,6 +7,7 @@ from mlrkit.methods import (  # noqa: F401  (registers methods)
     open_vocabulary,
     sarb,
     semantic_graph,
+    sigrl,
 )
 from mlrkit.methods.base import (
     Method,

@@ -94,7 +94,7 @@ class LabelProjection(OpenVocabularyMethod):
         if distill_weight > 0:
             self.teacher = ConseEmbedding(spec.feature_dim, distill_top_t, distill_source,
                                           distill_templates)
-            _check_same_space(self.teacher, out_dim)
+            check_same_space(self.teacher, out_dim)
         self.loss = create_loss(loss, spec, **(loss_options or {}))
 
     def score(self, inputs: Tensor, embeddings: Tensor) -> Tensor:
@@ -171,7 +171,7 @@ class ConseEmbedding(nn.Module):
         return weights @ self.imagenet_vectors / top.values.sum(dim=1, keepdim=True)
 
 
-def _check_same_space(teacher: ConseEmbedding, width: int) -> None:
+def check_same_space(teacher: ConseEmbedding, width: int) -> None:
     if teacher.embedding_dim != width:
         raise ValueError(f"the ImageNet names embedded with {teacher.source!r} are "
                          f"{teacher.embedding_dim}-d but the label embeddings {width}-d; use the "
@@ -204,7 +204,7 @@ class ConSE(OpenVocabularyMethod):
     ) -> None:
         super().__init__(spec)
         self.embedding = ConseEmbedding(spec.feature_dim, top_t, source, templates)
-        _check_same_space(self.embedding, self.embedding_dim)
+        check_same_space(self.embedding, self.embedding_dim)
 
     def score(self, inputs: Tensor, embeddings: Tensor) -> Tensor:
         return F.normalize(self.embedding(inputs), dim=-1) @ F.normalize(embeddings, dim=-1).T

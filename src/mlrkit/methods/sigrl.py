@@ -1,0 +1,318 @@
+"""SigRL for open vocabulary (ICME 2025, MVL-Lab/SigRL ``OV/``; ``docs/methods.md`` §4): a label
+graph (GMC), text-guided semantic decoupling, semantic visual feature reconstruction (SVFR), and
+local + global image-text matching, scoring any label embeddings given at forward time.
+
+From a feature map ``(B, D, h, w)`` (cached timm features here; the release uses CLIP ViT-B/16's
+projected patch tokens and class embedding) and label embeddings ``T`` ``(C, E)``:
+
+1. student tokens: ``Z = W x_p`` ``(B, P, E)`` and ``z_g = W mean_p x_p`` ``(B, E)``, one learned
+   projection ``W`` into the label space shared by both (as CLIP's ``W_proj`` is);
+2. GMC: two GATv2 layers over the fully connected graph of the ``C`` label nodes
+   (:class:`GATv2`): 4 heads x 32 concatenated, ELU, then one head back to ``E``; shared weights,
+   LeakyReLU 0.2, dropout 0.3 on the inputs, between the layers and on the attention;
+3. semantic decoupling: ``S_{c,d} = sum_p softmax_p(fc3(tanh(z_p * t_c)))_{p,d} z_{p,d}``
+   (a softmax over positions for each channel, :func:`decouple`);
+4. text mixing: ``M = relu(S^T T) / (|S|_F |T|_F)`` ``(E, E)``, rows L2-normalised,
+   ``S' = S M``; then ``H = [S' ; G]`` ``(C, 2E)``;
+5. SVFR: ``k_c = fc1(h_c)`` (no bias) and ``r_{p,d} = z_{p,d} sum_c softmax_p(fc3'(tanh(z_p *
+   k_c)))_{p,d}`` (:func:`reconstruction_weights`);
+6. scores: ``s_loc_c`` the mean of the top-16 of ``(R T^T)_{p,c}`` over positions, ``s_glob = z_g
+   T^T``, each L2-normalised over the classes, ``s = (s_loc + s_glob) / 2``;
+7. losses: the ranking loss (``rank``, ``docs/methods.md`` §4.2) on ``s`` over the known entries,
+   plus ``distill_weight *`` the L1 distance of ``z_g`` to a frozen teacher's embedding. Without
+   CLIP the teacher is ConSE's embedding of the image (:class:`ConseEmbedding`, pooled
+   ``tf_efficientnet_lite0`` features), which lies in the same label space.
+
+Memory. Steps 3 and 5 materialise ``(B, C, P, E)`` in the release (32 x 1006 x 196 x 512 floats,
+13 GB, for NUS-WIDE GZSL). Here both run class chunk by class chunk (``class_chunk``) with
+activation checkpointing under autograd: ``S`` is computed per chunk and the SVFR weights are
+summed over chunks, so the peak does not grow with ``C``; ``direct=True`` runs the literal form
+(tests, ``benchmarks/sigrl_memory.py``).
+
+Departures from the release (options where they can be):
+
+- ``mixing_norm="image"`` (default) takes ``|S|_F`` of each image's ``S``; the release takes the
+  Frobenius norm of the whole batch tensor (``"batch"``), so an image's scores depend on the other
+  images of its batch (and on the batch size at test time).
+- The release's image encoder is CLIP; here any timm encoder's spatial features with a learned
+  projection (CLIP image towers are not wired into this head yet).
+
+Ablations: ``use_gmc=False`` (``H = S'``, ``fc1`` ``E -> E``), ``use_svfr=False`` (``R = Z``:
+neither decoupling, mixing nor GMC is used), ``distill_weight=0``, ``branches="global"`` or
+``"local"`` (one score instead of the average).
+
+Shapes: ``B`` batch, ``D`` input channels, ``P`` positions, ``C`` classes, ``E`` label-embedding
+size, ``c`` classes per chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from mlrkit.methods.base import (
+    MethodOutput,
+    OpenVocabularyMethod,
+    StepInfo,
+    TaskSpec,
+    register_method,
+)
+from mlrkit.methods.losses import create_loss
+from mlrkit.methods.open_vocabulary import ConseEmbedding, check_same_space
+
+BRANCHES = ("both", "global", "local")
+MIXING_NORMS = ("image", "batch")
+
+
+class GATv2Layer(nn.Module):
+    """One GATv2 layer (Brody et al. 2022) over a fully connected graph, as labml's
+    ``GraphAttentionV2Layer`` that SigRL uses.
+
+    For node features ``h`` ``(C, F_in)`` and each head: ``g = W h`` (``W`` without bias; with
+    ``share_weights`` the same for the source and target roles), ``e_ij = a^T LeakyReLU(g_i +
+    g_j)``, ``alpha_ij = softmax_j(e_ij)`` (dropout on ``alpha``), ``h'_i = sum_j alpha_ij g_j``.
+    Heads are concatenated (``concat``, each ``out / heads`` wide) or averaged.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, heads: int, concat: bool, dropout: float = 0.3,
+                 negative_slope: float = 0.2, share_weights: bool = True) -> None:
+        super().__init__()
+        if concat and out_dim % heads:
+            raise ValueError(f"out_dim {out_dim} is not divisible by {heads} heads")
+        self.heads, self.concat = heads, concat
+        self.hidden = out_dim // heads if concat else out_dim
+        self.source = nn.Linear(in_dim, self.hidden * heads, bias=False)
+        self.target = self.source if share_weights else nn.Linear(in_dim, self.hidden * heads,
+                                                                  bias=False)
+        self.attention = nn.Linear(self.hidden, 1, bias=False)
+        self.negative_slope = negative_slope
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, nodes: Tensor, node_chunk: int = 64) -> Tensor:
+        """``(C, F_in)`` → ``(C, out)``, ``node_chunk`` target nodes at a time: the pairs
+        ``(i, j)`` of one chunk, ``(chunk, C, heads, hidden)``, are alive at once (recomputed in
+        the backward pass under autograd), not all ``C x C``."""
+        count = nodes.shape[0]
+        g_source = self.source(nodes).view(count, self.heads, self.hidden)
+        g_target = self.target(nodes).view(count, self.heads, self.hidden)
+        recompute = torch.is_grad_enabled() and g_source.requires_grad
+        rows = [checkpoint(self._attend, g_source, chunk, use_reentrant=False) if recompute
+                else self._attend(g_source, chunk) for chunk in g_target.split(node_chunk)]
+        out = torch.cat(rows)
+        return out.reshape(count, -1) if self.concat else out.mean(dim=1)
+
+    def _attend(self, g_source: Tensor, g_target: Tensor) -> Tensor:
+        """Attention of target nodes ``(i, heads, hidden)`` over every source node → ``(i, heads,
+        hidden)``."""
+        pairs = g_source[None, :, :, :] + g_target[:, None, :, :]  # (i, j, heads, hidden)
+        scores = self.attention(F.leaky_relu(pairs, self.negative_slope)).squeeze(-1)  # (i, j, h)
+        weights = self.dropout(scores.softmax(dim=1))
+        return torch.einsum("ijh,jhf->ihf", weights, g_source)
+
+
+class GATv2(nn.Module):
+    """labml's two-layer GATv2 model as SigRL configures it: dropout, layer 1 (``heads`` x
+    ``hidden / heads`` concatenated), ELU, dropout, layer 2 (one head to ``out``)."""
+
+    def __init__(self, dim: int, hidden: int = 128, heads: int = 4, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.layer1 = GATv2Layer(dim, hidden, heads, concat=True, dropout=dropout)
+        self.layer2 = GATv2Layer(hidden, dim, 1, concat=False, dropout=dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, nodes: Tensor) -> Tensor:
+        """Label embeddings ``(C, E)`` → graph features ``G`` ``(C, E)``."""
+        hidden = F.elu(self.layer1(self.dropout(nodes)))
+        return self.layer2(self.dropout(hidden))
+
+
+def _decouple_chunk(tokens: Tensor, queries: Tensor, fc: nn.Linear) -> Tensor:
+    """``S`` of one class chunk: ``tokens`` ``(B, P, E)``, ``queries`` ``(c, E)`` or
+    ``(B, c, E)`` → ``(B, c, E)``."""
+    queries = queries[None] if queries.ndim == 2 else queries
+    weights = fc(torch.tanh(tokens[:, None] * queries[:, :, None])).softmax(dim=2)  # (B,c,P,E)
+    return (weights * tokens[:, None]).sum(dim=2)
+
+
+def _reconstruction_chunk(tokens: Tensor, keys: Tensor, fc: nn.Linear) -> Tensor:
+    """SVFR weights of one class chunk, summed over its classes: ``(B, P, E)``."""
+    return fc(torch.tanh(tokens[:, None] * keys[:, :, None])).softmax(dim=2).sum(dim=1)
+
+
+def _chunks(function, tokens: Tensor, per_class: Tensor, fc: nn.Linear, class_chunk: int,
+            direct: bool) -> list[Tensor]:
+    """``function`` over class chunks of ``per_class`` (``(C, E)`` or ``(B, C, E)``), each
+    recomputed in the backward pass under autograd; one chunk of all ``C`` when ``direct``."""
+    if class_chunk < 1:
+        raise ValueError(f"class_chunk must be >= 1, got {class_chunk}")
+    if direct:
+        return [function(tokens, per_class, fc)]
+    recompute = torch.is_grad_enabled() and (tokens.requires_grad or per_class.requires_grad)
+    return [checkpoint(function, tokens, chunk, fc, use_reentrant=False) if recompute
+            else function(tokens, chunk, fc) for chunk in per_class.split(class_chunk, dim=-2)]
+
+
+def decouple(tokens: Tensor, queries: Tensor, fc: nn.Linear, class_chunk: int = 8,
+             direct: bool = False) -> Tensor:
+    """Text-guided semantic decoupling ``S`` ``(B, C, E)``:
+    ``S_{c,d} = sum_p softmax_p(fc(tanh(z_p * q_c)))_{p,d} z_{p,d}``.
+
+    Args:
+        tokens: ``Z`` ``(B, P, E)``.
+        queries: the label embeddings ``(C, E)`` (or ``(B, C, E)``).
+        fc: ``fc3``, ``E -> E``.
+        class_chunk: classes per chunk; ``direct`` materialises ``(B, C, P, E)`` at once.
+    """
+    return torch.cat(_chunks(_decouple_chunk, tokens, queries, fc, class_chunk, direct), dim=1)
+
+
+def reconstruction_weights(tokens: Tensor, keys: Tensor, fc: nn.Linear, class_chunk: int = 8,
+                           direct: bool = False) -> Tensor:
+    """SVFR's ``sum_c softmax_p(fc(tanh(z_p * k_c)))`` ``(B, P, E)`` for ``tokens`` ``(B, P, E)``
+    and per-image keys ``(B, C, E)``; the reconstructed tokens are ``tokens *`` this."""
+    parts = _chunks(_reconstruction_chunk, tokens, keys, fc, class_chunk, direct)
+    return torch.stack(parts).sum(dim=0) if len(parts) > 1 else parts[0]
+
+
+def text_mixing(decoupled: Tensor, text: Tensor, norm: str = "image") -> Tensor:
+    """``S' = S M`` with ``M = relu(S^T T) / (|S|_F |T|_F)``, rows of ``M`` L2-normalised.
+
+    ``decoupled`` ``S`` ``(B, C, E)``, ``text`` ``T`` ``(C, E)``; ``norm="image"`` takes ``|S|_F``
+    per image, ``"batch"`` over the whole ``(B, C, E)`` tensor as released.
+    """
+    if norm not in MIXING_NORMS:
+        raise ValueError(f"mixing_norm must be one of {MIXING_NORMS}, got {norm!r}")
+    mixing = torch.relu(torch.einsum("bcd,ce->bde", decoupled, text))  # (B, E, E)
+    s_norm = (decoupled.flatten(1).norm(dim=1)[:, None, None] if norm == "image"
+              else decoupled.norm())
+    mixing = F.normalize(mixing / (s_norm * text.norm()), dim=-1)
+    return decoupled @ mixing
+
+
+@register_method("sigrl")
+class SigRL(OpenVocabularyMethod):
+    """SigRL's open-vocabulary head on ``(B, D, h, w)`` features (module docstring).
+
+    Args (release values from ``OV/train_nus.py`` and ``OV/models``):
+        spec: the task; ``label_embeddings`` ``(C, E)`` of the training classes (the student's
+            label space).
+        gat_hidden, gat_heads, gat_dropout: GMC (128 = 4 x 32, 4 heads, 0.3).
+        top_k: positions averaged by the local score (16).
+        use_gmc, use_svfr: the two modules (ablations).
+        branches: ``"both"`` (released), ``"global"`` or ``"local"``.
+        mixing_norm: ``"image"`` (default) or ``"batch"`` (released), see :func:`text_mixing`.
+        distill_weight: weight of the L1 distillation of ``z_g`` (release 1; 0 disables it).
+        distill_top_t, distill_source, distill_templates: the ConSE teacher (pooled
+            ``tf_efficientnet_lite0`` features; the same label space as ``label_embeddings``).
+        class_chunk: classes per chunk of the decoupling and SVFR.
+        loss, loss_options: the registered loss on ``s`` (release: ``rank``).
+    """
+
+    input_kind = "spatial"
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        gat_hidden: int = 128,
+        gat_heads: int = 4,
+        gat_dropout: float = 0.3,
+        top_k: int = 16,
+        use_gmc: bool = True,
+        use_svfr: bool = True,
+        branches: str = "both",
+        mixing_norm: str = "image",
+        distill_weight: float = 1.0,
+        distill_top_t: int = 10,
+        distill_source: str = "minilm",
+        distill_templates: list[str] | None = None,
+        class_chunk: int = 8,
+        loss: str = "rank",
+        loss_options: dict | None = None,
+    ) -> None:
+        super().__init__(spec)
+        if len(spec.feature_shape) != 3:
+            raise ValueError(f"sigrl needs spatial (D, h, w) features, got {spec.feature_shape}")
+        if branches not in BRANCHES or mixing_norm not in MIXING_NORMS:
+            raise ValueError(f"branches must be one of {BRANCHES} and mixing_norm one of "
+                             f"{MIXING_NORMS}; got {branches!r}, {mixing_norm!r}")
+        if top_k < 1 or class_chunk < 1 or distill_weight < 0:
+            raise ValueError("top_k and class_chunk must be >= 1 and distill_weight >= 0")
+        dim = self.embedding_dim
+        self.top_k, self.branches, self.mixing_norm = top_k, branches, mixing_norm
+        self.use_gmc, self.use_svfr, self.class_chunk = use_gmc, use_svfr, class_chunk
+        self.projection = nn.Linear(spec.feature_dim, dim)
+        self.gmc = GATv2(dim, gat_hidden, gat_heads, gat_dropout) if use_gmc and use_svfr else None
+        if use_svfr:
+            self.decouple_fc = nn.Linear(dim, dim)
+            self.key = nn.Linear(2 * dim if self.gmc is not None else dim, dim, bias=False)
+            self.reconstruct_fc = nn.Linear(dim, dim)
+        self.distill_weight = distill_weight
+        self.teacher = None
+        if distill_weight > 0:
+            self.teacher = ConseEmbedding(spec.feature_dim, distill_top_t, distill_source,
+                                          distill_templates)
+            check_same_space(self.teacher, dim)
+        self.loss = create_loss(loss, spec, **(loss_options or {}))
+
+    def student(self, inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Local tokens ``Z`` ``(B, P, E)``, global ``z_g`` ``(B, E)`` and the pooled input
+        features ``(B, D)`` of ``(B, D, h, w)`` features."""
+        maps = inputs.float().flatten(2).transpose(1, 2)  # (B, P, D)
+        pooled = maps.mean(dim=1)
+        return self.projection(maps), self.projection(pooled), pooled
+
+    def reconstruct(self, tokens: Tensor, text: Tensor, direct: bool = False) -> Tensor:
+        """SVFR's reconstructed tokens ``R`` ``(B, P, E)`` (``Z`` itself without SVFR)."""
+        if not self.use_svfr:
+            return tokens
+        decoupled = decouple(tokens, text, self.decouple_fc, self.class_chunk, direct)
+        mixed = text_mixing(decoupled, text, self.mixing_norm)  # (B, C, E)
+        if self.gmc is not None:
+            graph = self.gmc(text).expand(tokens.shape[0], -1, -1)
+            mixed = torch.cat((mixed, graph), dim=-1)  # (B, C, 2E)
+        keys = self.key(mixed)
+        return tokens * reconstruction_weights(tokens, keys, self.reconstruct_fc,
+                                               self.class_chunk, direct)
+
+    def scores_from(self, tokens: Tensor, image: Tensor, text: Tensor,
+                    direct: bool = False) -> Tensor:
+        """``s`` ``(B, C)`` from the student's tokens and global embedding."""
+        parts = []
+        if self.branches in ("both", "global"):
+            parts.append(F.normalize(image @ text.T, dim=-1))
+        if self.branches in ("both", "local"):
+            similarity = self.reconstruct(tokens, text, direct) @ text.T  # (B, P, C)
+            top = similarity.topk(min(self.top_k, similarity.shape[1]), dim=1).values
+            parts.append(F.normalize(top.mean(dim=1), dim=-1))
+        return torch.stack(parts).mean(dim=0)
+
+    def score(self, inputs: Tensor, embeddings: Tensor, direct: bool = False) -> Tensor:
+        tokens, image, _ = self.student(inputs)
+        return self.scores_from(tokens, image, embeddings, direct)
+
+    def forward(
+        self,
+        inputs: Tensor,
+        targets: Tensor | None = None,
+        index: Tensor | None = None,
+        step: StepInfo | None = None,
+        label_embeddings: Tensor | None = None,
+        direct: bool = False,
+    ) -> MethodOutput:
+        """Scores ``(B, C')`` for the current classes or ``label_embeddings``; with ``targets``
+        the ranking loss plus the distillation (``rank`` and ``distill`` in the logs)."""
+        text = self.classes_for(label_embeddings)
+        tokens, image, pooled = self.student(inputs)
+        logits = self.scores_from(tokens, image, text, direct)
+        if targets is None:
+            return MethodOutput(logits)
+        out = self.loss(logits, self.check_targets(targets, logits), index, step)
+        if self.teacher is None:
+            return MethodOutput(logits, out.loss, out.logs)
+        with torch.no_grad():
+            target = self.teacher(pooled)
+        distill = (image - target).abs().mean()
+        logs = {**out.logs, "rank": float(out.loss.detach()), "distill": float(distill.detach())}
+        return MethodOutput(logits, out.loss + self.distill_weight * distill, logs)
