@@ -141,3 +141,51 @@ def test_training_loss_is_rank_plus_distillation_and_ablations_build():
     # scores are cosine-like: two unit vectors averaged
     assert float(out.logits.detach().norm(dim=1).max()) <= 1 + 1e-6
     assert math.isfinite(float(out.loss))
+
+
+def test_a_sigrl_run_tags_unseen_labels_through_its_checkpoint(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    import yaml
+    from test_recipe_run import make_dataset
+
+    from mlrkit.cli import main
+    from mlrkit.data import create_dataset
+    from mlrkit.encoders import label_embeddings
+    from mlrkit.engine.batches import ImageBatches
+    from mlrkit.engine.recipe import load_recipe
+    from mlrkit.engine.run import load_run, train_run
+    from mlrkit.engine.trainer import evaluate_logits
+
+    make_dataset(tmp_path / "data")
+    recipe = {
+        "name": "tiny-sigrl",
+        "data": {"dataset": "csv", "root": str(tmp_path / "data")},
+        "features": {"encoder": "resnet18", "weights": None, "image_size": 64, "seed": 0,
+                     "cache": str(tmp_path / "cache"), "num_workers": 0, "spatial": True},
+        "protocol": {"name": "zero_shot", "unseen": ["blue"]},
+        "label_embeddings": {"source": "glove"},
+        "method": {"name": "sigrl", "distill_weight": 0.0, "top_k": 2, "gat_hidden": 8},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "progress": False, "device": "cpu",
+                  "no_decay_1d": True, "warmup_epochs": 1},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    results = train_run(load_recipe(tmp_path / "r.yaml"), tmp_path / "run")
+    assert {"test_zsl_mAP", "test_gzsl_mAP", "test_zsl_AP"} <= set(results)
+    data = create_dataset("csv", str(tmp_path / "data"))
+    images = [str(p) for p in np.asarray(data.image_paths)[data.split_index("test")][:3]]
+    labels = ["blue", "navy", "sky"]
+    capsys.readouterr()
+    assert main(["tag", *images, "--labels", ", ".join(labels), "--checkpoint",
+                 str(tmp_path / "run"), "--top-k", "3"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    run = load_run(tmp_path / "run")
+    model = run.image_model().eval()
+    source = ImageBatches([Path(p) for p in images], np.zeros((3, 3), dtype=np.int8),
+                          model.encoder.transform(train=False))
+    run.method.set_classes(torch.as_tensor(label_embeddings(labels, "glove")), labels)
+    expected = evaluate_logits(model, source, 8, torch.device("cpu"))
+    for entry, row in zip(printed, expected.tolist(), strict=True):
+        order = sorted(range(3), key=lambda c: -row[c])
+        assert [e["label"] for e in entry["labels"]] == [labels[c] for c in order]
