@@ -18,6 +18,8 @@ EXPECTED = {
     "clsl_voc2007_partial",
     "conse_voc2007_zero-shot",
     "devise_voc2007_zero-shot",
+    "sigrl_voc12-animals_zero-shot",
+    "sigrl_voc2007_zero-shot",
     "linear-an_miml_partial",
     "linear-an_voc12-animals_partial",
     "linear-an_voc2007_partial",

@@ -32,8 +32,9 @@ summed over chunks, so the peak does not grow with ``C``; ``direct=True`` runs t
 Departures from the release (options where they can be):
 
 - ``mixing_norm="image"`` (default) takes ``|S|_F`` of each image's ``S``; the release takes the
-  Frobenius norm of the whole batch tensor (``"batch"``), so an image's scores depend on the other
-  images of its batch (and on the batch size at test time).
+  Frobenius norm of the whole batch tensor (``"batch"``), which would tie an image's scores to
+  its batch, were it not for the row normalisation of ``M`` that follows and cancels any positive
+  scale: both give the same ``S'`` (``tests/test_sigrl.py``); the option documents the quirk.
 - The release's image encoder is CLIP; here any timm encoder's spatial features with a learned
   projection (CLIP image towers are not wired into this head yet).
 
