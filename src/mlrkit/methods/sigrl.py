@@ -145,17 +145,19 @@ def _reconstruction_chunk(tokens: Tensor, keys: Tensor, fc: nn.Linear) -> Tensor
 def _chunks(function, tokens: Tensor, per_class: Tensor, fc: nn.Linear, class_chunk: int,
             direct: bool) -> list[Tensor]:
     """``function`` over class chunks of ``per_class`` (``(C, E)`` or ``(B, C, E)``), each
-    recomputed in the backward pass under autograd; one chunk of all ``C`` when ``direct``."""
+    recomputed in the backward pass under autograd; all ``C`` at once, without recomputation,
+    when ``direct`` or when ``C <= class_chunk``."""
     if class_chunk < 1:
         raise ValueError(f"class_chunk must be >= 1, got {class_chunk}")
-    if direct:
+    chunks = per_class.split(class_chunk, dim=-2)
+    if direct or len(chunks) == 1:  # one chunk: recomputing it would save nothing at the peak
         return [function(tokens, per_class, fc)]
     recompute = torch.is_grad_enabled() and (tokens.requires_grad or per_class.requires_grad)
     return [checkpoint(function, tokens, chunk, fc, use_reentrant=False) if recompute
-            else function(tokens, chunk, fc) for chunk in per_class.split(class_chunk, dim=-2)]
+            else function(tokens, chunk, fc) for chunk in chunks]
 
 
-def decouple(tokens: Tensor, queries: Tensor, fc: nn.Linear, class_chunk: int = 8,
+def decouple(tokens: Tensor, queries: Tensor, fc: nn.Linear, class_chunk: int = 4,
              direct: bool = False) -> Tensor:
     """Text-guided semantic decoupling ``S`` ``(B, C, E)``:
     ``S_{c,d} = sum_p softmax_p(fc(tanh(z_p * q_c)))_{p,d} z_{p,d}``.
@@ -169,12 +171,16 @@ def decouple(tokens: Tensor, queries: Tensor, fc: nn.Linear, class_chunk: int = 
     return torch.cat(_chunks(_decouple_chunk, tokens, queries, fc, class_chunk, direct), dim=1)
 
 
-def reconstruction_weights(tokens: Tensor, keys: Tensor, fc: nn.Linear, class_chunk: int = 8,
+def reconstruction_weights(tokens: Tensor, keys: Tensor, fc: nn.Linear, class_chunk: int = 4,
                            direct: bool = False) -> Tensor:
     """SVFR's ``sum_c softmax_p(fc(tanh(z_p * k_c)))`` ``(B, P, E)`` for ``tokens`` ``(B, P, E)``
     and per-image keys ``(B, C, E)``; the reconstructed tokens are ``tokens *`` this."""
-    parts = _chunks(_reconstruction_chunk, tokens, keys, fc, class_chunk, direct)
-    return torch.stack(parts).sum(dim=0) if len(parts) > 1 else parts[0]
+    total = None
+    for part in _chunks(_reconstruction_chunk, tokens, keys, fc, class_chunk, direct):
+        # a running sum: one (B, P, E) total, not one per chunk (in place without autograd)
+        total = part if total is None else (
+            total.add_(part) if not torch.is_grad_enabled() else total + part)
+    return total
 
 
 def text_mixing(decoupled: Tensor, text: Tensor, norm: str = "image") -> Tensor:
@@ -228,7 +234,7 @@ class SigRL(OpenVocabularyMethod):
         distill_top_t: int = 10,
         distill_source: str = "minilm",
         distill_templates: list[str] | None = None,
-        class_chunk: int = 8,
+        class_chunk: int = 4,
         loss: str = "rank",
         loss_options: dict | None = None,
     ) -> None:
@@ -270,10 +276,14 @@ class SigRL(OpenVocabularyMethod):
             return tokens
         decoupled = decouple(tokens, text, self.decouple_fc, self.class_chunk, direct)
         mixed = text_mixing(decoupled, text, self.mixing_norm)  # (B, C, E)
-        if self.gmc is not None:
+        if self.gmc is None:
+            keys = self.key(mixed)
+        elif direct:
             graph = self.gmc(text).expand(tokens.shape[0], -1, -1)
-            mixed = torch.cat((mixed, graph), dim=-1)  # (B, C, 2E)
-        keys = self.key(mixed)
+            keys = self.key(torch.cat((mixed, graph), dim=-1))  # (B, C, 2E) -> (B, C, E)
+        else:  # fc1 [S' ; G] = W_s S' + W_g G: G's part once for the batch, no (B, C, 2E)
+            weight_s, weight_g = self.key.weight.split(mixed.shape[-1], dim=1)
+            keys = mixed @ weight_s.T + self.gmc(text) @ weight_g.T
         return tokens * reconstruction_weights(tokens, keys, self.reconstruct_fc,
                                                self.class_chunk, direct)
 
