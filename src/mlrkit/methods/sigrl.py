@@ -48,6 +48,8 @@ size, ``c`` classes per chunk.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -143,7 +145,7 @@ def _reconstruction_chunk(tokens: Tensor, keys: Tensor, fc: nn.Linear) -> Tensor
 
 
 def _chunks(function, tokens: Tensor, per_class: Tensor, fc: nn.Linear, class_chunk: int,
-            direct: bool) -> list[Tensor]:
+            direct: bool) -> Iterator[Tensor]:
     """``function`` over class chunks of ``per_class`` (``(C, E)`` or ``(B, C, E)``), each
     recomputed in the backward pass under autograd; all ``C`` at once, without recomputation,
     when ``direct`` or when ``C <= class_chunk``."""
@@ -151,10 +153,12 @@ def _chunks(function, tokens: Tensor, per_class: Tensor, fc: nn.Linear, class_ch
         raise ValueError(f"class_chunk must be >= 1, got {class_chunk}")
     chunks = per_class.split(class_chunk, dim=-2)
     if direct or len(chunks) == 1:  # one chunk: recomputing it would save nothing at the peak
-        return [function(tokens, per_class, fc)]
+        yield function(tokens, per_class, fc)
+        return
     recompute = torch.is_grad_enabled() and (tokens.requires_grad or per_class.requires_grad)
-    return [checkpoint(function, tokens, chunk, fc, use_reentrant=False) if recompute
-            else function(tokens, chunk, fc) for chunk in chunks]
+    for chunk in chunks:  # one at a time: the caller consumes each result before the next
+        yield (checkpoint(function, tokens, chunk, fc, use_reentrant=False) if recompute
+               else function(tokens, chunk, fc))
 
 
 def decouple(tokens: Tensor, queries: Tensor, fc: nn.Linear, class_chunk: int = 4,
@@ -168,7 +172,8 @@ def decouple(tokens: Tensor, queries: Tensor, fc: nn.Linear, class_chunk: int = 
         fc: ``fc3``, ``E -> E``.
         class_chunk: classes per chunk; ``direct`` materialises ``(B, C, P, E)`` at once.
     """
-    return torch.cat(_chunks(_decouple_chunk, tokens, queries, fc, class_chunk, direct), dim=1)
+    return torch.cat(list(_chunks(_decouple_chunk, tokens, queries, fc, class_chunk, direct)),
+                     dim=1)
 
 
 def reconstruction_weights(tokens: Tensor, keys: Tensor, fc: nn.Linear, class_chunk: int = 4,
