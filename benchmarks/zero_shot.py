@@ -14,6 +14,11 @@ Rows, each on the official val split as the test set (``docs/protocols.md``, "Ze
   classes with the ranking loss (``configs/devise_voc2007_zero-shot.yaml``);
 - ``devise+distill``: the same with the L1 distillation of the projection to ConSE's embedding
   (``method.distill_weight``, :data:`DISTILL_WEIGHT`);
+- ``sigrl``: SigRL (``configs/sigrl_voc2007_zero-shot.yaml``, GMC + SVFR + local / global
+  matching, rank loss + L1 distillation to ConSE's embedding at the released weight 1), and
+  ``sigrl+distill1000`` at the distillation weight of ``devise+distill``; its ablations (without
+  GMC, without SVFR, without distillation, global or local score only) at the first seed, on the
+  first split of ``--sigrl-splits`` (see :data:`SIGRL`);
 - ``supervised``: the bound, a linear head trained on every class with its true labels
   (``configs/linear_voc2007_partial.yaml`` with ``protocol.name=full``), its AP on the unseen
   columns (ZSL) and all columns (GZSL).
