@@ -431,18 +431,23 @@ def evaluate_run(
 ) -> dict[str, float]:
     """Metrics of a finished run's best checkpoint, named after the split (``test_mAP``, ...).
 
+    A zero-shot run's test split is scored over all classes, as at train time (``test_zsl_mAP``,
+    ``test_gzsl_mAP``, ...; :func:`~mlrkit.engine.zero_shot.zero_shot_metrics`); its train and
+    validation splits over the seen classes.
+
     Args:
         run_dir: the run folder.
         split: without ``dataset``, ``"train"``, ``"val"`` or ``"test"`` (the default) as the
             recipe defines them; with ``dataset``, a split of that dataset (default: all its
             images, metrics ``all_...``).
-        dataset, root, options: another dataset (reader name, folder, reader options) with the
-            run's class names; default: the recipe's, where it was at train time.
+        dataset, root, options: another dataset (reader name, folder, reader options): with the
+            run's class names, or any class names for an open-vocabulary run (embedded as the run
+            embeds its classes); default: the recipe's, where it was at train time.
         cache_dir: where a run on cached features stores the features of ``dataset`` (default
             ``<run_dir>/eval-cache/<dataset>-<split>-<hash of root, options>``).
 
     Raises:
-        ValueError: the dataset's class names differ from the run's.
+        ValueError: the dataset's class names differ from a closed-set run's.
     """
     run = load_run(run_dir)
     class_split, embeddings, names = None, None, None
