@@ -120,13 +120,7 @@ class LabelProjection(OpenVocabularyMethod):
         if targets is None:
             return MethodOutput(logits)
         out = self.loss(logits, self.check_targets(targets, logits), index, step)
-        if self.teacher is None:
-            return MethodOutput(logits, out.loss, out.logs)
-        with torch.no_grad():
-            target = self.teacher(inputs)
-        distill = (projected - target).abs().mean()
-        logs = {**out.logs, "rank": float(out.loss.detach()), "distill": float(distill.detach())}
-        return MethodOutput(logits, out.loss + self.distill_weight * distill, logs)
+        return distilled(logits, out, projected, inputs, self.teacher, self.distill_weight)
 
 
 class ConseEmbedding(nn.Module):
@@ -169,6 +163,20 @@ class ConseEmbedding(nn.Module):
         top = probs.topk(min(self.top_t, probs.shape[1]), dim=1)
         weights = torch.zeros_like(probs).scatter_(1, top.indices, top.values)
         return weights @ self.imagenet_vectors / top.values.sum(dim=1, keepdim=True)
+
+
+def distilled(logits: Tensor, out, student: Tensor, teacher_inputs: Tensor,
+              teacher: ConseEmbedding | None, weight: float) -> MethodOutput:
+    """``out`` (a :class:`~mlrkit.methods.losses.LossOutput`) plus ``weight * mean |student -
+    teacher(teacher_inputs)|`` (no gradient to the teacher), logged as ``rank`` and ``distill``;
+    ``out`` alone without a teacher."""
+    if teacher is None:
+        return MethodOutput(logits, out.loss, out.logs)
+    with torch.no_grad():
+        target = teacher(teacher_inputs)
+    distill = (student - target).abs().mean()
+    logs = {**out.logs, "rank": float(out.loss.detach()), "distill": float(distill.detach())}
+    return MethodOutput(logits, out.loss + weight * distill, logs)
 
 
 def check_same_space(teacher: ConseEmbedding, width: int) -> None:

@@ -63,7 +63,7 @@ from mlrkit.methods.base import (
     register_method,
 )
 from mlrkit.methods.losses import create_loss
-from mlrkit.methods.open_vocabulary import ConseEmbedding, check_same_space
+from mlrkit.methods.open_vocabulary import ConseEmbedding, check_same_space, distilled
 
 BRANCHES = ("both", "global", "local")
 MIXING_NORMS = ("image", "batch")
@@ -325,10 +325,4 @@ class SigRL(OpenVocabularyMethod):
         if targets is None:
             return MethodOutput(logits)
         out = self.loss(logits, self.check_targets(targets, logits), index, step)
-        if self.teacher is None:
-            return MethodOutput(logits, out.loss, out.logs)
-        with torch.no_grad():
-            target = self.teacher(pooled)
-        distill = (image - target).abs().mean()
-        logs = {**out.logs, "rank": float(out.loss.detach()), "distill": float(distill.detach())}
-        return MethodOutput(logits, out.loss + self.distill_weight * distill, logs)
+        return distilled(logits, out, image, pooled, self.teacher, self.distill_weight)
