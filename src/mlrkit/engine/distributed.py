@@ -6,6 +6,7 @@ A run started by ``torchrun --nproc_per_node=K`` (one or several nodes) sees ``W
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,7 +54,15 @@ def init_distributed(device: torch.device) -> DistInfo:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
+        atexit.register(_close_process_group)
     return info
+
+
+def _close_process_group() -> None:
+    """Leave the process group before the interpreter exits: a gloo group still alive at
+    teardown can abort the process ("terminate called without an active exception")."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def current_info() -> DistInfo:
