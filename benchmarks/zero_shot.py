@@ -72,11 +72,11 @@ SIGRL = {
     "sigrl+distill1000": [f"method.distill_weight={DISTILL_WEIGHT}"],
 }
 SIGRL_ABLATIONS = {
-    "sigrl w/o GMC": ["method.use_gmc=false"],
-    "sigrl w/o SVFR": ["method.use_svfr=false"],
-    "sigrl w/o distill": ["method.distill_weight=0"],
-    "sigrl global only": ["method.branches=global"],
-    "sigrl local only": ["method.branches=local"],
+    "sigrl-no-gmc": ["method.use_gmc=false"],
+    "sigrl-no-svfr": ["method.use_svfr=false"],
+    "sigrl-no-distill": ["method.distill_weight=0"],
+    "sigrl-global-only": ["method.branches=global"],
+    "sigrl-local-only": ["method.branches=local"],
 }
 SIGRL_EPOCHS = ["train.epochs=6"]
 COLUMNS = ["zsl_mAP", "zsl_F1@3", "zsl_F1@5", "gzsl_mAP", "gzsl_F1@3", "gzsl_F1@5", "seen_mAP"]
