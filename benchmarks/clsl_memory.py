@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from decoupling_memory import fresh_worker, peak_and_time
+from decoupling_memory import fresh_worker, peak_and_time, peak_then_time
 from torch import Tensor, nn
 
 from mlrkit.methods.base import TaskSpec
@@ -362,9 +362,7 @@ def main() -> None:
     records, rows = [], []
     for mode in MODES:
         for variant in VARIANTS:
-            result = fresh_worker(__file__, [variant, mode])
-            result["time"] = fresh_worker(__file__, [variant, mode], fixed_mmap_threshold=False)[
-                "time"]
+            result = peak_then_time(__file__, [variant, mode])
             results[variant, mode] = result
             flag = "" if result["exact"] else "*"
             print(f"{variant:<14} {mode:<8} {result['peak'] / MIB:>9.1f}{flag:1} "

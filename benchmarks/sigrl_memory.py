@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from decoupling_memory import fresh_worker, peak_and_time
+from decoupling_memory import fresh_worker, peak_and_time, peak_then_time
 
 from mlrkit.methods import TaskSpec, create_method
 
@@ -117,9 +117,7 @@ def main() -> None:
     plan += [(True, c) for c in sorted(args.direct_classes)]
     records = []
     for direct, classes in plan:
-        result = fresh_worker(__file__, [direct, classes])
-        result["time"] = fresh_worker(__file__, [direct, classes],
-                                      fixed_mmap_threshold=False)["time"]
+        result = peak_then_time(__file__, [direct, classes])
         record = {"variant": "direct" if direct else "mlrkit", "classes": classes,
                   "peak_MiB": result["peak"] / MIB, "exact": result["exact"],
                   "time_s": result["time"]}

@@ -92,9 +92,8 @@ class LabelProjection(OpenVocabularyMethod):
         self.distill_weight = distill_weight
         self.teacher = None
         if distill_weight > 0:
-            self.teacher = ConseEmbedding(spec.feature_dim, distill_top_t, distill_source,
-                                          distill_templates)
-            check_same_space(self.teacher, out_dim)
+            self.teacher = conse_embedding(spec.feature_dim, out_dim, distill_top_t,
+                                           distill_source, distill_templates)
         self.loss = create_loss(loss, spec, **(loss_options or {}))
 
     def score(self, inputs: Tensor, embeddings: Tensor) -> Tensor:
@@ -179,11 +178,16 @@ def distilled(logits: Tensor, out, student: Tensor, teacher_inputs: Tensor,
     return MethodOutput(logits, out.loss + weight * distill, logs)
 
 
-def check_same_space(teacher: ConseEmbedding, width: int) -> None:
-    if teacher.embedding_dim != width:
-        raise ValueError(f"the ImageNet names embedded with {teacher.source!r} are "
-                         f"{teacher.embedding_dim}-d but the label embeddings {width}-d; use the "
-                         f"same source in label_embeddings and in the method")
+def conse_embedding(feature_dim: int, width: int, top_t: int = 10, source: str = "minilm",
+                    templates: list[str] | None = None) -> ConseEmbedding:
+    """A :class:`ConseEmbedding`, refused unless its vectors are ``width``-d, the width of the
+    label embeddings it is compared with (the same label space)."""
+    embedding = ConseEmbedding(feature_dim, top_t, source, templates)
+    if embedding.embedding_dim != width:
+        raise ValueError(f"the ImageNet names embedded with {source!r} are "
+                         f"{embedding.embedding_dim}-d but the label embeddings {width}-d; use "
+                         f"the same source in label_embeddings and in the method")
+    return embedding
 
 
 @register_method("conse")
@@ -211,8 +215,8 @@ class ConSE(OpenVocabularyMethod):
         templates: list[str] | None = None,
     ) -> None:
         super().__init__(spec)
-        self.embedding = ConseEmbedding(spec.feature_dim, top_t, source, templates)
-        check_same_space(self.embedding, self.embedding_dim)
+        self.embedding = conse_embedding(spec.feature_dim, self.embedding_dim, top_t, source,
+                                         templates)
 
     def score(self, inputs: Tensor, embeddings: Tensor) -> Tensor:
         return F.normalize(self.embedding(inputs), dim=-1) @ F.normalize(embeddings, dim=-1).T

@@ -63,7 +63,7 @@ from mlrkit.methods.base import (
     register_method,
 )
 from mlrkit.methods.losses import create_loss
-from mlrkit.methods.open_vocabulary import ConseEmbedding, check_same_space, distilled
+from mlrkit.methods.open_vocabulary import conse_embedding, distilled
 
 BRANCHES = ("both", "global", "local")
 MIXING_NORMS = ("image", "batch")
@@ -263,9 +263,8 @@ class SigRL(OpenVocabularyMethod):
         self.distill_weight = distill_weight
         self.teacher = None
         if distill_weight > 0:
-            self.teacher = ConseEmbedding(spec.feature_dim, distill_top_t, distill_source,
-                                          distill_templates)
-            check_same_space(self.teacher, dim)
+            self.teacher = conse_embedding(spec.feature_dim, dim, distill_top_t, distill_source,
+                                           distill_templates)
         self.loss = create_loss(loss, spec, **(loss_options or {}))
 
     def student(self, inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
