@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from mlrkit.engine.batches import FeatureBatches
-from mlrkit.engine.distributed import init_distributed
+from mlrkit.engine.distributed import end_distributed_process, init_distributed
 from mlrkit.engine.trainer import TrainConfig, evaluate_logits, fit
 from mlrkit.methods import TaskSpec, create_method
 
@@ -35,6 +35,7 @@ def main(out: Path, ema_decay: float | None) -> None:
         save_file({k: v.contiguous() for k, v in method.state_dict().items()},
                   out / "final.safetensors")
         np.save(out / "val_logits.npy", logits.numpy())
+    end_distributed_process(0)
 
 
 if __name__ == "__main__":

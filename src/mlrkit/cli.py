@@ -567,7 +567,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "protocol", None) == "partial" and args.seed is None:
         args.seed = 0
     try:
-        return args.run(args)
+        code = args.run(args)
+        distributed = sys.modules.get("mlrkit.engine.distributed")  # loaded by the commands that use it
+        if distributed is not None:
+            distributed.end_distributed_process(code)  # returns only outside torchrun
+        return code
     except Exception as err:
         if args.debug or not isinstance(err, _input_errors()):
             raise

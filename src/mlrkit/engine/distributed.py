@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -58,9 +59,30 @@ def init_distributed(device: torch.device) -> DistInfo:
     return info
 
 
+def end_distributed_process(code: int) -> None:
+    """End a successful run of a process in a torchrun group: wait for every rank, leave the
+    group and exit with ``code`` at once; return (doing nothing) in a plain process.
+
+    Call it last, on every rank, with nothing left to write. The exit skips the interpreter's
+    finalization on purpose: gloo's worker threads free a finished collective's tensors after
+    the caller has been told it is done, freeing a tensor that Python has seen takes the GIL,
+    and a thread that asks for the GIL while the interpreter finalizes aborts the process
+    ("terminate called without an active exception"; about one two-rank run in fifteen on
+    2 CPU cores, with or without a final barrier, as a gloo barrier holds the collectives
+    queued before it). Standard streams are flushed first.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _close_process_group() -> None:
-    """Leave the process group before the interpreter exits: a gloo group still alive at
-    teardown can abort the process ("terminate called without an active exception")."""
+    """The exit-time fallback, for runs that stop on an error: leave without a barrier (the
+    other ranks may be inside a different collective, and a barrier would wait forever)."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
