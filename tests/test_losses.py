@@ -19,7 +19,10 @@ from mlrkit.methods.losses import (
     assume_negative_bce,
     asymmetric_loss,
     create_loss,
+    em_apl_loss,
     em_loss,
+    em_pl_asl_loss,
+    em_pl_loss,
     epr_loss,
     list_losses,
     ll_loss,
@@ -43,8 +46,13 @@ TRAIN = np.array(
     dtype=np.int8,
 )
 INDEX = torch.tensor([0, 2])  # the batch is training rows 0 and 2
-NAMES = ["an", "an_ls", "asl", "assume_negative", "em", "epr", "ll_cp", "ll_ct", "ll_r",
-         "partial_bce", "rank", "role", "wan"]
+# Teacher pseudo-labels of the training rows (1 positive, 0 negative, -1 none).
+PSEUDO = np.array(
+    [[-1, 1, 0, -1, -1], [1, -1, -1, -1, 0], [1, -1, 1, 0, -1], [-1, -1, -1, 1, 1]],
+    dtype=np.int8,
+)
+NAMES = ["an", "an_ls", "asl", "assume_negative", "em", "em_apl", "em_pl", "em_pl_asl", "epr",
+         "ll_cp", "ll_ct", "ll_r", "partial_bce", "rank", "role", "wan"]
 
 
 def sig(x: np.ndarray) -> np.ndarray:
@@ -70,7 +78,7 @@ def step(epoch: int) -> StepInfo:
 def spec(dim: int = 5, spatial: bool = False) -> TaskSpec:
     embeddings = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
     shape = (dim, 3, 3) if spatial else (dim,)
-    return TaskSpec(5, shape, TRAIN, embeddings)
+    return TaskSpec(5, shape, TRAIN, embeddings, pseudo_labels=PSEUDO)
 
 
 # ---------------------------------------------------------------- registry and functional forms
@@ -101,6 +109,13 @@ FUNCTIONAL = {
     "asl": ({"gamma_neg": 2.0, "clip": 0.1},
             lambda loss, s, y: asymmetric_loss(s, y, gamma_neg=2.0, clip=0.1)),
     "rank": ({"margin": 2.0}, lambda loss, s, y: rank_loss(s, y, 2.0)),
+    "em_pl": ({"alpha": 0.3, "beta_pos": 0.5},
+              lambda loss, s, y: em_pl_loss(s, y, torch.as_tensor(PSEUDO)[INDEX], 0.3, 0.5)),
+    "em_pl_asl": ({"clip": 0.1},
+                  lambda loss, s, y: em_pl_asl_loss(s, y, torch.as_tensor(PSEUDO)[INDEX],
+                                                    clip=0.1)),
+    "em_apl": ({"beta": 0.5},
+               lambda loss, s, y: em_apl_loss(s, y, loss.soft_negatives[INDEX], 0.2, 0.5)),
 }
 
 

@@ -16,7 +16,12 @@ from typing import Any
 import yaml
 
 from mlrkit.atomic import atomic_write
-from mlrkit.engine.recipe_schema import RecipeError, RecipeKeyError, validate_recipe
+from mlrkit.engine.recipe_schema import (
+    OPTIONAL_SECTIONS,
+    RecipeError,
+    RecipeKeyError,
+    validate_recipe,
+)
 
 DEFAULTS: dict[str, Any] = {
     "name": "run",
@@ -55,7 +60,7 @@ NAMED_SECTIONS = ("protocol", "method")  # replaced, not merged, when the name c
 def _merge(base: dict, update: dict, source: Path | str, path: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if path in STRICT_SECTIONS and key not in out:
+        if path in STRICT_SECTIONS and key not in out and not (path == "" and key in OPTIONAL_SECTIONS):
             raise RecipeKeyError(f"{source}: unknown recipe key {path + key!r}; known keys here: "
                                  f"{sorted(out)}")
         if isinstance(value, dict) and isinstance(out.get(key), dict):

@@ -153,6 +153,30 @@ class ZeroShotProtocol(_Section):
         return self
 
 
+class PseudoLabelsSection(_Section):
+    """``pseudo_labels``: VLPL's teacher pseudo-labels (:mod:`mlrkit.engine.pseudo_labels`)."""
+
+    teacher: Literal["conse", "run", "clip"]
+    tau: float = Field(0.01, gt=0)
+    theta: float = Field(0.3, ge=0, le=1)
+    negatives: int = Field(0, ge=0)
+    top_t: int = Field(10, ge=1)
+    source: Literal["minilm", "glove", "clip"] = "minilm"
+    templates: list[str] | None = None
+    run: str | None = None
+    weights: str | None = None
+    clip_model: str = "ViT-B-16"
+    batch_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _teacher_inputs(self) -> PseudoLabelsSection:
+        needed = {"run": "run", "clip": "weights"}.get(self.teacher)
+        if needed and getattr(self, needed) is None:
+            raise ValueError(f"teacher {self.teacher!r} needs {needed}: (a run folder for run, a "
+                             f"local open_clip weights file for clip)")
+        return self
+
+
 class TopLevel(_Section):
     name: str
     run_dir: str | None = None
@@ -166,6 +190,9 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "data": DataSection, "features": FeaturesSection, "encoder": EncoderSection,
     "label_embeddings": LabelEmbeddingsSection,
 }
+#: Sections a recipe may add that the defaults leave out, so that the resolved recipes (and run
+#: fingerprints) of recipes without them do not change.
+OPTIONAL_SECTIONS: dict[str, type[BaseModel]] = {"pseudo_labels": PseudoLabelsSection}
 
 
 def validate_recipe(recipe: dict, source: Path | str) -> dict:
@@ -176,6 +203,9 @@ def validate_recipe(recipe: dict, source: Path | str) -> dict:
     out.update(top)
     for key, model in SECTIONS.items():
         if recipe[key] is not None:
+            out[key] = _validate(model, _mapping(recipe, key, source), f"{key}.", source)
+    for key, model in OPTIONAL_SECTIONS.items():
+        if key in recipe:
             out[key] = _validate(model, _mapping(recipe, key, source), f"{key}.", source)
     if out["label_embeddings"] is not None:
         _check_label_embeddings(out["label_embeddings"], source)

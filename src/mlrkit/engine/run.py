@@ -43,6 +43,14 @@ from mlrkit.data.splits import apply_recipe_splits
 from mlrkit.engine.batches import FeatureBatches, ImageBatches
 from mlrkit.engine.checkpoint import load_checkpoint
 from mlrkit.engine.distributed import current_info, init_distributed, resolve_device
+from mlrkit.engine.pseudo_labels import (
+    PSEUDO_FILE,
+    PseudoLabels,
+    pseudo_label_quality,
+    pseudo_labels_section,
+    teacher_scores,
+    vlpl_pseudo_labels,
+)
 from mlrkit.engine.recipe import load_recipe, save_recipe
 from mlrkit.engine.run_folder import (
     MASK_FILE,
@@ -123,13 +131,13 @@ class EncoderHead(Method):
             groups.append({"params": encoder_params, "lr_mult": self.lr_mult})
         return groups
 
-    def on_train_epoch_start(self, epoch, train_batches) -> None:
+    def on_train_epoch_start(self, epoch, train_batches, epochs=None) -> None:
         def encoded():
             with torch.no_grad():
                 for images, targets, index in train_batches():
                     yield self.encode(images), targets, index
 
-        self.method.on_train_epoch_start(epoch, encoded)
+        self.method.on_train_epoch_start(epoch, encoded, epochs)
 
 
 @dataclass
@@ -153,6 +161,7 @@ class PreparedRun:
     class_split: ClassSplit | None = None
     eval_embeddings: Tensor | None = None
     dropped_train_images: int = 0
+    pseudo_labels: PseudoLabels | None = None
 
 
 def draw_mask(protocol: dict, train_labels: np.ndarray) -> ProtocolMask | None:
@@ -245,12 +254,17 @@ def prepare(recipe: dict) -> PreparedRun:
 
     embeddings = _label_embeddings(recipe["label_embeddings"], data.class_names)
     classes = np.arange(data.num_classes) if split is None else split.seen
+    names = tuple(data.class_names[c] for c in classes)
+    pseudo = None
+    if recipe.get("pseudo_labels"):
+        pseudo = _pseudo_labels(recipe, data, index["train"], names, cache)
     spec = TaskSpec(
         num_classes=len(classes),
         feature_shape=feature_shape,
         train_targets=observed,
         label_embeddings=None if embeddings is None else embeddings[classes],
-        class_names=tuple(data.class_names[c] for c in classes),
+        class_names=names,
+        pseudo_labels=None if pseudo is None else pseudo.labels,
     )
     torch.manual_seed(recipe["train"].get("seed", 0))
     hparams = {k: v for k, v in recipe["method"].items() if k != "name"}
@@ -261,8 +275,30 @@ def prepare(recipe: dict) -> PreparedRun:
     description = run_info(recipe, spec, hparams, encoder, cache, masked=mask is not None)
     if split is not None:
         description["zero_shot"] = zero_shot_info(split, dropped)
+    if pseudo is not None:
+        description["pseudo_labels"] = {
+            **{k: pseudo_labels_section(recipe)[k] for k in ("teacher", "tau", "theta",
+                                                             "negatives")},
+            **pseudo_label_quality(pseudo.labels, labels["train"]),
+        }
     return PreparedRun(recipe, data, mask, method, sources, labels, spec, description, split,
-                       embeddings, dropped)
+                       embeddings, dropped, pseudo)
+
+
+def _pseudo_labels(recipe: dict, data: MultiLabelData, train_rows: np.ndarray,
+                   class_names: Sequence[str], cache) -> PseudoLabels:
+    """The recipe's teacher pseudo-labels of the training rows (``pseudo_labels`` section); the
+    ConSE teacher reads cached pooled ImageNet ``tf_efficientnet_lite0`` features when the
+    recipe caches exactly those."""
+    section = pseudo_labels_section(recipe)
+    feat = recipe["features"] or {}
+    pooled = None
+    if (section["teacher"] == "conse" and cache is not None
+            and feat.get("encoder") == "tf_efficientnet_lite0" and feat.get("weights") == "imagenet"):
+        pooled = np.asarray(cache.pooled[train_rows])
+    images = [Path(p) for p in np.asarray(data.image_paths, dtype=object)[train_rows]]
+    scores = teacher_scores(section, class_names, images, pooled)
+    return vlpl_pseudo_labels(scores, section["tau"], section["theta"], section["negatives"])
 
 
 def train_run(recipe: dict, run_dir: str | Path, *, resume: bool = False,
@@ -297,6 +333,8 @@ def _train(recipe: dict, run_dir: Path, cfg: TrainConfig, resume: bool, started:
             prepared.mask.save(run_dir / MASK_FILE)
         if prepared.class_split is not None:
             prepared.class_split.save(run_dir / SPLIT_FILE)
+        if prepared.pseudo_labels is not None:
+            prepared.pseudo_labels.save(run_dir / PSEUDO_FILE)
         write_run_files(run_dir, prepared.run_info, prepared.spec.label_embeddings,
                         prepared.eval_embeddings if prepared.class_split is not None else None)
     result = fit(prepared.method, prepared.sources["train"], prepared.sources.get("val"),

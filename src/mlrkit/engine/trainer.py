@@ -403,7 +403,7 @@ def fit(
             break
         seed_everything(cfg.seed * 100_003 + epoch)
         sampler.set_epoch(epoch)
-        method.on_train_epoch_start(epoch, train_batches)
+        method.on_train_epoch_start(epoch, train_batches, cfg.epochs)
         model.train()
         totals: dict[str, float] = {}
         seen, started = 0, time.perf_counter()

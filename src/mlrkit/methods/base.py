@@ -36,6 +36,8 @@ class TaskSpec:
             (co-occurrence graphs) and to size per-sample state.
         label_embeddings: ``(C, E)`` float vectors of the class names, or ``None``.
         class_names: the ``C`` class names.
+        pseudo_labels: ``(N, C)`` int8 pseudo-labels of the training rows from a teacher (1
+            positive, 0 negative, -1 none; :mod:`mlrkit.engine.pseudo_labels`), or ``None``.
     """
 
     num_classes: int
@@ -43,6 +45,7 @@ class TaskSpec:
     train_targets: np.ndarray
     label_embeddings: Tensor | None = None
     class_names: tuple[str, ...] = ()
+    pseudo_labels: np.ndarray | None = None
 
     @property
     def feature_dim(self) -> int:
@@ -134,10 +137,28 @@ class Method(nn.Module):
         own = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
         return [{"params": own}, *loss_groups]
 
-    def on_train_epoch_start(self, epoch: int, train_batches: TrainBatches) -> None:
-        """Called before each training epoch. ``train_batches()`` iterates the whole training set
-        in order, without augmentation randomness beyond the dataset's, as ``(inputs, targets,
-        index)`` on the training device; use it for passes such as class prototypes."""
+    def on_train_epoch_start(self, epoch: int, train_batches: TrainBatches,
+                             epochs: int | None = None) -> None:
+        """Called before each training epoch (``epoch`` 0-based, of ``epochs``).
+        ``train_batches()`` iterates the whole training set in order, without augmentation
+        randomness beyond the dataset's, as ``(inputs, targets, index)`` on the training device;
+        use it for passes such as class prototypes. Here: the hook of the loss held as
+        ``self.loss`` (e.g. ``em_apl``'s pseudo-labelling), given :meth:`train_probabilities`."""
+        loss = getattr(self, "loss", None)
+        if isinstance(loss, Loss):
+            loss.on_train_epoch_start(epoch, epochs, lambda: self.train_probabilities(train_batches))
+
+    @torch.no_grad()
+    def train_probabilities(self, train_batches: TrainBatches) -> Tensor:
+        """``(N, C)`` float32 ``sigmoid`` of the logits of every training row, in row order,
+        computed in eval mode (the training mode is restored)."""
+        was_training = self.training
+        self.eval()
+        rows = torch.zeros(self.spec.train_targets.shape, dtype=torch.float32)
+        for inputs, _, index in train_batches():
+            rows[index.cpu()] = torch.sigmoid(self(inputs).logits.float()).cpu()
+        self.train(was_training)
+        return rows
 
 
 class OpenVocabularyMethod(Method):

@@ -326,8 +326,10 @@ class SARB(SemanticGraphHead):
         interval = self.prototype_interval
         return interval > 0 and (epoch - self.mixup_epoch) % interval == 0
 
-    def on_train_epoch_start(self, epoch: int, train_batches: TrainBatches) -> None:
-        """Recompute the prototypes when :meth:`prototypes_due`."""
+    def on_train_epoch_start(self, epoch: int, train_batches: TrainBatches,
+                             epochs: int | None = None) -> None:
+        """Recompute the prototypes when :meth:`prototypes_due`; then the loss's hook."""
+        super().on_train_epoch_start(epoch, train_batches, epochs)
         if self.prototypes_due(epoch):
             self.compute_prototypes(train_batches)
             self.prototype_epoch.fill_(epoch)

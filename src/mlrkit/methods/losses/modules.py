@@ -17,6 +17,9 @@ name                function                                     needs
 ``ll_cp``           :func:`ll_loss` ``"LL-Cp"`` + corrections    ``index``, ``step``
 ``asl``             :func:`asymmetric_loss`                      -
 ``rank``            :func:`rank_loss` (zero-shot ranking hinge)  -
+``em_pl``           :func:`em_pl_loss` + teacher pseudo-labels   ``index``, ``step``
+``em_pl_asl``       :func:`em_pl_asl_loss` + pseudo-labels       ``index``, ``step``
+``em_apl``          :func:`em_apl_loss` + APL soft negatives     ``index``, epoch hook
 =================== ============================================ ==========================
 """
 
@@ -40,7 +43,12 @@ from mlrkit.methods.losses.single_positive import (
     LargeLossOutput,
     an_loss,
     an_ls_loss,
+    apl_counts,
+    apl_pick,
+    em_apl_loss,
     em_loss,
+    em_pl_asl_loss,
+    em_pl_loss,
     epr_loss,
     ll_loss,
     resolve_expected_positives,
@@ -299,3 +307,109 @@ class RankLoss(_FunctionLoss):
 
     def __init__(self, spec: TaskSpec, margin: float = 1.0) -> None:
         super().__init__(spec, margin=margin)
+
+
+class _PseudoLabelled(Loss):
+    """A loss on the teacher's pseudo-labels ``spec.pseudo_labels`` ``(N, C)`` (int8: 1 positive,
+    0 negative, -1 none), looked up by ``index``; plain EM (``alpha``) before ``warmup_epochs``
+    (VLPL's ``warmup_epoch``, default 0). The pseudo-labels are a non-persistent buffer: a run
+    recomputes them from its recipe (and saves them in its folder), a loaded run needs none."""
+
+    def __init__(self, spec: TaskSpec, alpha: float, warmup_epochs: int) -> None:
+        super().__init__(spec)
+        pseudo = getattr(spec, "pseudo_labels", None)
+        self.alpha, self.warmup_epochs = alpha, warmup_epochs
+        self.register_buffer("pseudo", None if pseudo is None else torch.as_tensor(pseudo),
+                             persistent=False)
+
+    def batch_pseudo_labels(self, index: Tensor | None) -> Tensor:
+        if self.pseudo is None:
+            raise ValueError(f"loss {self.registered_name!r} trains on a teacher's pseudo-labels; "
+                             "add a pseudo_labels section (teacher: conse | run | clip) to the "
+                             "recipe")
+        return self.pseudo[self.require_index(index)]
+
+    def forward(self, logits, targets, index=None, step=None) -> LossOutput:
+        if self.require_step(step).epoch < self.warmup_epochs:
+            return LossOutput(em_loss(logits, targets, self.alpha))
+        return LossOutput(self.pseudo_loss(logits, targets, self.batch_pseudo_labels(index)))
+
+
+@register_loss("em_pl")
+class EntropyMaximizationPseudoLabels(_PseudoLabelled):
+    """VLPL's default loss: :func:`em_pl_loss` (VOC: ``alpha`` 0.2, ``beta_pos`` 0.7)."""
+
+    def __init__(self, spec: TaskSpec, alpha: float = 0.2, beta_pos: float = 0.7,
+                 warmup_epochs: int = 0) -> None:
+        super().__init__(spec, alpha, warmup_epochs)
+        self.beta_pos = beta_pos
+
+    def pseudo_loss(self, logits: Tensor, targets: Tensor, pseudo: Tensor) -> Tensor:
+        return em_pl_loss(logits, targets, pseudo, self.alpha, self.beta_pos)
+
+
+@register_loss("em_pl_asl")
+class EntropyMaximizationPseudoLabelsASL(_PseudoLabelled):
+    """VLPL's focal variant: :func:`em_pl_asl_loss` (``clip=0`` is the release's behaviour,
+    see there); ``alpha`` is used only by the EM warm-up."""
+
+    def __init__(self, spec: TaskSpec, gamma_pos: float = 2.0, gamma_unknown: float = 4.0,
+                 gamma_neg: float = 4.0, clip: float = 0.05, alpha: float = 0.2,
+                 warmup_epochs: int = 0) -> None:
+        super().__init__(spec, alpha, warmup_epochs)
+        self.gammas = (gamma_pos, gamma_unknown, gamma_neg)
+        self.clip = clip
+
+    def pseudo_loss(self, logits: Tensor, targets: Tensor, pseudo: Tensor) -> Tensor:
+        return em_pl_asl_loss(logits, targets, pseudo, *self.gammas, clip=self.clip)
+
+
+@register_loss("em_apl")
+class EntropyMaximizationAPL(Loss):
+    """EM + APL (AckTheUnknown, ``docs/methods.md`` §6.2) with its pseudo-labelling step, which
+    VLPL ships but never calls.
+
+    Before each epoch ``e >= warmup_epochs`` (``e`` epochs done, 0-based: the release labels after
+    its 1-based epoch ``e``), the head's eval-mode predictions on every training image pick, per
+    class, ``n_c = floor(neg_proportion * U_c / (epochs - warmup_epochs))`` more unknown entries
+    with the lowest ``p`` (:func:`apl_pick`, :func:`apl_counts`; ``U_c`` the class's unknowns at
+    the start), stored as soft labels ``p_old``; :func:`em_apl_loss` then applies. An entry is
+    picked once. The release's last step, after the final epoch, changes nothing it trains on and
+    is not run. VOC values: ``alpha`` 0.2, ``beta`` 0.02, ``warmup_epochs`` 5, ``neg_proportion``
+    0.9.
+
+    State (in ``state_dict``, so a resumed run continues it): ``soft_negatives`` ``(N, C)`` float,
+    NaN where not picked; ``labelled_epoch`` the last epoch that labelled (-1 none).
+    """
+
+    def __init__(self, spec: TaskSpec, alpha: float = 0.2, beta: float = 0.02,
+                 warmup_epochs: int = 5, neg_proportion: float = 0.9) -> None:
+        super().__init__(spec)
+        if not 0 <= neg_proportion <= 1 or warmup_epochs < 0:
+            raise ValueError(f"em_apl: neg_proportion must be in [0, 1] and warmup_epochs >= 0; "
+                             f"got {neg_proportion}, {warmup_epochs}")
+        self.alpha, self.beta = alpha, beta
+        self.warmup_epochs, self.neg_proportion = warmup_epochs, neg_proportion
+        targets = torch.as_tensor(spec.train_targets)
+        self.register_buffer("targets", targets, persistent=False)
+        self.register_buffer("soft_negatives", torch.full(targets.shape, float("nan")))
+        self.register_buffer("labelled_epoch", torch.tensor(-1))
+
+    def on_train_epoch_start(self, epoch: int, epochs: int | None,
+                             predictions: Callable[[], Tensor]) -> None:
+        if epoch < max(self.warmup_epochs, 1) or epoch <= int(self.labelled_epoch):
+            return
+        if epochs is None:
+            raise ValueError("em_apl needs the number of training epochs at each epoch start")
+        counts = apl_counts(self.targets, epochs, self.warmup_epochs, self.neg_proportion)
+        probs = predictions().to(self.soft_negatives)
+        new = apl_pick(probs, self.targets.to(probs.device),
+                       ~torch.isnan(self.soft_negatives), counts)
+        self.soft_negatives[new] = probs[new]
+        self.labelled_epoch.fill_(epoch)
+
+    def forward(self, logits, targets, index=None, step=None) -> LossOutput:
+        soft = self.soft_negatives[self.require_index(index)]
+        picked = int((~torch.isnan(self.soft_negatives)).sum())
+        return LossOutput(em_apl_loss(logits, targets, soft, self.alpha, self.beta),
+                          {"apl_picked": float(picked)})

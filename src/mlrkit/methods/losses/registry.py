@@ -52,6 +52,12 @@ class Loss(nn.Module):
         of ``spec.train_targets``; ``step`` where training stands."""
         raise NotImplementedError
 
+    def on_train_epoch_start(self, epoch: int, epochs: int | None,
+                             predictions: Callable[[], Tensor]) -> None:
+        """Called before each training epoch (``epoch`` 0-based, of ``epochs``) by the head that
+        holds the loss; ``predictions()`` computes ``(N, C)`` probabilities of every training
+        image in eval mode, in training-row order (only call it when needed). No-op here."""
+
     def param_groups(self) -> list[dict]:
         """Optimizer groups of the loss's own trainable parameters (none for most losses)."""
         params = [p for p in self.parameters() if p.requires_grad]

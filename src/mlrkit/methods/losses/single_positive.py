@@ -268,3 +268,120 @@ def ll_loss(
     return LargeLossOutput(torch.where(selected, replacement, losses).mean(), selected)
 
 
+
+
+def _entropy(probs: Tensor) -> Tensor:
+    """``H(p) = p(-log p) + (1 - p)(-log(1 - p))`` with the guarded log, ``(B, C)``."""
+    return probs * neg_log(probs) + (1 - probs) * neg_log(1 - probs)
+
+
+def _check_pseudo(pseudo: Tensor, targets: Tensor) -> None:
+    if pseudo.shape != targets.shape:
+        raise ValueError(f"pseudo-labels {tuple(pseudo.shape)} and targets "
+                         f"{tuple(targets.shape)} must have the same shape")
+
+
+def em_pl_loss(logits: Tensor, targets: Tensor, pseudo: Tensor, alpha: float = 0.2,
+               beta_pos: float = 0.7) -> Tensor:
+    """VLPL's ``EM_PL``: EM with the teacher's positive pseudo-labels (mvrl/VLPL ``losses.py``).
+
+    Per entry: known positive ``-log p`` (known negative ``-log(1 - p)``); an unknown entry with a
+    positive pseudo-label ``beta_pos * (0.9 (-log p) + 0.1 (-log(1 - p)))``; an unknown entry
+    with a negative pseudo-label nothing (the release's ``beta_neg`` term is commented out); any
+    other unknown ``-alpha * H(p)``. Summed and divided by ``B * C``.
+
+    Args:
+        logits: ``(B, C)`` scores.
+        targets: ``(B, C)`` int8 observed labels (1 / 0 / -1).
+        pseudo: ``(B, C)`` int8 pseudo-labels: 1 positive, 0 negative, -1 none
+            (:func:`~mlrkit.engine.pseudo_labels.vlpl_pseudo_labels`).
+        alpha, beta_pos: VLPL's VOC values 0.2 and 0.7.
+    """
+    probs, positive, negative, unknown = _split(logits, targets)
+    _check_pseudo(pseudo, targets)
+    pl_positive, pl_negative = unknown & (pseudo == 1), unknown & (pseudo == 0)
+    plain = unknown & ~pl_positive & ~pl_negative
+    entries = (_observed_term(probs, positive, negative) - alpha * plain * _entropy(probs)
+               + beta_pos * pl_positive * (0.9 * neg_log(probs) + 0.1 * neg_log(1 - probs)))
+    return entries.mean()
+
+
+def em_pl_asl_loss(logits: Tensor, targets: Tensor, pseudo: Tensor, gamma_pos: float = 2.0,
+                   gamma_unknown: float = 4.0, gamma_neg: float = 4.0,
+                   clip: float = 0.05) -> Tensor:
+    """VLPL's ``EM_PL_ASL``: :func:`em_pl_loss` with focal weights and no ``alpha``/``beta``.
+
+    With ``p_m = max(p - clip, 0)`` (ASL's probability shift) per entry: known positive and
+    unknown with a positive pseudo-label ``(1 - p)^gamma_pos (-log p)``; unknown with a negative
+    pseudo-label ``p_m^gamma_neg (-log(1 - p_m))``; any other unknown ``-(1 - p)^gamma_unknown
+    H(p)``; a known negative ``p_m^gamma_neg (-log(1 - p_m))``. Summed and divided by ``B * C``.
+
+    Quirk of the release: it computes the shifted ``1 - p_m`` and never uses it, which is
+    ``clip=0`` here; the default 0.05 applies the shift that its variable names intend.
+    """
+    probs, positive, negative, unknown = _split(logits, targets)
+    _check_pseudo(pseudo, targets)
+    pl_positive, pl_negative = unknown & (pseudo == 1), unknown & (pseudo == 0)
+    plain = unknown & ~pl_positive & ~pl_negative
+    shifted = (probs - clip).clamp(min=0) if clip > 0 else probs
+    as_positive = (1 - probs).pow(gamma_pos) * neg_log(probs)
+    as_negative = shifted.pow(gamma_neg) * neg_log(1 - shifted)
+    entries = ((positive | pl_positive) * as_positive + (negative | pl_negative) * as_negative
+               - plain * (1 - probs).pow(gamma_unknown) * _entropy(probs))
+    return entries.mean()
+
+
+def em_apl_loss(logits: Tensor, targets: Tensor, soft_negatives: Tensor, alpha: float = 0.2,
+                beta: float = 0.02) -> Tensor:
+    """EM + APL (AckTheUnknown ``loss_EM_APL``): EM, and BCE to the soft labels of the entries
+    the asymmetric pseudo-labelling step picked.
+
+    Per entry: known positive ``-log p`` (known negative ``-log(1 - p)``); an unknown entry with a
+    soft label ``q`` (``soft_negatives`` not NaN) ``beta * (q (-log p) + (1 - q)(-log(1 - p)))``;
+    any other unknown ``-alpha * H(p)``. Summed and divided by ``B * C``.
+
+    Args:
+        soft_negatives: ``(B, C)`` float, ``p_old`` (the prediction when the entry was picked, see
+            :func:`apl_pick`) or NaN for entries not picked.
+        alpha, beta: AckTheUnknown's VOC values 0.2 and 0.02.
+    """
+    probs, positive, negative, unknown = _split(logits, targets)
+    _check_pseudo(soft_negatives, targets)
+    picked = unknown & ~torch.isnan(soft_negatives)
+    soft = torch.nan_to_num(soft_negatives.float())
+    entries = (_observed_term(probs, positive, negative)
+               - alpha * (unknown & ~picked) * _entropy(probs)
+               + beta * picked * (soft * neg_log(probs) + (1 - soft) * neg_log(1 - probs)))
+    return entries.mean()
+
+
+def apl_pick(probs: Tensor, targets: Tensor, picked: Tensor, counts: Tensor) -> Tensor:
+    """One asymmetric pseudo-labelling step: for each class ``c``, the ``counts[c]`` still
+    unpicked unknown entries with the lowest predictions (ties: the lower row first).
+
+    Args:
+        probs: ``(N, C)`` predictions ``p`` of every training image (eval mode).
+        targets: ``(N, C)`` int8 observed labels.
+        picked: ``(N, C)`` bool, the entries picked in earlier steps (never picked again).
+        counts: ``(C,)`` int, ``n_c`` of :func:`apl_counts`.
+
+    Returns:
+        ``(N, C)`` bool, the entries picked now.
+    """
+    candidates = (targets < 0) & ~picked
+    order_key = torch.where(candidates, probs.float(), torch.full_like(probs.float(), torch.inf))
+    ranks = order_key.argsort(dim=0, stable=True).argsort(dim=0, stable=True)  # (N, C)
+    take = torch.minimum(counts.to(ranks), candidates.sum(dim=0))
+    return candidates & (ranks < take)
+
+
+def apl_counts(targets: Tensor, epochs: int, warmup_epochs: int,
+               neg_proportion: float = 0.9) -> Tensor:
+    """``n_c = floor(neg_proportion * U_c / (epochs - warmup_epochs))`` ``(C,)`` int64, with
+    ``U_c`` the number of unknown entries of class ``c`` in ``targets`` ``(N, C)`` (before any
+    pseudo-labelling)."""
+    if epochs <= warmup_epochs:
+        raise ValueError(f"APL labels after the warm-up: epochs ({epochs}) must exceed "
+                         f"warmup_epochs ({warmup_epochs})")
+    unknown = (targets < 0).sum(dim=0).double()
+    return torch.floor(neg_proportion * unknown / (epochs - warmup_epochs)).long()
