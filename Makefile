@@ -12,7 +12,19 @@ $(BIN)/mlrkit: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-test: $(BIN)/mlrkit
+# Label Studio, the annotation server tests/test_review.py starts, lives in a venv of its own: it
+# pins numpy (< 2.3, through opencv) and pyarrow (< 25) below mlrkit's. About 1 min to install.
+REVIEW_VENV := .venv-review
+LABEL_STUDIO_VERSION := 1.23.2
+LABEL_STUDIO := $(REVIEW_VENV)/.installed-label-studio-$(LABEL_STUDIO_VERSION)
+
+$(LABEL_STUDIO):
+	test -x $(REVIEW_VENV)/bin/python || $(PYTHON) -m venv $(REVIEW_VENV)
+	echo '*' > $(REVIEW_VENV)/.gitignore
+	$(REVIEW_VENV)/bin/pip install --quiet label-studio==$(LABEL_STUDIO_VERSION)
+	touch $@
+
+test: $(BIN)/mlrkit $(LABEL_STUDIO)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
@@ -34,4 +46,4 @@ bench: $(BIN)/mlrkit
 	$(BIN)/python benchmarks/single_positive.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(REVIEW_VENV) build *.egg-info src/*.egg-info

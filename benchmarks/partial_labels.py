@@ -22,6 +22,7 @@ import os
 import statistics
 from pathlib import Path
 
+from plots import plot_partial_labels
 from recipe_grid import (
     LRS,
     ROOT,
@@ -159,6 +160,7 @@ def main() -> None:
                         f"Partial labels on {dataset} (cached EfficientNet-Lite0 features, 224 px)",
                         body, {"results": results, "full_labels": full})
     print(text)
+    print(plot_partial_labels(args.out_dir / f"partial_labels_{dataset}{args.suffix}.json"))
 
 
 if __name__ == "__main__":

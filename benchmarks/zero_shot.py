@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from plots import plot_zero_shot
 from recipe_grid import ROOT, markdown_table, mean_std, run_recipe, tuned_runs, write_result
 
 from mlrkit import metrics
@@ -235,6 +236,7 @@ def main() -> None:
                         "Zero-shot multi-label recognition: VOC 2007 seen / unseen splits", body,
                         data)
     print(text)
+    print(plot_zero_shot(args.out_dir / "zero_shot_voc2007.json"))
 
 
 if __name__ == "__main__":

@@ -498,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--format", choices=["json", "csv"], default="json")
     predict.set_defaults(run=_cmd_predict)
     _add_tag_parser(commands)
+    _add_report_parser(commands)
+    _add_export_parser(commands)
+    _add_import_labels_parser(commands)
     extract = commands.add_parser("extract", help="compute and cache encoder features of images")
     _add_dataset_args(extract)
     extract.add_argument("--encoder", required=True, help="timm model name")
@@ -560,6 +563,88 @@ def _add_tag_parser(commands: argparse._SubParsersAction) -> None:
     tag.add_argument("--device", default="cpu", help="e.g. cuda (default: cpu)")
     tag.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     tag.set_defaults(run=_cmd_tag)
+
+
+def _add_report_parser(commands: argparse._SubParsersAction) -> None:
+    report = commands.add_parser(
+        "report", help="one self-contained HTML page of finished runs (figures and tables)",
+        description="Per run: recipe and mask statistics, training curves, per-class test AP, "
+                    "precision-recall curves, label co-occurrence and, where the mask hid "
+                    "training labels, the recovered labels' precision and recall; with several "
+                    "runs a comparison (mean ± std over runs that differ only by seed).",
+    )  # fmt: skip
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders")
+    report.add_argument("--out", required=True, help="the HTML file to write")
+    report.set_defaults(run=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from mlrkit.report import build_report
+
+    print(f"report written to {build_report(args.run_dirs, args.out)}")
+    return 0
+
+
+def _add_export_parser(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export", help="tasks for review in an annotation server, least certain image first",
+        description="Write Label Studio tasks (JSON) with the observed labels and the machine's "
+                    "labels as pre-annotations, least certain image first (smallest |p - 0.5| "
+                    "over its unknown entries), and the matching labelling config (.xml) next "
+                    "to them. See docs/review.md.",
+    )  # fmt: skip
+    export.add_argument("source",
+                        help="'mlrkit recover' output (its --out folder or recovered_long.csv) or "
+                             "'mlrkit predict' output (.json or --format csv; needs --labels)")
+    export.add_argument("--format", choices=["label-studio"], required=True)
+    export.add_argument("--out", required=True,
+                        help="task file (.json); the labelling config goes next to it (.xml)")
+    where = export.add_mutually_exclusive_group(required=True)
+    where.add_argument("--image-root", default=None,
+                       help="Label Studio local files: the images' folder relative to "
+                            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+    where.add_argument("--url-prefix", default=None,
+                       help="image URLs: this prefix + the image name, e.g. "
+                            "https://host/photos/")
+    export.add_argument("--labels", default=None,
+                        help="with predict output: the label CSV of the images (known labels, "
+                             "classes, image names)")
+    export.add_argument("--limit", type=int, default=None,
+                        help="only the N least certain images")
+    export.add_argument("--overwrite", action="store_true", help="replace existing files")
+    export.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from mlrkit.review import export_label_studio
+
+    print(export_label_studio(args.source, args.out, image_root=args.image_root,
+                              url_prefix=args.url_prefix, labels=args.labels, limit=args.limit,
+                              overwrite=args.overwrite))
+    return 0
+
+
+def _add_import_labels_parser(commands: argparse._SubParsersAction) -> None:
+    imp = commands.add_parser(
+        "import-labels", help="reviewed labels of a Label Studio JSON export into a label CSV",
+        description="Reviewed images get all their classes known: the chosen ones 1, the others "
+                    "0 (the latest submitted annotation counts). A review that contradicts a "
+                    "known label is reported and not applied unless --overwrite-conflicts. The "
+                    "previous file is kept as LABELS.bak-<time>. See docs/review.md.",
+    )  # fmt: skip
+    imp.add_argument("export", help="the project's Label Studio JSON export")
+    imp.add_argument("--into", required=True,
+                     help="the label CSV (image + one column per class) to update")
+    imp.add_argument("--overwrite-conflicts", action="store_true",
+                     help="reviewed values replace contradicting known labels")
+    imp.set_defaults(run=_run_import_labels)
+
+
+def _run_import_labels(args: argparse.Namespace) -> int:
+    from mlrkit.review import import_labels
+
+    print(import_labels(args.export, args.into, args.overwrite_conflicts).summary())
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

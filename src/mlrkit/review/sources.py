@@ -1,0 +1,225 @@
+"""What a review starts from: the output of ``mlrkit recover`` or ``mlrkit predict``, read into one
+:class:`Proposal` (known labels, the machine's labels and its probabilities, per image and class).
+
+* ``mlrkit recover --out DIR`` writes ``DIR/recovered_long.csv``, one row per (image, class):
+  ``image,class,observed,recovered,probability``; ``image`` is the image's name in the label file,
+  ``observed`` is empty where unknown, ``recovered`` is the completed 1 / 0 label.
+* ``mlrkit predict`` prints, per image file, its top-k classes with their probabilities, as JSON
+  (``[{"image", "labels": [{"label", "score"}, ...]}, ...]``) or CSV (``image,rank,label,score``).
+  It knows neither the known labels nor the image's name in a label file, so it is read together
+  with that label file: each predicted image is the label file's row of the same file.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mlrkit.data.csv_edit import LabelFile
+
+#: Where a probability decides a class without a run's thresholds (``predict`` output).
+PREDICT_THRESHOLD = 0.5
+LONG_HEADER = ["image", "class", "observed", "recovered", "probability"]
+PREDICT_HEADER = ["image", "rank", "label", "score"]
+LONG_TABLE = "recovered_long.csv"
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """Machine labels of ``N`` images over ``C`` classes, for review.
+
+    Attributes:
+        ids: ``N`` image names as the label file names them (the key the review maps back by).
+        class_names: ``C`` classes.
+        observed: ``(N, C)`` int8, the known labels (``-1`` unknown).
+        proposed: ``(N, C)`` int8, the machine's full label set: ``observed`` where known, its
+            decision (1 / 0) where unknown, ``-1`` where unknown and unscored.
+        scores: ``(N, C)`` float64 probabilities, NaN where the source gave none.
+    """
+
+    ids: list[str]
+    class_names: list[str]
+    observed: np.ndarray
+    proposed: np.ndarray
+    scores: np.ndarray
+
+
+def read_proposal(path: str | Path, labels: LabelFile | None = None) -> Proposal:
+    """Read ``recover`` output (its folder or ``recovered_long.csv``), or ``predict`` output
+    (``.json`` or ``.csv``) with the label file ``labels`` it is matched against."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LONG_TABLE
+    if path.suffix.lower() == ".json":
+        return _need_labels(path, labels, _read_predict_json)
+    header = _csv_header(path)
+    if header == LONG_HEADER:
+        if labels is not None:
+            raise ValueError(f"--labels {labels.path}: not needed with {path}, which holds the "
+                             f"observed labels; remove --labels")
+        return read_long_table(path)
+    if header == PREDICT_HEADER:
+        return _need_labels(path, labels, _read_predict_csv)
+    raise ValueError(
+        f"{path}: header {header} is neither recover's ({','.join(LONG_HEADER)}) nor predict's "
+        f"CSV ({','.join(PREDICT_HEADER)}); give recover's {LONG_TABLE} (or its folder) or "
+        f"'mlrkit predict' output (.json or --format csv)"
+    )
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The stripped first row of the CSV ``path`` (empty for an empty file)."""
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return [cell.strip() for cell in next(csv.reader(f), [])]
+
+
+def _need_labels(path: Path, labels: LabelFile | None, read) -> Proposal:
+    """``predict`` output ``path`` read by ``read(path)`` into ``{image: {class: score}}`` and
+    matched against ``labels``."""
+    if labels is None:
+        raise ValueError(f"{path}: 'mlrkit predict' output holds neither the known labels nor "
+                         f"every class; give --labels LABELS.csv, the label file the reviewed "
+                         f"labels will go back into")
+    return match_predictions(path, read(path), labels)
+
+
+def read_long_table(path: Path) -> Proposal:
+    """``recovered_long.csv``: every (image, class) once; images and classes in file order."""
+    cells: dict[tuple[str, str], tuple[int, int, float]] = {}
+    images: dict[str, None] = {}
+    classes: dict[str, None] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        next(reader)
+        for row in reader:
+            if not row:
+                continue
+            where = f"{path}:{reader.line_num}"
+            if len(row) != len(LONG_HEADER):
+                raise ValueError(f"{where}: {len(row)} cells, expected {len(LONG_HEADER)} "
+                                 f"({','.join(LONG_HEADER)}); give the file recover wrote")
+            image, name = row[0].strip(), row[1].strip()
+            if (image, name) in cells:
+                raise ValueError(f"{where}: image {image!r} class {name!r} listed twice; give "
+                                 f"the file recover wrote")
+            cells[image, name] = _long_cells(where, row[2:])
+            images[image], classes[name] = None, None
+    return _proposal_of(path, list(images), list(classes), cells)
+
+
+def _long_cells(where: str, cells: list[str]) -> tuple[int, int, float]:
+    """``(observed, recovered, probability)`` of one long-table row."""
+    observed, recovered, probability = (cell.strip() for cell in cells)
+    if observed not in ("", "0", "1") or recovered not in ("0", "1"):
+        raise ValueError(f"{where}: observed {observed!r}, recovered {recovered!r}; observed is "
+                         f"1, 0 or empty (unknown), recovered 1 or 0")
+    return -1 if observed == "" else int(observed), int(recovered), _probability(where, probability)
+
+
+def _probability(where: str, text: object) -> float:
+    """``text`` as a probability in [0, 1]."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{where}: score {text!r} is not a probability in [0, 1]; give "
+                         f"'mlrkit recover' or 'mlrkit predict' output ('mlrkit tag' scores are "
+                         f"cosines)")
+    return value
+
+
+def _proposal_of(path: Path, images: list[str], classes: list[str],
+                 cells: dict[tuple[str, str], tuple[int, int, float]]) -> Proposal:
+    """The long table's cells as a :class:`Proposal`; every (image, class) must be present."""
+    if not cells:
+        raise ValueError(f"{path}: no rows after the header; give the file recover wrote")
+    missing = len(images) * len(classes) - len(cells)
+    if missing:
+        first = next((i, c) for i in images for c in classes if (i, c) not in cells)
+        raise ValueError(f"{path}: {missing} (image, class) rows missing, e.g. image {first[0]!r} "
+                         f"class {first[1]!r}; give the complete file recover wrote")
+    table = np.array([[cells[i, c] for c in classes] for i in images], dtype=np.float64)
+    return Proposal(images, classes, table[..., 0].astype(np.int8), table[..., 1].astype(np.int8),
+                    table[..., 2])
+
+
+def _read_predict_json(path: Path) -> dict[str, dict[str, float]]:
+    """``{image: {class: score}}`` of ``mlrkit predict`` JSON output."""
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+        pairs = [(item["image"], [(e["label"], e["score"]) for e in item["labels"]])
+                 for item in items]
+    except (json.JSONDecodeError, TypeError, KeyError) as err:
+        raise ValueError(f"{path}: not 'mlrkit predict' JSON output ({type(err).__name__}: "
+                         f"{err}); give the file 'mlrkit predict --format json' printed") from None
+    scores: dict[str, dict[str, float]] = {}
+    for k, (image, entries) in enumerate(pairs):
+        where = f"{path}: entry {k + 1} ({image})"
+        if image in scores:
+            raise ValueError(f"{where}: image listed twice; predict each image once")
+        scores[image] = {label: _probability(where, s) for label, s in entries}
+    return scores
+
+
+def _read_predict_csv(path: Path) -> dict[str, dict[str, float]]:
+    """``{image: {class: score}}`` of ``mlrkit predict --format csv`` output."""
+    scores: dict[str, dict[str, float]] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        next(reader)
+        for row in reader:
+            if not row:
+                continue
+            where = f"{path}:{reader.line_num}"
+            if len(row) != len(PREDICT_HEADER):
+                raise ValueError(f"{where}: {len(row)} cells, expected {len(PREDICT_HEADER)} "
+                                 f"({','.join(PREDICT_HEADER)})")
+            image, label = row[0], row[2].strip()
+            if label in scores.setdefault(image, {}):
+                raise ValueError(f"{where}: image {image!r} class {label!r} listed twice; "
+                                 f"predict each image once")
+            scores[image][label] = _probability(where, row[3])
+    return scores
+
+
+def match_predictions(path: Path, predicted: dict[str, dict[str, float]],
+                      labels: LabelFile) -> Proposal:
+    """Predicted ``{image: {class: score}}`` as a :class:`Proposal` over the rows of ``labels``:
+    an image is the row whose file is the same file (symlinks resolved), else the row the label
+    file names exactly so. Unknown entries with a score become ``score >= 0.5``."""
+    if not predicted:
+        raise ValueError(f"{path}: no predicted images; give 'mlrkit predict' output")
+    by_file = {os.path.realpath(p): r for r, p in enumerate(labels.image_paths)}
+    by_name = {name: r for r, name in enumerate(labels.image_names)}
+    column = {name: c for c, name in enumerate(labels.class_names)}
+    index, scores = [], np.full((len(predicted), len(column)), np.nan)
+    for k, (image, entries) in enumerate(predicted.items()):
+        row = by_file.get(os.path.realpath(image), by_name.get(image))
+        if row is None:
+            raise ValueError(f"{path}: image {image!r} is not in {labels.path}; predict images "
+                             f"of the label file (run export from the folder predict ran in)")
+        for label, score in entries.items():
+            if label not in column:
+                raise ValueError(f"{path}: image {image!r}: class {label!r} is not a column of "
+                                 f"{labels.path}; predict with a run of the label file's classes")
+            scores[k, column[label]] = score
+        index.append(row)
+    if len(set(index)) != len(index):
+        raise ValueError(f"{path}: two predicted images are the same row of {labels.path}; "
+                         f"predict each image once")
+    observed = labels.labels[index]
+    decided = np.where(np.isnan(scores), -1, scores >= PREDICT_THRESHOLD).astype(np.int8)
+    proposed = np.where(observed >= 0, observed, decided).astype(np.int8)
+    return Proposal([labels.image_names[i] for i in index], list(labels.class_names), observed,
+                    proposed, scores)
+
