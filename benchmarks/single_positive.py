@@ -16,13 +16,35 @@ Writes ``benchmarks/results/single_positive_<dataset>.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
+from plots import plot_single_positive
 from recipe_grid import LRS, ROOT, WEIGHT_DECAYS, markdown_table, mean_std, tuned_runs, write_result
 
 #: Expected positives per image ``k`` of EPR and ROLE, per dataset (Cole et al.'s value for VOC).
 EXPECTED_POSITIVES = {"voc2007": "voc", "voc12-animals": "voc", "miml": 1.24}
+
+
+#: VLPL's teacher here: ConSE's zero-shot scores (no CLIP image weights exist on this machine),
+#: VLPL's tau 0.01 and theta 0.3.
+TEACHER = ["pseudo_labels.teacher=conse", "pseudo_labels.tau=0.01", "pseudo_labels.theta=0.3"]
+#: Rows trained with another recipe than the linear head's, untuned (lr and weight decay of the
+#: recipe): SigRL's single-positive student (``configs/sigrl_voc2007_single-positive.yaml``).
+OTHER_RECIPES = {"sigrl-spml": ("sigrl_{dataset}_single-positive", []),
+                 "sigrl-spml-vlpl": ("sigrl_{dataset}_single-positive",
+                                     ["method.loss=em_pl", *TEACHER])}
+
+
+def teacher_quality(run: dict, overrides: list[str]) -> str:
+    """``precision / recall`` of the positive pseudo-labels of a run's teacher (``run.json``),
+    against the hidden training labels; ``-`` for a run without a teacher."""
+    if not any(o.startswith("pseudo_labels.") for o in overrides):
+        return "-"
+    info = json.loads((Path(run["run_dir"]) / "run.json").read_text())["pseudo_labels"]
+    return (f"{100 * info['precision']:.1f} / {100 * info['recall']:.1f} "
+            f"({info['positives_per_image']:.2f} per image)")
 
 
 def loss_overrides(expected_positives: str | float) -> dict[str, list[str]]:
@@ -38,6 +60,11 @@ def loss_overrides(expected_positives: str | float) -> dict[str, list[str]]:
         "ll-r": ["method.loss=ll_r", "method.loss_options.delta_rel=0.2"],
         "ll-ct": ["method.loss=ll_ct", "method.loss_options.delta_rel=0.2"],
         "ll-cp": ["method.loss=ll_cp", "method.loss_options.delta_rel=0.1"],
+        "vlpl": ["method.loss=em_pl", "method.loss_options.alpha=0.2",
+                 "method.loss_options.beta_pos=0.7", *TEACHER],
+        "vlpl-asl": ["method.loss=em_pl_asl", *TEACHER],
+        "em-apl": ["method.loss=em_apl", "method.loss_options.alpha=0.2",
+                   "method.loss_options.beta=0.02", "method.loss_options.warmup_epochs=5"],
         "partial-bce": ["method.loss=partial_bce"],
         "full": ["protocol.name=full", "method.loss=partial_bce"],
     }
@@ -46,8 +73,9 @@ def loss_overrides(expected_positives: str | float) -> dict[str, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="voc2007", choices=sorted(EXPECTED_POSITIVES))
-    losses = list(loss_overrides(1.0))
-    parser.add_argument("--losses", nargs="+", default=losses, choices=losses)
+    losses = [*loss_overrides(1.0), *OTHER_RECIPES]
+    default = [loss for loss in losses if loss != "sigrl-spml-vlpl"]  # 15 min more on 2 cores
+    parser.add_argument("--losses", nargs="+", default=default, choices=losses)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -57,13 +85,21 @@ def main() -> None:
     overrides = loss_overrides(EXPECTED_POSITIVES[dataset])
     for loss in args.losses:
         folder = ROOT / "runs" / "bench" / "single_positive" / dataset / loss
-        tuned = tuned_runs(f"linear_{dataset}_single-positive", overrides[loss], args.seeds, folder)
+        if loss in OTHER_RECIPES:
+            config, extra = OTHER_RECIPES[loss]
+            tuned = tuned_runs(config.format(dataset=dataset), extra, args.seeds, folder,
+                               tune=False)
+        else:
+            tuned = tuned_runs(f"linear_{dataset}_single-positive", overrides[loss], args.seeds,
+                               folder)
         results[loss] = {"chosen": tuned.chosen, "runs": tuned.runs, "grid": tuned.grid}
         runs, chosen = tuned.runs, tuned.chosen
         test = mean_std([r["test_mAP"] for r in runs])[1]
         rows.append([loss, test, mean_std([r["val_mAP"] for r in runs])[1],
                      mean_std([r["test_OF1"] for r in runs])[1],
-                     f"{chosen['lr']:g} / {chosen['weight_decay']:g} / {chosen['best_epoch']}"])
+                     f"{chosen['lr']:g} / {chosen['weight_decay']:g} / {chosen['best_epoch']}",
+                     teacher_quality(runs[0], OTHER_RECIPES[loss][1] if loss in OTHER_RECIPES
+                                     else overrides[loss])])
         print(f"{dataset} {loss:<12} test mAP {test}", flush=True)
     classes = next(iter(results.values()))["runs"][0]["test_classes_averaged"]
     note = (f"Linear head on cached EfficientNet-Lite0 features (224 px). Training labels: one "
@@ -74,10 +110,12 @@ def main() -> None:
             f"mAP over the {classes} classes with a test positive; training seeds {args.seeds} "
             f"(mean ± std).")
     body = [note, ""] + markdown_table(
-        ["loss", "test mAP", "val mAP", "test OF1", "chosen lr / wd / epoch (seed 0)"], rows)
+        ["loss", "test mAP", "val mAP", "test OF1", "chosen lr / wd / epoch (seed 0)",
+         "teacher PL precision / recall"], rows)
     text = write_result(args.out_dir, f"single_positive_{dataset}",
                         f"Single positive labels on {dataset}", body, results)
     print(text)
+    print(plot_single_positive(args.out_dir / f"single_positive_{dataset}.json"))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ EXPECTED = {
     "clsl_voc2007_partial",
     "conse_voc2007_zero-shot",
     "devise_voc2007_zero-shot",
+    "sigrl_nus-wide_zero-shot-clip",
     "sigrl_voc12-animals_zero-shot",
     "sigrl_voc2007_zero-shot",
+    "sigrl_voc2007_single-positive",
     "linear-an_miml_partial",
     "linear-an_voc12-animals_partial",
     "linear-an_voc2007_partial",
@@ -60,3 +62,53 @@ def test_recipe_is_consistent(path):
     TrainConfig(**recipe["train"])
     if cls.input_kind == "spatial" and recipe["features"] is not None:
         assert recipe["features"]["spatial"], f"{path.name}: the method needs spatial features"
+
+
+def test_nus_wide_clip_recipe_builds_and_trains_a_step_with_a_random_tower():
+    """The published SigRL setting without its data and weights: the recipe's encoder and method
+    on a randomly initialised ViT-B/16, one AdamW step on two 224-pixel images and 5 classes."""
+    import numpy as np
+    import torch
+
+    from mlrkit.engine.run import EncoderHead, _create_encoder
+    from mlrkit.engine.trainer import build_optimizer
+    from mlrkit.methods import TaskSpec, create_method
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "configs"
+                         / "sigrl_nus-wide_zero-shot-clip.yaml")
+    assert recipe["protocol"]["unseen"] == "dataset"
+    assert recipe["data"]["options"]["label_set"] == "tags1006"
+    encoder = _create_encoder({**recipe["encoder"], "weights": None})  # no CLIP weights here
+    assert encoder.name == "clip:ViT-B-16-quickgelu" and encoder.input_size == (3, 224, 224)
+    generator = torch.Generator().manual_seed(0)
+    assert (2 + encoder.num_patches, encoder.feature_dim) == (2 + 196, 512)  # the teacher's row
+    spec = TaskSpec(5, (2 + 196, 512), np.zeros((2, 5), dtype=np.int8),
+                    torch.randn(5, 512, generator=generator), tuple("abcde"))
+    hparams = {k: v for k, v in recipe["method"].items() if k != "name"}
+    head = EncoderHead.from_section(encoder, create_method("sigrl", spec, **hparams),
+                                    recipe["encoder"])
+    cfg = TrainConfig(**recipe["train"])
+    optimizer = build_optimizer(head, cfg)
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    visual = encoder.model.visual
+    blocks = visual.transformer.resblocks
+    assert lrs[id(blocks[10].attn.in_proj_weight)] == pytest.approx(1e-4 * 0.65**2, rel=1e-12)
+    assert lrs[id(blocks[11].mlp.c_fc.bias)] == pytest.approx(1e-4 * 0.65, rel=1e-12)
+    assert lrs[id(visual.proj)] == lrs[id(visual.ln_post.weight)] == pytest.approx(1e-4)
+    assert lrs[id(head.method.key.weight)] == pytest.approx(1e-4)
+
+    images = torch.randn(2, 3, 224, 224, generator=generator)
+    targets = torch.tensor([[1, 0, -1, 0, 0], [0, 1, 0, 0, 1]], dtype=torch.int8)
+    teacher = {k: v.clone() for k, v in encoder.teacher.state_dict().items()}
+    head.train()
+    out = head(images, targets)
+    assert torch.isfinite(out.loss)
+    assert out.logs["distill"] == pytest.approx(0.0, abs=1e-5)  # student = teacher at first
+    out.loss.backward()
+    assert all(blocks[i].attn.in_proj_weight.grad is not None for i in (10, 11))
+    assert visual.proj.grad is not None and float(visual.proj.grad.abs().sum()) > 0
+    assert all(p.grad is None for i in range(10) for p in blocks[i].parameters())
+    assert all(p.grad is None for p in encoder.teacher.parameters())
+    optimizer.step()
+    for key, value in encoder.teacher.state_dict().items():
+        assert torch.equal(value, teacher[key]), key

