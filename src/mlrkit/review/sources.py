@@ -17,6 +17,7 @@ import errno
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,22 +98,13 @@ def read_long_table(path: Path) -> Proposal:
     cells: dict[tuple[str, str], tuple[int, int, float]] = {}
     images: dict[str, None] = {}
     classes: dict[str, None] = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        next(reader)
-        for row in reader:
-            if not row:
-                continue
-            where = f"{path}:{reader.line_num}"
-            if len(row) != len(LONG_HEADER):
-                raise ValueError(f"{where}: {len(row)} cells, expected {len(LONG_HEADER)} "
-                                 f"({','.join(LONG_HEADER)}); give the file recover wrote")
-            image, name = row[0].strip(), row[1].strip()
-            if (image, name) in cells:
-                raise ValueError(f"{where}: image {image!r} class {name!r} listed twice; give "
-                                 f"the file recover wrote")
-            cells[image, name] = _long_cells(where, row[2:])
-            images[image], classes[name] = None, None
+    for where, row in _data_rows(path, LONG_HEADER, "; give the file recover wrote"):
+        image, name = row[0].strip(), row[1].strip()
+        if (image, name) in cells:
+            raise ValueError(f"{where}: image {image!r} class {name!r} listed twice; give "
+                             f"the file recover wrote")
+        cells[image, name] = _long_cells(where, row[2:])
+        images[image], classes[name] = None, None
     return _proposal_of(path, list(images), list(classes), cells)
 
 
@@ -171,9 +163,10 @@ def _read_predict_json(path: Path) -> dict[str, dict[str, float]]:
     return scores
 
 
-def _read_predict_csv(path: Path) -> dict[str, dict[str, float]]:
-    """``{image: {class: score}}`` of ``mlrkit predict --format csv`` output."""
-    scores: dict[str, dict[str, float]] = {}
+def _data_rows(path: Path, header: list[str], advice: str = "") -> Iterator[tuple[str, list[str]]]:
+    """``(where, cells)`` of each non-empty row after the header of a CSV written by mlrkit,
+    ``where`` being ``file:line``; a row with another number of cells than ``header`` is an
+    error (``advice`` ends its message)."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         next(reader)
@@ -181,14 +174,21 @@ def _read_predict_csv(path: Path) -> dict[str, dict[str, float]]:
             if not row:
                 continue
             where = f"{path}:{reader.line_num}"
-            if len(row) != len(PREDICT_HEADER):
-                raise ValueError(f"{where}: {len(row)} cells, expected {len(PREDICT_HEADER)} "
-                                 f"({','.join(PREDICT_HEADER)})")
-            image, label = row[0], row[2].strip()
-            if label in scores.setdefault(image, {}):
-                raise ValueError(f"{where}: image {image!r} class {label!r} listed twice; "
-                                 f"predict each image once")
-            scores[image][label] = _probability(where, row[3])
+            if len(row) != len(header):
+                raise ValueError(f"{where}: {len(row)} cells, expected {len(header)} "
+                                 f"({','.join(header)}){advice}")
+            yield where, row
+
+
+def _read_predict_csv(path: Path) -> dict[str, dict[str, float]]:
+    """``{image: {class: score}}`` of ``mlrkit predict --format csv`` output."""
+    scores: dict[str, dict[str, float]] = {}
+    for where, row in _data_rows(path, PREDICT_HEADER):
+        image, label = row[0], row[2].strip()
+        if label in scores.setdefault(image, {}):
+            raise ValueError(f"{where}: image {image!r} class {label!r} listed twice; "
+                             f"predict each image once")
+        scores[image][label] = _probability(where, row[3])
     return scores
 
 
