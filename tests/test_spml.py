@@ -401,7 +401,10 @@ def test_gradients_flow_for_every_loss(loss: str) -> None:
     torch.manual_seed(0)
     targets = np.full((6, 5), -1, dtype=np.int8)
     targets[np.arange(6), [0, 1, 2, 3, 4, 0]] = 1
-    method = create_method("linear", TaskSpec(5, (8,), targets), loss=loss,
+    pseudo = np.full((6, 5), -1, dtype=np.int8)  # a teacher's: some positives, some negatives
+    pseudo[np.arange(6), [1, 2, 3, 4, 0, 2]] = 1
+    pseudo[np.arange(6), [4, 4, 0, 0, 1, 1]] = 0
+    method = create_method("linear", TaskSpec(5, (8,), targets, pseudo_labels=pseudo), loss=loss,
                            loss_options=options_for(loss, 1.9, 20))
     out = method(torch.randn(6, 8), torch.tensor(targets), torch.arange(6), step(2))
     assert out.logits.shape == (6, 5) and out.loss.ndim == 0 and torch.isfinite(out.loss)
