@@ -108,7 +108,13 @@ def main() -> None:
             f"decay in {list(WEIGHT_DECAYS)} (AdamW) at seed {args.seeds[0]}, chosen by "
             f"validation mAP (full labels); the epoch is chosen on validation in every run. Test "
             f"mAP over the {classes} classes with a test positive; training seeds {args.seeds} "
-            f"(mean ± std).")
+            f"(mean ± std). `vlpl` / `vlpl-asl`: losses em_pl / em_pl_asl on the pseudo-labels "
+            f"of ConSE's zero-shot scores (tau 0.01, theta 0.3; no CLIP image weights exist "
+            f"here); their last column is the precision / recall of those positive "
+            f"pseudo-labels against the hidden training labels. `em-apl`: EM + APL with its "
+            f"labelling step (alpha 0.2, beta 0.02, warm-up 5 of 20 epochs). `sigrl-spml`: the "
+            f"sigrl student on spatial features (configs/sigrl_{dataset}_single-positive.yaml, "
+            f"loss em, 6 epochs, untuned).")
     body = [note, ""] + markdown_table(
         ["loss", "test mAP", "val mAP", "test OF1", "chosen lr / wd / epoch (seed 0)",
          "teacher PL precision / recall"], rows)
