@@ -643,6 +643,13 @@ def _source_for(run: LoadedRun, data: MultiLabelData, cache_dir: Path) -> torch.
     return FeatureBatches(cache.spatial if spatial else cache.pooled, data.labels)
 
 
+def _image_source(model: EncoderHead, images: Sequence[str | Path],
+                  num_classes: int) -> ImageBatches:
+    """The image files through the model's evaluation transform, with placeholder labels."""
+    return ImageBatches([Path(p) for p in images], np.zeros((len(images), num_classes), np.int8),
+                        model.encoder.transform(train=False))
+
+
 def predict_images(
     run_dir: str | Path, images: list[str | Path], top_k: int = 5, batch_size: int = 16
 ) -> list[dict]:
@@ -659,11 +666,9 @@ def predict_images(
         raise ValueError(f"top_k (--top-k) is {top_k}; give at least 1, the number of labels "
                          f"listed per image")
     run = load_run(run_dir)
-    model = run.image_model()
-    source = ImageBatches([Path(p) for p in images],
-                          np.zeros((len(images), len(run.class_names)), dtype=np.int8),
-                          model.encoder.transform(train=False))
-    logits = evaluate_logits(model.to(run.device), source, batch_size, run.device)
+    model = run.image_model().to(run.device)
+    source = _image_source(model, images, len(run.class_names))
+    logits = evaluate_logits(model, source, batch_size, run.device)
     probs = torch.sigmoid(logits)
     top = probs.topk(min(top_k, probs.shape[1]), dim=1)
     names = run.class_names
@@ -696,9 +701,7 @@ def score_label_names(
                          f"scores only its {len(run.class_names)} classes")
     embeddings = run.embed_class_names(label_names)
     model = run.image_model().to(run.device)
-    source = ImageBatches([Path(p) for p in images],
-                          np.zeros((len(images), len(label_names)), dtype=np.int8),
-                          model.encoder.transform(train=False))
+    source = _image_source(model, images, len(label_names))
     with scoring_classes(model, embeddings, label_names):
         logits = evaluate_logits(model, source, batch_size, run.device)
     return logits.float().cpu().numpy()
