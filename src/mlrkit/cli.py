@@ -8,6 +8,9 @@
     mlrkit predict --checkpoint runs/linear_voc12-animals_partial photo1.jpg photo2.jpg
     mlrkit tag photos/ --recursive --labels "cat, dog, sofa" --zero-shot conse --top-k 2
     mlrkit recover --checkpoint runs/my_run --dataset csv --root my_photos --out recovered/
+    mlrkit export --format label-studio recovered/ --out review/tasks.json --image-root my_photos
+    mlrkit import-labels project-1-export.json --into my_photos/labels.csv
+    mlrkit report runs/run_a runs/run_b --out report.html
 
 A failure that the input causes (a file, a recipe entry, an option, a full disk) ends with one line
 ``mlrkit: error: <file or field>: <what is wrong>; <what to do>`` on stderr and exit code 2;
