@@ -171,15 +171,24 @@ class OpenVocabularyMethod(Method):
     :meth:`score` on the embeddings they are handed; ``forward`` passes the current set, or the
     ``label_embeddings`` given for one call. Training targets must have one column per class of
     the set in use.
+
+    Distillation: a subclass that sets ``teacher`` (a frozen module) and ``distill_weight > 0``
+    and implements :meth:`score_parts` trains with ``loss + distill_weight * mean |z - teacher(u)|``
+    for its image embedding ``z`` and the teacher's input ``u`` (``distill`` and the loss's name
+    in the logs).
     """
 
     open_vocabulary = True
+    #: The error when :meth:`score_parts` has no teacher input to distil to.
+    no_teacher_input: ClassVar[str] = "this head's inputs carry nothing for its teacher"
 
     def __init__(self, spec: TaskSpec) -> None:
         super().__init__(spec)
         embeddings = require_label_embeddings(spec, type(self).__name__)
         self.register_buffer("class_embeddings", embeddings, persistent=False)
         self.class_names: tuple[str, ...] = tuple(spec.class_names)
+        self.teacher: nn.Module | None = None
+        self.distill_weight = 0.0
 
     @property
     def embedding_dim(self) -> int:
@@ -209,6 +218,12 @@ class OpenVocabularyMethod(Method):
         """Logits ``(B, C')`` of ``inputs`` for the classes ``embeddings`` ``(C', E)``."""
         raise NotImplementedError
 
+    def score_parts(self, inputs: Tensor, embeddings: Tensor,
+                    **options) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Logits ``(B, C')``, the image embedding ``z`` ``(B, E)`` and the teacher's input
+        ``u`` of the distillation (``None, None`` here: :meth:`score` alone)."""
+        return self.score(inputs, embeddings, **options), None, None
+
     def forward(
         self,
         inputs: Tensor,
@@ -216,14 +231,26 @@ class OpenVocabularyMethod(Method):
         index: Tensor | None = None,
         step: StepInfo | None = None,
         label_embeddings: Tensor | None = None,
+        **options,
     ) -> MethodOutput:
         """Logits ``(B, C')`` for the current classes or ``label_embeddings`` ``(C', E)``; with
-        ``targets`` ``(B, C')`` the loss (``self.loss``)."""
-        logits = self.score(inputs, self.classes_for(label_embeddings))
+        ``targets`` ``(B, C')`` the loss (``self.loss``) plus the distillation when the head has
+        a teacher. ``options`` go to :meth:`score_parts` (e.g. sigrl's ``direct``)."""
+        logits, image, teacher_input = self.score_parts(
+            inputs, self.classes_for(label_embeddings), **options)
         if targets is None:
             return MethodOutput(logits)
         out = self.loss(logits, self.check_targets(targets, logits), index, step)
-        return MethodOutput(logits, out.loss, out.logs)
+        if self.teacher is None:
+            return MethodOutput(logits, out.loss, out.logs)
+        if teacher_input is None:
+            raise ValueError(self.no_teacher_input)
+        with torch.no_grad():
+            target = self.teacher(teacher_input)
+        distill = (image - target).abs().mean()
+        logs = {**out.logs, self.loss.registered_name: float(out.loss.detach()),
+                "distill": float(distill.detach())}
+        return MethodOutput(logits, out.loss + self.distill_weight * distill, logs)
 
     def classes_for(self, label_embeddings: Tensor | None) -> Tensor:
         """The embeddings to score: ``label_embeddings`` (checked) or the current class set."""

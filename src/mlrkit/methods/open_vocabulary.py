@@ -22,9 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlrkit.methods.base import (
-    MethodOutput,
     OpenVocabularyMethod,
-    StepInfo,
     TaskSpec,
     register_method,
 )
@@ -97,29 +95,14 @@ class LabelProjection(OpenVocabularyMethod):
         self.loss = create_loss(loss, spec, **(loss_options or {}))
 
     def score(self, inputs: Tensor, embeddings: Tensor) -> Tensor:
-        return self._score(self.projection(inputs), embeddings)
+        return self.score_parts(inputs, embeddings)[0]
 
-    def _score(self, projected: Tensor, embeddings: Tensor) -> Tensor:
-        image = F.normalize(projected, dim=-1)
-        return self.log_scale.exp() * image @ F.normalize(embeddings, dim=-1).T
-
-    def forward(
-        self,
-        inputs: Tensor,
-        targets: Tensor | None = None,
-        index: Tensor | None = None,
-        step: StepInfo | None = None,
-        label_embeddings: Tensor | None = None,
-    ) -> MethodOutput:
-        """As :meth:`OpenVocabularyMethod.forward`, plus the distillation term (``distill``
-        in the logs) when ``distill_weight > 0``."""
-        embeddings = self.classes_for(label_embeddings)
+    def score_parts(self, inputs: Tensor, embeddings: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``scale * cos`` logits, the projection ``z`` and the inputs (ConSE's input)."""
         projected = self.projection(inputs)
-        logits = self._score(projected, embeddings)
-        if targets is None:
-            return MethodOutput(logits)
-        out = self.loss(logits, self.check_targets(targets, logits), index, step)
-        return distilled(logits, out, projected, inputs, self.teacher, self.distill_weight)
+        image = F.normalize(projected, dim=-1)
+        logits = self.log_scale.exp() * image @ F.normalize(embeddings, dim=-1).T
+        return logits, projected, inputs
 
 
 class ConseEmbedding(nn.Module):
@@ -162,20 +145,6 @@ class ConseEmbedding(nn.Module):
         top = probs.topk(min(self.top_t, probs.shape[1]), dim=1)
         weights = torch.zeros_like(probs).scatter_(1, top.indices, top.values)
         return weights @ self.imagenet_vectors / top.values.sum(dim=1, keepdim=True)
-
-
-def distilled(logits: Tensor, out, student: Tensor, teacher_inputs: Tensor,
-              teacher: ConseEmbedding | None, weight: float) -> MethodOutput:
-    """``out`` (a :class:`~mlrkit.methods.losses.LossOutput`) plus ``weight * mean |student -
-    teacher(teacher_inputs)|`` (no gradient to the teacher), logged as ``rank`` and ``distill``;
-    ``out`` alone without a teacher."""
-    if teacher is None:
-        return MethodOutput(logits, out.loss, out.logs)
-    with torch.no_grad():
-        target = teacher(teacher_inputs)
-    distill = (student - target).abs().mean()
-    logs = {**out.logs, "rank": float(out.loss.detach()), "distill": float(distill.detach())}
-    return MethodOutput(logits, out.loss + weight * distill, logs)
 
 
 def conse_embedding(feature_dim: int, width: int, top_t: int = 10, source: str = "minilm",

@@ -68,14 +68,12 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mlrkit.methods.base import (
-    MethodOutput,
     OpenVocabularyMethod,
-    StepInfo,
     TaskSpec,
     register_method,
 )
 from mlrkit.methods.losses import create_loss
-from mlrkit.methods.open_vocabulary import conse_embedding, distilled
+from mlrkit.methods.open_vocabulary import conse_embedding
 
 BRANCHES = ("both", "global", "local")
 MIXING_NORMS = ("image", "batch")
@@ -246,6 +244,7 @@ class SigRL(OpenVocabularyMethod):
     """
 
     input_kind = "spatial"
+    no_teacher_input = NO_TEACHER_ROW
 
     def __init__(
         self,
@@ -360,26 +359,12 @@ class SigRL(OpenVocabularyMethod):
         return torch.stack(parts).mean(dim=0)
 
     def score(self, inputs: Tensor, embeddings: Tensor, direct: bool = False) -> Tensor:
-        tokens, image, _ = self.student(inputs)
-        return self.scores_from(tokens, image, embeddings, direct)
+        return self.score_parts(inputs, embeddings, direct)[0]
 
-    def forward(
-        self,
-        inputs: Tensor,
-        targets: Tensor | None = None,
-        index: Tensor | None = None,
-        step: StepInfo | None = None,
-        label_embeddings: Tensor | None = None,
-        direct: bool = False,
-    ) -> MethodOutput:
-        """Scores ``(B, C')`` for the current classes or ``label_embeddings``; with ``targets``
-        the ranking loss plus the distillation (``rank`` and ``distill`` in the logs)."""
-        text = self.classes_for(label_embeddings)
+    def score_parts(self, inputs: Tensor, embeddings: Tensor,
+                    direct: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``s`` ``(B, C)``, ``z_g`` and the teacher's input (:meth:`student`); ``direct`` runs
+        the literal decoupling and SVFR. The forward pass (``rank`` and ``distill`` in the logs)
+        is :meth:`OpenVocabularyMethod.forward`'s."""
         tokens, image, teacher_input = self.student(inputs)
-        logits = self.scores_from(tokens, image, text, direct)
-        if targets is None:
-            return MethodOutput(logits)
-        if self.teacher is not None and teacher_input is None:
-            raise ValueError(NO_TEACHER_ROW)
-        out = self.loss(logits, self.check_targets(targets, logits), index, step)
-        return distilled(logits, out, image, teacher_input, self.teacher, self.distill_weight)
+        return self.scores_from(tokens, image, embeddings, direct), image, teacher_input
