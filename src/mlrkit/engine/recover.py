@@ -41,9 +41,10 @@ class Thresholds:
     val_recall: np.ndarray
 
 
-def _curves(probs: np.ndarray, labels: np.ndarray, c: int):
-    """Scores sorted high to low with cumulative TP / predicted counts for class ``c`` (known
-    entries only); ``None`` when the class has no known positive."""
+def precision_recall_steps(probs: np.ndarray, labels: np.ndarray, c: int):
+    """``(thresholds, precision, recall)`` of class ``c`` of ``probs`` / ``labels`` ``(N, C)``:
+    the distinct scores high to low and the precision and recall of predicting ``>=`` each
+    (known entries only, ties never split); ``None`` when the class has no known positive."""
     known = labels[:, c] >= 0
     scores, truth = probs[known, c], labels[known, c] == 1
     if not truth.any():
@@ -73,7 +74,7 @@ def choose_thresholds(probs: np.ndarray, labels: np.ndarray,
     chosen = np.zeros(num_classes, dtype=bool)
     val_p, val_r = np.full(num_classes, np.nan), np.full(num_classes, np.nan)
     for c in range(num_classes):
-        curve = _curves(probs, labels, c)
+        curve = precision_recall_steps(probs, labels, c)
         if curve is None:
             continue
         cut, prec, rec = curve

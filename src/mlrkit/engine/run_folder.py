@@ -267,16 +267,16 @@ def check_same_recipe(saved: Path, recipe: dict) -> None:
 def _comparable(recipe: dict) -> dict[str, Any]:
     """``recipe`` as ``{"dotted.key": value}``, its train section with TrainConfig's defaults
     filled in and the :data:`RESUMABLE_CHANGES` left out."""
-    flat = _flatten({**recipe, "train": asdict(TrainConfig(**recipe["train"]))})
+    flat = flatten_sections({**recipe, "train": asdict(TrainConfig(**recipe["train"]))})
     return {k: v for k, v in flat.items() if k not in RESUMABLE_CHANGES}
 
 
-def _flatten(node: dict, prefix: str = "") -> dict[str, Any]:
+def flatten_sections(node: dict, prefix: str = "") -> dict[str, Any]:
     """Nested sections as ``{"section.key": value}``; an empty section is one value."""
     out: dict[str, Any] = {}
     for key, value in node.items():
         if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_sections(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out

@@ -21,7 +21,7 @@ import yaml
 from mlrkit import metrics
 from mlrkit.engine.recover import Thresholds, choose_thresholds, probabilities, recover
 from mlrkit.engine.run import LoadedRun, PreparedRun, load_run, prepare_from_run
-from mlrkit.engine.run_folder import RESUMABLE_CHANGES, _flatten
+from mlrkit.engine.run_folder import RESUMABLE_CHANGES, flatten_sections
 from mlrkit.engine.trainer import evaluate_logits
 from mlrkit.engine.zero_shot import scoring_classes
 from mlrkit.loaders import read_json
@@ -184,7 +184,7 @@ def _recovered(run: LoadedRun, prepared: PreparedRun) -> Recovered | None:
 def comparable(recipe: dict[str, Any]) -> dict[str, Any]:
     """``recipe`` as ``{"dotted.key": value}`` without its ``seed`` fields and the keys that do
     not change what is trained (``RESUMABLE_CHANGES``: run folder, workers, device, progress)."""
-    return {key: value for key, value in _flatten(recipe).items()
+    return {key: value for key, value in flatten_sections(recipe).items()
             if key.rsplit(".", 1)[-1] != "seed" and key not in RESUMABLE_CHANGES}
 
 
