@@ -328,9 +328,9 @@ def prepare(recipe: dict) -> PreparedRun:
     embeddings = _label_embeddings(recipe["label_embeddings"], data.class_names)
     classes = np.arange(data.num_classes) if split is None else split.seen
     names = tuple(data.class_names[c] for c in classes)
-    pseudo = None
-    if recipe.get("pseudo_labels"):
-        pseudo = _pseudo_labels(recipe, data, index["train"], names, cache)
+    teacher = pseudo_labels_section(recipe) if recipe.get("pseudo_labels") else None
+    pseudo = None if teacher is None else _pseudo_labels(teacher, recipe["features"], data,
+                                                         index["train"], names, cache)
     spec = TaskSpec(
         num_classes=len(classes),
         feature_shape=feature_shape,
@@ -350,21 +350,19 @@ def prepare(recipe: dict) -> PreparedRun:
         description["zero_shot"] = zero_shot_info(split, dropped)
     if pseudo is not None:
         description["pseudo_labels"] = {
-            **{k: pseudo_labels_section(recipe)[k] for k in ("teacher", "tau", "theta",
-                                                             "negatives")},
+            **{k: teacher[k] for k in ("teacher", "tau", "theta", "negatives")},
             **pseudo_label_quality(pseudo.labels, labels["train"]),
         }
     return PreparedRun(recipe, data, mask, method, sources, labels, spec, description, split,
                        embeddings, dropped, pseudo)
 
 
-def _pseudo_labels(recipe: dict, data: MultiLabelData, train_rows: np.ndarray,
-                   class_names: Sequence[str], cache) -> PseudoLabels:
-    """The recipe's teacher pseudo-labels of the training rows (``pseudo_labels`` section); the
-    ConSE teacher reads cached pooled ImageNet ``tf_efficientnet_lite0`` features when the
-    recipe caches exactly those."""
-    section = pseudo_labels_section(recipe)
-    feat = recipe["features"] or {}
+def _pseudo_labels(section: dict, features: dict | None, data: MultiLabelData,
+                   train_rows: np.ndarray, class_names: Sequence[str], cache) -> PseudoLabels:
+    """The teacher pseudo-labels of the training rows (``section``: the recipe's
+    ``pseudo_labels`` with its defaults); the ConSE teacher reads cached pooled ImageNet
+    ``tf_efficientnet_lite0`` features when the recipe's ``features`` are exactly those."""
+    feat = features or {}
     pooled = None
     if (section["teacher"] == "conse" and cache is not None
             and feat.get("encoder") == "tf_efficientnet_lite0" and feat.get("weights") == "imagenet"):
