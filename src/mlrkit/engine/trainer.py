@@ -282,6 +282,22 @@ def score_report(logits: Tensor, labels: np.ndarray, prefix: str = "") -> dict[s
     return {f"{prefix}{k}": v for k, v in report.items()}
 
 
+def metrics_log_records(path: Path, drop_torn_last: bool = True) -> list[tuple[str, dict]]:
+    """``(line, record)`` of each line of a ``metrics.jsonl`` file. A damaged line is an error
+    naming the file and line, except, with ``drop_torn_last``, a torn last line (a kill while it
+    was written, before its epoch's checkpoint: a resume drops it)."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append((line, json.loads(line)))
+        except json.JSONDecodeError as err:
+            if number < len(lines) or not drop_torn_last:
+                raise ValueError(f"{path}:{number}: not a JSON record ({err}); delete "
+                                 f"the damaged line or start the run again") from err
+    return records
+
+
 class _MetricsLog:
     """JSON-lines metrics file (and TensorBoard when installed), rank 0 only."""
 
@@ -293,7 +309,7 @@ class _MetricsLog:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # drop lines of epochs that the resume will redo
-            kept = [line for line, record in self._records()
+            kept = [line for line, record in metrics_log_records(self.path)
                     if record.get("epoch", -1) < resume_epoch]
             self.path.write_text("".join(line + "\n" for line in kept))
         try:
@@ -302,20 +318,6 @@ class _MetricsLog:
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         except ImportError:
             self.tb = None
-
-    def _records(self) -> list[tuple[str, dict]]:
-        """``(line, record)`` of each line; a torn last line (a kill while it was written, before
-        its epoch's checkpoint) is dropped, a damaged line before it is an error."""
-        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line]
-        records = []
-        for number, line in enumerate(lines, start=1):
-            try:
-                records.append((line, json.loads(line)))
-            except json.JSONDecodeError as err:
-                if number < len(lines):
-                    raise ValueError(f"{self.path}:{number}: not a JSON record ({err}); delete "
-                                     f"the damaged line or start the run again") from err
-        return records
 
     def write(self, record: dict) -> None:
         if not self.enabled:

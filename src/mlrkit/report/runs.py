@@ -22,7 +22,7 @@ from mlrkit import metrics
 from mlrkit.engine.recover import Thresholds, choose_thresholds, probabilities, recover
 from mlrkit.engine.run import LoadedRun, PreparedRun, load_run, prepare_from_run
 from mlrkit.engine.run_folder import RESUMABLE_CHANGES, flatten_sections
-from mlrkit.engine.trainer import evaluate_logits
+from mlrkit.engine.trainer import evaluate_logits, metrics_log_records
 from mlrkit.engine.zero_shot import scoring_classes
 from mlrkit.loaders import read_json
 
@@ -113,16 +113,8 @@ def check_run_folder(run_dir: Path) -> None:
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file, one per non-empty line."""
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not a JSON record ({err}); delete the damaged "
-                             f"line or train the run again") from err
+    """The epoch records of a finished run's ``metrics.jsonl`` (any damaged line is an error)."""
+    records = [record for _, record in metrics_log_records(path, drop_torn_last=False)]
     if not records:
         raise ValueError(f"{path}: no epoch logged; train the run again")
     return records
