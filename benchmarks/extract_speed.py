@@ -44,7 +44,7 @@ def forward_speed(encoder, images: torch.Tensor, batch_size: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default=str(ROOT / "../shared/data/voc12-animals"))
+    parser.add_argument("--root", default=str(ROOT / "../shared/data/coco2014-6k"))
     parser.add_argument("--limit", type=int, default=512, help="first N images")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)

@@ -1,10 +1,13 @@
 """Shared by the accuracy benchmarks: run a recipe with overrides, tune lr and weight decay on the
 validation split with the same grid for every method, and write tables with their provenance.
 
-Reuse rule: a run folder's name carries a fingerprint of the fully resolved recipe, and a finished
-run (``results.json``) is read back only when the ``config.yaml`` inside equals the recipe asked
-for now; anything else trains anew (an interrupted run resumes). So a result is never reused after
-the recipe, the code's defaults or an override changed.
+Reuse rule: a run folder's name carries a fingerprint of the fully resolved recipe and the hash of
+mlrkit's source (:func:`mlrkit.provenance.source_hash`), and a finished run (``results.json``) is
+read back only when the ``config.yaml`` inside equals the recipe asked for now and its
+``results.json`` was written by the same source; anything else trains anew (an interrupted run of
+the same recipe and source resumes). So a result is never reused after the recipe, the code's
+defaults, an override or any file of ``src/mlrkit/`` changed. Every table records the commit and
+the source hash it was made at.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from mlrkit.atomic import atomic_write
 from mlrkit.engine.recipe import load_recipe
 from mlrkit.engine.run import train_run
 from mlrkit.engine.trainer import TrainConfig
+from mlrkit.provenance import git_commit, source_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,17 +49,19 @@ def recipe_fingerprint(recipe: dict) -> str:
 
 def run_recipe(config: str | Path, overrides: list[str], parent: Path) -> dict:
     """Train ``configs/<config>.yaml`` (or the recipe file ``config``) with ``overrides`` into
-    ``parent/<fingerprint>``.
+    ``parent/<recipe fingerprint>-<source hash>``.
 
-    A finished run of the very same resolved recipe is read back; a killed one resumes. The
-    results carry the run folder and the run's lr and weight decay.
+    A finished run of the very same resolved recipe made by the same source is read back; a killed
+    one resumes. The results carry the run folder and the run's lr and weight decay.
     """
     path = config if isinstance(config, Path) else ROOT / "configs" / f"{config}.yaml"
     recipe = load_recipe(path, ["train.progress=false", *overrides])
-    run_dir = parent / recipe_fingerprint(recipe)
+    fingerprint, code = recipe_fingerprint(recipe), source_hash()
+    run_dir = parent / f"{fingerprint}-{code}"
     done, saved = run_dir / "results.json", run_dir / "config.yaml"
     fresh = not (done.is_file() and saved.is_file()
-                 and recipe_fingerprint(yaml.safe_load(saved.read_text())) == run_dir.name)
+                 and recipe_fingerprint(yaml.safe_load(saved.read_text())) == fingerprint
+                 and json.loads(done.read_text()).get("source_hash") == code)
     results = train_run(recipe, run_dir, resume=saved.is_file()) if fresh else json.loads(
         done.read_text())
     train = TrainConfig(**recipe["train"])
@@ -133,10 +139,13 @@ def write_result(out_dir: Path, stem: str, title: str, body: list[str], data: ob
     """Write ``<stem>.md`` (title, command, machine, body) and ``<stem>.json`` atomically; return
     the markdown text."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines = [f"# {title}", "", f"Command: `{command()}`", "", f"Machine: {machine()}", "", *body]
+    made_at = f"commit {git_commit(ROOT)}, mlrkit source {source_hash()}"
+    lines = [f"# {title}", "", f"Command: `{command()}`", "", f"Machine: {machine()}", "",
+             f"Code: {made_at}", "", *body]
     text = "\n".join(lines) + "\n"
     with atomic_write(out_dir / f"{stem}.md", "w") as f:
         f.write(text)
     with atomic_write(out_dir / f"{stem}.json", "w") as f:
-        json.dump({"command": command(), "machine": machine(), "results": data}, f, indent=1)
+        json.dump({"command": command(), "machine": machine(), "commit": git_commit(ROOT),
+                   "source_hash": source_hash(), "results": data}, f, indent=1)
     return text

@@ -1,44 +1,48 @@
-"""Zero-shot multi-label recognition on VOC 2007: seen / unseen classes, ZSL and GZSL.
+"""Zero-shot multi-label recognition: seen / unseen classes, ZSL and GZSL, on VOC 2007 or COCO-6k.
 
-Two class splits of VOC 2007 (cached EfficientNet-Lite0 features, MiniLM label embeddings of
-"a photo of a {}"):
+Class splits (cached EfficientNet-Lite0 features, MiniLM label embeddings of "a photo of a {}"):
 
-- ``spnet``: the fixed 15 seen / 5 unseen split of SPNet (unseen: potted plant, sheep, sofa,
-  train, tv monitor; ``configs/base/zero-shot-voc2007.yaml``);
-- ``seeded``: 5 unseen classes drawn with ``protocol.fraction=0.25, protocol.seed=1``.
+- VOC 2007 (``--dataset voc2007``): ``spnet``, the fixed 15 seen / 5 unseen split of SPNet
+  (unseen: potted plant, sheep, sofa, train, tv monitor; ``configs/base/zero-shot-voc2007.yaml``),
+  and ``seeded``, 5 unseen classes drawn with ``protocol.fraction=0.25, protocol.seed=1``;
+- COCO-6k (``--dataset coco2014-6k``): ``65/15``, the standard split of Rahman, Khan & Barnes
+  (``configs/base/zero-shot-coco2014-6k.yaml``), test = the 1,220 val2014 photos.
 
-Rows, each on the official val split as the test set (``docs/protocols.md``, "Zero-shot"):
+Rows, each on the dataset's test split (``docs/protocols.md``, "Zero-shot"):
 
-- ``conse``: ConSE(10), training-free (``configs/conse_voc2007_zero-shot.yaml``);
+- ``conse``: ConSE(10), training-free (``configs/conse_<dataset>_zero-shot.yaml``);
 - ``devise``: the learned baseline, a linear projection into the label space trained on the seen
-  classes with the ranking loss (``configs/devise_voc2007_zero-shot.yaml``);
+  classes with the ranking loss (``configs/devise_<dataset>_zero-shot.yaml``);
 - ``devise+distill``: the same with the L1 distillation of the projection to ConSE's embedding
   (``method.distill_weight``, :data:`DISTILL_WEIGHT`);
-- ``sigrl``: SigRL (``configs/sigrl_voc2007_zero-shot.yaml``, GMC + SVFR + local / global
+- ``sigrl``: SigRL (``configs/sigrl_<dataset>_zero-shot.yaml``, GMC + SVFR + local / global
   matching, rank loss + L1 distillation to ConSE's embedding at the released weight 1), and
   ``sigrl+distill1000`` at the distillation weight of ``devise+distill``; its ablations (without
   GMC, without SVFR, without distillation, global or local score only) at the first seed, on the
   first split of ``--sigrl-splits`` (see :data:`SIGRL`);
 - ``supervised``: the bound, a linear head trained on every class with its true labels
-  (``configs/linear_voc2007_partial.yaml`` with ``protocol.name=full``), its AP on the unseen
+  (``configs/linear_<dataset>_partial.yaml`` with ``protocol.name=full``), its AP on the unseen
   columns (ZSL) and all columns (GZSL).
 
-The learned rows get the tuning budget of the other benchmarks (``recipe_grid``: lr x weight
-decay at the first seed, the epoch chosen in every run) on the hold-out's *seen* classes only; the
-other seeds rerun at the chosen values. Then the training-free baselines on the classes of two
-more datasets (no training, so every class is "unseen"): ConSE on coco-mini's 159 photos (80
-classes) and on the voc12-animals test split; CLIP zero-shot too when ``--clip-weights`` gives a
-local open_clip weights file (none ship here).
+mAP is the mean over the classes with a test positive; ``5+`` columns average only the classes
+with at least 5 test positives (COCO-6k's test split has 1 hair drier, 2 toasters and 3 parking
+meters, all unseen). The learned rows get the tuning budget of the other benchmarks
+(``recipe_grid``: lr x weight decay at the first seed, the epoch chosen in every run) on the
+hold-out's *seen* classes only; the other seeds rerun at the chosen values. Then the
+training-free baselines on the classes of other datasets (no training, so every class is
+"unseen"): ConSE on coco-mini's 159 photos (80 classes) and on the other benchmark's test split;
+CLIP zero-shot too when ``--clip-weights`` gives a local open_clip weights file (none ship here).
 
-    python benchmarks/zero_shot.py [--seeds 0 1 2] [--clip-weights FILE --clip-model NAME]
+    python benchmarks/zero_shot.py [--dataset voc2007] [--seeds 0 1 2] [--clip-weights FILE]
 
-Writes ``benchmarks/results/zero_shot_voc2007.md`` and ``.json``. Finished runs of the same
-resolved recipe are reused (``recipe_grid``).
+Writes ``benchmarks/results/zero_shot_<dataset>.md`` and ``.json``. Finished runs of the same
+resolved recipe and source are reused (``recipe_grid``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 from pathlib import Path
@@ -50,17 +54,36 @@ from recipe_grid import ROOT, markdown_table, mean_std, run_recipe, tuned_runs, 
 
 from mlrkit import metrics
 from mlrkit.data import create_dataset
+from mlrkit.data.protocols import ClassSplit
 from mlrkit.engine.run import load_run, prepare_from_run
 from mlrkit.engine.trainer import evaluate_logits
+from mlrkit.engine.zero_shot import zero_shot_metrics
 
-SPLITS = {
-    "spnet": [],
-    "seeded": ["protocol.unseen=null", "protocol.fraction=0.25", "protocol.seed=1"],
+#: Per dataset: the class splits (name -> overrides of the recipes), the test split in words, and
+#: the training-free sets, name -> (reader, root, options, split).
+DATASETS = {
+    "voc2007": {
+        "splits": {"spnet": [], "seeded": ["protocol.unseen=null", "protocol.fraction=0.25",
+                                           "protocol.seed=1"]},
+        "test": "VOC 2007, test = official val (2,508 photos)",
+        "training_free": {
+            "coco-mini (80 classes)": ("coco", "../shared/data/coco-mini", {}, None),
+            "coco2014-6k test (80 classes)": ("csv", "../shared/data/coco2014-6k", {}, "test"),
+        },
+    },
+    "coco2014-6k": {
+        "splits": {"65/15": []},
+        "test": "COCO-6k, test = its 1,220 val2014 photos",
+        "training_free": {
+            "coco-mini (80 classes)": ("coco", "../shared/data/coco-mini", {}, None),
+            "VOC 2007 val (20 classes)": ("voc2007", "../shared/data/voc2007", {}, "val"),
+        },
+    },
 }
 DISTILL_WEIGHT = 1000.0
 LEARNED = {
-    "devise": ("devise_voc2007_zero-shot", []),
-    "devise+distill": ("devise_voc2007_zero-shot",
+    "devise": ("devise_{dataset}_zero-shot", []),
+    "devise+distill": ("devise_{dataset}_zero-shot",
                        [f"method.distill_weight={DISTILL_WEIGHT}",
                         'method.distill_templates=["a photo of a {}"]']),
 }
@@ -80,11 +103,8 @@ SIGRL_ABLATIONS = {
     "sigrl-local-only": ["method.branches=local"],
 }
 SIGRL_EPOCHS = ["train.epochs=6"]
-COLUMNS = ["zsl_mAP", "zsl_F1@3", "zsl_F1@5", "gzsl_mAP", "gzsl_F1@3", "gzsl_F1@5", "seen_mAP"]
-TRAINING_FREE_SETS = {  # name -> (reader, root, options, split)
-    "coco-mini (80 classes)": ("coco", "../shared/data/coco-mini", {}, None),
-    "voc12-animals test": ("csv", "../shared/data/voc12-animals", {}, "test"),
-}
+COLUMNS = ["zsl_mAP", "zsl_mAP_5pos", "zsl_F1@3", "zsl_F1@5", "gzsl_mAP", "gzsl_mAP_5pos",
+           "gzsl_F1@3", "gzsl_F1@5", "seen_mAP"]
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -104,44 +124,46 @@ def supervised_bound(run: dict, unseen: list[str]) -> dict:
     loaded = load_run(run["run_dir"])
     prepared = prepare_from_run(loaded)
     logits = evaluate_logits(loaded.method, prepared.sources["test"], 256, torch.device("cpu"))
-    labels = prepared.labels["test"]
-    columns = [loaded.class_names.index(n) for n in unseen]
-    report = metrics.zero_shot_report(logits.double(), labels, columns, ks=(3, 5))
-    seen = [c for c in range(labels.shape[1]) if c not in columns]
-    ap = metrics.average_precision(logits[:, columns].double(), labels[:, columns])
-    out = {"test_zsl_mAP": report.zsl.mean_ap.value, "test_gzsl_mAP": report.gzsl.mean_ap.value,
-           "test_seen_mAP": metrics.mean_average_precision(logits[:, seen].double(),
-                                                           labels[:, seen]).value,
-           "test_zsl_AP": dict(zip(unseen, ap.tolist(), strict=True))}
-    for name, part in (("zsl", report.zsl), ("gzsl", report.gzsl)):
-        for k, top in part.at_k.items():
-            out[f"test_{name}_F1@{k}"] = top.f1
-    return out
+    names = list(loaded.class_names)
+    columns = np.array(sorted(names.index(n) for n in unseen))
+    split = ClassSplit(names, np.setdiff1d(np.arange(len(names)), columns), columns,
+                       {"source": "unseen of the zero-shot rows"})
+    return zero_shot_metrics(logits, prepared.labels["test"], split, prefix="test_")
 
 
-def voc_split_rows(split: str, seeds: list[int], with_sigrl: bool,
-                   ablations: bool) -> tuple[list[list[str]], dict]:
+def split_rows(dataset: str, split: str, seeds: list[int], with_sigrl: bool,
+               ablations: bool) -> tuple[list[list[str]], dict]:
     """The table rows and the data of one class split."""
-    folder = ROOT / "runs" / "bench" / "zero_shot" / "voc2007" / split
-    overrides = SPLITS[split]
-    conse = run_recipe("conse_voc2007_zero-shot", overrides, folder / "conse")
+    folder = ROOT / "runs" / "bench" / "zero_shot" / dataset / split.replace("/", "-")
+    overrides = DATASETS[dataset]["splits"][split]
+    conse = run_recipe(f"conse_{dataset}_zero-shot", overrides, folder / "conse")
     unseen = list(conse["test_zsl_AP"])
     entries = {"conse": {"runs": [conse], "chosen": None}}
     for name, (config, extra) in LEARNED.items():
-        tuned = tuned_runs(config, [*overrides, *extra], seeds, folder / name)
+        tuned = tuned_runs(config.format(dataset=dataset), [*overrides, *extra], seeds,
+                           folder / name)
         entries[name] = {"runs": tuned.runs, "chosen": tuned.chosen}
     if with_sigrl:
         rows_seeds = [(SIGRL, seeds), (SIGRL_ABLATIONS if ablations else {}, seeds[:1])]
         for table, row_seeds in rows_seeds:
             for name, extra in table.items():
-                tuned = tuned_runs("sigrl_voc2007_zero-shot", [*overrides, *SIGRL_EPOCHS, *extra],
-                                   row_seeds, folder / name, tune=False)
+                tuned = tuned_runs(f"sigrl_{dataset}_zero-shot",
+                                   [*overrides, *SIGRL_EPOCHS, *extra], row_seeds, folder / name,
+                                   tune=False)
                 entries[name] = {"runs": tuned.runs, "chosen": tuned.chosen}
-    tuned = tuned_runs("linear_voc2007_partial", ["protocol.name=full"], seeds,
+    tuned = tuned_runs(f"linear_{dataset}_partial", ["protocol.name=full"], seeds,
                        folder / "supervised")
     entries["supervised"] = {"runs": [{**r, **supervised_bound(r, unseen)} for r in tuned.runs],
                              "chosen": tuned.chosen}
-    rows, data = [], {"unseen": unseen, "methods": {}}
+    averaged = {k: conse[f"test_{k}"] for k in ("zsl_classes_averaged", "gzsl_classes_averaged",
+                                                 "zsl_classes_averaged_5pos",
+                                                 "gzsl_classes_averaged_5pos")}
+    rows, data = [], {"unseen": unseen, "methods": {}, "classes_averaged": {
+        "zsl": averaged["zsl_classes_averaged"], "gzsl": averaged["gzsl_classes_averaged"],
+        "zsl_5pos": averaged["zsl_classes_averaged_5pos"],
+        "gzsl_5pos": averaged["gzsl_classes_averaged_5pos"],
+        "all": len(unseen) + len(json.loads((Path(conse["run_dir"]) / "run.json").read_text())[
+            "class_names"]), "test_positives": conse["test_zsl_positives"]}}
     for name, entry in entries.items():
         summary = summarise(entry["runs"])
         chosen = entry["chosen"]
@@ -154,8 +176,9 @@ def voc_split_rows(split: str, seeds: list[int], with_sigrl: bool,
     return rows, data
 
 
-def training_free_rows(clip_weights: Path | None, clip_model: str) -> tuple[list[list[str]], dict]:
-    """ConSE (and CLIP with weights) on every class of the other datasets."""
+def training_free_rows(sets: dict, clip_weights: Path | None,
+                       clip_model: str) -> tuple[list[list[str]], dict]:
+    """ConSE (and CLIP with weights) on every class of the other datasets ``sets``."""
     from mlrkit.zero_shot import clip_scores, conse_scores
 
     rows, data = [], {}
@@ -164,7 +187,7 @@ def training_free_rows(clip_weights: Path | None, clip_model: str) -> tuple[list
         from mlrkit.encoders.clip import create_clip
 
         clip = create_clip(clip_model, weights=clip_weights)
-    for name, (reader, root, options, split) in TRAINING_FREE_SETS.items():
+    for name, (reader, root, options, split) in sets.items():
         dataset = create_dataset(reader, root, **options)
         dataset = dataset if split is None else dataset.subset(split)
         images = [Path(p) for p in dataset.image_paths]
@@ -188,33 +211,49 @@ def training_free_rows(clip_weights: Path | None, clip_model: str) -> tuple[list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="voc2007", choices=list(DATASETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
-    parser.add_argument("--sigrl-splits", nargs="*", default=["spnet"], choices=list(SPLITS),
-                        help="the splits SigRL runs on (its ablations: the first)")
+    parser.add_argument("--splits", nargs="+", default=None,
+                        help="class splits to run (default: all of the dataset's)")
+    parser.add_argument("--sigrl-splits", nargs="*", default=None,
+                        help="the splits SigRL runs on (default: the first; its ablations: the "
+                             "first of these)")
+    parser.add_argument("--no-ablations", dest="ablations", action="store_false",
+                        help="skip SigRL's ablations")
     parser.add_argument("--clip-weights", type=Path, default=None,
                         help="a local open_clip weights file for the CLIP zero-shot rows")
     parser.add_argument("--clip-model", default="ViT-B-32-quickgelu")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     os.chdir(ROOT)  # recipes name data and caches relative to the project root
+    setting = DATASETS[args.dataset]
+    splits = args.splits or list(setting["splits"])
+    sigrl_splits = splits[:1] if args.sigrl_splits is None else args.sigrl_splits
+    unknown = sorted(set(splits + sigrl_splits) - set(setting["splits"]))
+    if unknown:
+        parser.error(f"{args.dataset} has the class splits {list(setting['splits'])}, not "
+                     f"{unknown}")
 
     rows, data = [], {"splits": {}}
-    for split in args.splits:
-        split_rows, data["splits"][split] = voc_split_rows(
-            split, args.seeds, split in args.sigrl_splits, split in args.sigrl_splits[:1])
-        rows += split_rows
+    for split in splits:
+        with_sigrl = split in sigrl_splits
+        rows_of_split, data["splits"][split] = split_rows(
+            args.dataset, split, args.seeds, with_sigrl,
+            args.ablations and with_sigrl and split == sigrl_splits[0])
+        rows += rows_of_split
         print(split, "done", flush=True)
-    free_rows, data["training_free"] = training_free_rows(args.clip_weights, args.clip_model)
-    header = ["split", "method", "ZSL mAP", "ZSL F1@3", "ZSL F1@5", "GZSL mAP", "GZSL F1@3",
-              "GZSL F1@5", "seen mAP", "lr / wd / epoch"]
+    free_rows, data["training_free"] = training_free_rows(
+        setting["training_free"], args.clip_weights, args.clip_model)
+    header = ["split", "method", "ZSL mAP", "ZSL mAP 5+", "ZSL F1@3", "ZSL F1@5", "GZSL mAP",
+              "GZSL mAP 5+", "GZSL F1@3", "GZSL F1@5", "seen mAP", "lr / wd / epoch"]
+    averaged = {split: averaged_classes(d) for split, d in data["splits"].items()}
     body = [
-        (f"VOC 2007, test = official val (2,508 photos), {len(args.seeds)} training seeds for the "
-         "learned rows (mean ± std); ConSE is deterministic. ZSL: the 5 unseen classes only (top-k "
-         "among them); GZSL: all 20. F1@k over all test images, as MKT / SigRL compute it: "
-         "most VOC photos hold no unseen class, so ZSL F1@3 is low for every method, and with 5 "
-         "unseen classes ZSL F1@5 predicts all five and is the same for every method. seen mAP: "
-         "the 15 seen classes of the test split. Percent."),
+        (f"{setting['test']}, {len(args.seeds)} training seeds for the learned rows (mean ± std); "
+         "ConSE is deterministic. ZSL: the unseen classes only (top-k among them); GZSL: all "
+         "classes. mAP averages the classes with a test positive, mAP 5+ those with at least 5 "
+         f"({averaged}). F1@k over all test images, as MKT / SigRL compute it: a photo without "
+         "an unseen class still counts, so ZSL F1@k is low for every method. seen mAP: the seen "
+         "classes of the test split. Percent."),
         "",
         *markdown_table(header, rows),
         "",
@@ -225,18 +264,28 @@ def main() -> None:
         names = split_data["unseen"]
         body += [f"{split}:", "", *markdown_table(
             ["method", *names],
-            [[m, *[f"{100 * d['per_class_AP'][n]:.1f}" for n in names]]
-             for m, d in split_data["methods"].items()]), ""]
+            [["test positives", *[str(split_data["classes_averaged"]["test_positives"][n])
+                                  for n in names]]]
+            + [[m, *[f"{100 * d['per_class_AP'][n]:.1f}" for n in names]]
+               for m, d in split_data["methods"].items()]), ""]
     body += ["## Training-free baselines on other class sets (every class unseen)", "",
              *markdown_table(["data", "method", "images", "mAP", "classes averaged",
                               "worst / best class AP"], free_rows)]
     if args.clip_weights is None:
         body += ["", "CLIP zero-shot: not run (no CLIP weights here; pass --clip-weights FILE)."]
-    text = write_result(args.out_dir, "zero_shot_voc2007",
-                        "Zero-shot multi-label recognition: VOC 2007 seen / unseen splits", body,
-                        data)
+    stem = f"zero_shot_{args.dataset}"
+    text = write_result(args.out_dir, stem,
+                        f"Zero-shot multi-label recognition: {args.dataset} seen / unseen splits",
+                        body, data)
     print(text)
-    print(plot_zero_shot(args.out_dir / "zero_shot_voc2007.json"))
+    print(plot_zero_shot(args.out_dir / f"{stem}.json"))
+
+
+def averaged_classes(split_data: dict) -> str:
+    """How many classes the ZSL / GZSL means and their 5+ versions averaged."""
+    n = split_data["classes_averaged"]
+    return (f"ZSL {n['zsl']} / {n['zsl_5pos']}, GZSL {n['gzsl']} / {n['gzsl_5pos']} classes "
+            f"of {n['all']}")
 
 
 if __name__ == "__main__":

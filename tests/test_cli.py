@@ -11,47 +11,47 @@ from mlrkit.data.protocols import ProtocolMask
 
 
 @pytest.fixture
-def voc() -> Path:
-    return real_data("voc12-animals")
+def coco() -> Path:
+    return real_data("coco2014-6k")
 
 
-def test_data_summary_prints_counts_and_mask_stats(capsys, tmp_path, voc):
+def test_data_summary_prints_counts_and_mask_stats(capsys, tmp_path, coco):
     mask_file = tmp_path / "mask.npz"
-    code = main(["data", "summary", "--dataset", "csv", "--root", str(voc),
+    code = main(["data", "summary", "--dataset", "csv", "--root", str(coco),
                  "--protocol", "partial", "--known", "0.1", "--seed", "0",
                  "--save-mask", str(mask_file)])
     out = capsys.readouterr().out
     assert code == 0
-    assert "images            3,576" in out
-    assert "classes           20" in out
-    assert "splits            train 2,149, val 707, test 720" in out
-    assert "dog            1,308" in out
+    assert "images            6,168" in out
+    assert "classes           80" in out
+    assert "splits            train 4,948, test 1,220" in out
+    assert "person            3,400" in out
     assert "mask on split 'train'" in out
     mask = ProtocolMask.load(mask_file)
-    assert mask.shape == (2149, 20)
+    assert mask.shape == (4948, 80)
     assert f"known entries      {mask.known.mean():.2%}" in out
 
 
-def test_single_positive_summary_uses_cole_seed(capsys, voc):
-    assert main(["data", "summary", "--dataset", "csv", "--root", str(voc),
+def test_single_positive_summary_uses_cole_seed(capsys, coco):
+    assert main(["data", "summary", "--dataset", "csv", "--root", str(coco),
                  "--protocol", "single_positive", "--mode", "cole"]) == 0
     out = capsys.readouterr().out
     assert "seed=1200" in out
-    assert "known positives    2,149" in out
+    assert "known positives    4,948" in out
 
 
-def test_errors_are_messages_not_tracebacks(capsys, tmp_path, voc):
+def test_errors_are_messages_not_tracebacks(capsys, tmp_path, coco):
     assert main(["data", "summary", "--dataset", "csv", "--root", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["data", "summary", "--dataset", "voc9", "--root", str(voc)]) == 2
+    assert main(["data", "summary", "--dataset", "voc9", "--root", str(coco)]) == 2
     assert "unknown dataset 'voc9'" in capsys.readouterr().err
-    assert main(["data", "summary", "--dataset", "csv", "--root", str(voc),
+    assert main(["data", "summary", "--dataset", "csv", "--root", str(coco),
                  "--protocol", "partial", "--mode", "cole"]) == 2
     assert "mode" in capsys.readouterr().err
 
 
-def test_known_share_matches_requested_proportion(capsys, voc):
-    main(["data", "summary", "--dataset", "csv", "--root", str(voc), "--protocol", "partial",
+def test_known_share_matches_requested_proportion(capsys, coco):
+    main(["data", "summary", "--dataset", "csv", "--root", str(coco), "--protocol", "partial",
           "--known", "0.5", "--seed", "3"])
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  known entries"))
     share = float(line.split()[2].rstrip("%")) / 100

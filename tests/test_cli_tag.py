@@ -16,7 +16,9 @@ from mlrkit.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CAT_1, CAT_2, DOG = "2007_000528.jpg", "2007_000549.jpg", "2007_000720.jpg"  # only-cat, only-dog
+# The first two VOC 2007 trainval photos whose only label is cat, and the first whose only one is dog
+CAT_1, CAT_2, DOG = "000077.jpg", "000122.jpg", "000036.jpg"
+VOC_PHOTOS = "VOCdevkit/VOC2007/JPEGImages"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,7 +30,7 @@ def _label_cache(tmp_path_factory):
 
 @pytest.fixture
 def photos() -> Path:
-    return real_data("voc12-animals") / "images"
+    return real_data("voc2007") / VOC_PHOTOS
 
 
 def tag(capsys, *args) -> tuple[int, str, str]:

@@ -449,3 +449,21 @@ def test_metrics_run_on_cuda():
     at_half = precision_recall_f1(scores, labels, threshold=0.5, top_k=3)
     assert precision_recall_f1(scores_cuda, labels, threshold=0.5, top_k=3) == at_half
     assert f1_at_k(scores_cuda, labels_cuda, 3) == f1_at_k(scores, labels, 3)
+
+
+def test_min_positives_leaves_rare_classes_out_of_the_mean_as_scikit_learn_would():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((60, 5)) < np.array([0.5, 0.05, 0.3, 0.0, 0.08])).astype(np.int8)
+    labels[rng.random(labels.shape) < 0.1] = -1  # unknown entries are ignored in counts too
+    scores = rng.random((60, 5))
+    positives = (labels == 1).sum(0)
+    frequent = [c for c in range(5) if positives[c] >= 5]
+    assert 0 < len(frequent) < 4  # the draw has rare and empty classes
+    want = np.mean([average_precision_score(labels[labels[:, c] >= 0, c],
+                                            scores[labels[:, c] >= 0, c]) for c in frequent])
+    result = mean_average_precision(scores, labels, min_positives=5)
+    assert result.num_classes_averaged == len(frequent)
+    assert abs(result.value - want) < 1e-6
+    assert mean_average_precision(scores, labels).num_classes_averaged == (positives > 0).sum()
+    with pytest.raises(ValueError, match="min_positives must be >= 1"):
+        mean_average_precision(scores, labels, min_positives=0)

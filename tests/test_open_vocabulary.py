@@ -174,7 +174,7 @@ def test_conse_head_on_cached_features_equals_conse_scores(tmp_path):
     from mlrkit.encoders import create_image_encoder
     from mlrkit.zero_shot import CLASSIFIER
 
-    photos = real_data("voc12-animals") / "images"
+    photos = real_data("coco2014-6k") / "images"
     images = sorted(photos.glob("*.jpg"))[:3]
     encoder = create_image_encoder(CLASSIFIER, weights="imagenet").eval()
     transform = encoder.transform(train=False)

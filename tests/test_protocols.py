@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import real_data
 
-from mlrkit.data import DataFormatError
+from mlrkit.data import DataFormatError, create_dataset
 from mlrkit.data.protocols import (
     ClassSplit,
     ProtocolMask,
@@ -16,9 +16,11 @@ from mlrkit.data.protocols import (
 
 
 @pytest.fixture(scope="module")
-def voc_labels() -> np.ndarray:
-    path = real_data("voc12-animals") / "labels.csv"
-    return np.loadtxt(path, delimiter=",", skiprows=1, usecols=range(1, 21), dtype=np.int8)
+def coco_labels() -> np.ndarray:
+    """The (6168, 80) 0/1 labels of coco2014-6k (every entry known)."""
+    labels = create_dataset("csv", real_data("coco2014-6k")).labels
+    assert labels.shape == (6168, 80) and set(np.unique(labels)) == {0, 1}
+    return labels
 
 
 def hcp_reference(labels_pm1: np.ndarray, proportion: float) -> np.ndarray:
@@ -45,44 +47,44 @@ def cole_reference(labels01: np.ndarray, seed: int = 1200) -> np.ndarray:
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
-def test_hcp_partial_mask_equals_reference_rule(voc_labels: np.ndarray, p: float) -> None:
-    reference = hcp_reference(np.where(voc_labels == 1, 1, -1), p)
-    mask = partial_labels(voc_labels, p, seed=0, mode="hcp")
+def test_hcp_partial_mask_equals_reference_rule(coco_labels: np.ndarray, p: float) -> None:
+    reference = hcp_reference(np.where(coco_labels == 1, 1, -1), p)
+    mask = partial_labels(coco_labels, p, seed=0, mode="hcp")
     np.testing.assert_array_equal(mask.known, reference != 0)
-    observed = mask.observed(voc_labels)
+    observed = mask.observed(coco_labels)
     np.testing.assert_array_equal(observed == 1, reference == 1)
     np.testing.assert_array_equal(observed == 0, reference == -1)
 
 
-def test_partial_mask_keeps_about_p_and_drops_positives_and_negatives_alike(voc_labels):
-    mask = partial_labels(voc_labels, 0.3, seed=7)
+def test_partial_mask_keeps_about_p_and_drops_positives_and_negatives_alike(coco_labels):
+    mask = partial_labels(coco_labels, 0.3, seed=7)
     assert mask.known.mean() == pytest.approx(0.3, abs=0.01)
-    pos = voc_labels == 1
+    pos = coco_labels == 1
     assert mask.known[pos].mean() == pytest.approx(0.3, abs=0.03)
     assert mask.known[~pos].mean() == pytest.approx(0.3, abs=0.01)
 
 
-def test_partial_mask_is_deterministic_from_seed(voc_labels):
-    a = partial_labels(voc_labels, 0.1, seed=3)
-    b = partial_labels(voc_labels, 0.1, seed=3)
-    c = partial_labels(voc_labels, 0.1, seed=4)
+def test_partial_mask_is_deterministic_from_seed(coco_labels):
+    a = partial_labels(coco_labels, 0.1, seed=3)
+    b = partial_labels(coco_labels, 0.1, seed=3)
+    c = partial_labels(coco_labels, 0.1, seed=4)
     assert a.checksum == b.checksum != c.checksum
 
 
-def test_cole_single_positive_equals_published_generator_for_every_image(voc_labels):
-    reference = cole_reference(voc_labels)
-    mask = single_positive(voc_labels, seed=1200, mode="cole")
-    observed = mask.observed(voc_labels)
+def test_cole_single_positive_equals_published_generator_for_every_image(coco_labels):
+    reference = cole_reference(coco_labels)
+    mask = single_positive(coco_labels, seed=1200, mode="cole")
+    observed = mask.observed(coco_labels)
     np.testing.assert_array_equal(observed == 1, reference == 1)
     assert not (observed == 0).any()
 
 
-def test_single_positive_keeps_exactly_one_true_positive_per_image(voc_labels):
-    mask = single_positive(voc_labels, seed=0)
-    observed = mask.observed(voc_labels)
-    has_pos = (voc_labels == 1).any(axis=1)
+def test_single_positive_keeps_exactly_one_true_positive_per_image(coco_labels):
+    mask = single_positive(coco_labels, seed=0)
+    observed = mask.observed(coco_labels)
+    has_pos = (coco_labels == 1).any(axis=1)
     assert ((observed == 1).sum(axis=1) == has_pos).all()
-    assert (voc_labels[observed == 1] == 1).all()
+    assert (coco_labels[observed == 1] == 1).all()
     assert (observed != 1).sum() == (observed == -1).sum()
 
 
@@ -104,21 +106,21 @@ def test_images_without_positive_are_reported_not_dropped(mode):
     assert not mask.known[[1, 3]].any()
 
 
-def test_mask_round_trips_through_file_and_refuses_other_labels(tmp_path, voc_labels):
-    mask = partial_labels(voc_labels, 0.1, seed=0, mode="hcp")
+def test_mask_round_trips_through_file_and_refuses_other_labels(tmp_path, coco_labels):
+    mask = partial_labels(coco_labels, 0.1, seed=0, mode="hcp")
     path = mask.save(tmp_path / "masks" / "voc_p0.1.npz")
     loaded = ProtocolMask.load(path)
     np.testing.assert_array_equal(loaded.known, mask.known)
     assert (loaded.seed, loaded.params, loaded.protocol) == (0, {"known": 0.1, "mode": "hcp"},
                                                              "partial")
     assert loaded.checksum == mask.checksum
-    np.testing.assert_array_equal(loaded.observed(voc_labels), mask.observed(voc_labels))
-    other = voc_labels.copy()
+    np.testing.assert_array_equal(loaded.observed(coco_labels), mask.observed(coco_labels))
+    other = coco_labels.copy()
     other[0, 0] = 1 - other[0, 0]
     with pytest.raises(ValueError, match="checksum"):
         loaded.observed(other)
     with pytest.raises(ValueError, match="shape"):
-        loaded.observed(voc_labels[:10])
+        loaded.observed(coco_labels[:10])
 
 
 def test_single_positive_mask_round_trip_keeps_no_positive_list(tmp_path):

@@ -1,4 +1,4 @@
-"""The generic CSV reader on the real voc12-animals and MIML label files and on small broken files."""
+"""The generic CSV reader on the real coco2014-6k and MIML label files and on small broken files."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,17 +14,19 @@ def split_sizes(data) -> dict[str, int]:
     return {s: int((data.splits == s).sum()) for s in data.split_names()}
 
 
-def test_reads_voc12_animals_with_its_split():
-    data = create_dataset("csv", real_data("voc12-animals"))
-    assert data.name == "voc12-animals"
-    assert data.labels.shape == (3576, 20) and data.labels.dtype == np.int8
-    assert data.class_names[0] == "aeroplane" and data.class_names[-1] == "tvmonitor"
+def test_reads_coco2014_6k_label_lists_with_classes_txt_and_its_split():
+    data = create_dataset("csv", real_data("coco2014-6k"))
+    assert data.name == "coco2014-6k"
+    assert data.labels.shape == (6168, 80) and data.labels.dtype == np.int8
+    assert data.class_names[0] == "person" and data.class_names[-1] == "toothbrush"  # classes.txt
+    assert data.class_names[4] == "airplane"  # COCO-80 order, not sorted
     assert set(np.unique(data.labels)) == {0, 1}
-    assert abs(data.labels.sum(1).mean() - 1.41) < 0.01
-    assert split_sizes(data) == {"train": 2149, "val": 707, "test": 720}
+    assert abs(data.labels.sum(1).mean() - 2.84) < 0.01
+    assert split_sizes(data) == {"train": 4948, "test": 1220}
     first = data.image_paths[0]
-    assert first.parent.name == "images" and first.name == "2007_000063.jpg"
-    assert {data.class_names[j] for j in np.flatnonzero(data.labels[0])} == {"chair", "dog"}
+    assert first.parent.name == "images" and first.name == "COCO_train2014_000000000009.jpg"
+    assert {data.class_names[j] for j in np.flatnonzero(data.labels[0])} == {
+        "bowl", "orange", "broccoli"}
 
 
 def test_reads_miml_with_a_filenames_column():

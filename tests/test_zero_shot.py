@@ -1,12 +1,11 @@
 """ConSE zero-shot scores: the exact formula on hand-built probabilities, the ImageNet class names
-and classifier, and real VOC 2012 photos."""
-
-import csv
+and classifier, and real VOC 2007 photos."""
 
 import numpy as np
 import pytest
 from conftest import real_data
 
+from mlrkit.data import create_dataset
 from mlrkit.data.images import UnreadableImagesError
 from mlrkit.zero_shot import (
     conse_embed,
@@ -110,24 +109,27 @@ def test_conse_on_real_minilm_vectors_is_the_weighted_mean_of_the_top_classes():
 
 
 def _photos(label: str, count: int) -> list:
-    """The first ``count`` voc12-animals photos whose only label is ``label``."""
-    root = real_data("voc12-animals")
-    with open(root / "labels.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f)
-                if r[label] == "1" and sum(int(r[c]) for c in VOC) == 1]
-    return [root / "images" / r["image"] for r in rows[:count]]
+    """The first ``count`` VOC 2007 trainval photos whose only label is ``label`` (no difficult
+    object either)."""
+    data = create_dataset("voc2007", real_data("voc2007"))
+    column = data.class_names.index(label)
+    only = (data.labels[:, column] == 1) & ((data.labels != 0).sum(1) == 1)
+    return [data.image_paths[i] for i in np.flatnonzero(only)[:count]]
 
 
-def test_real_cat_photos_score_cat_above_aeroplane_and_dog_photos_dog_above_cat():
-    cats, dogs = _photos("cat", 4), _photos("dog", 2)
-    scores = conse_scores(cats + dogs, VOC)  # (6, 20), MiniLM of "a photo of a {}", T = 10
+def test_real_cat_photos_score_cat_first_and_dog_photos_dog_above_cat():
+    """The first 20 only-cat and 20 only-dog VOC 2007 photos against all 20 VOC classes (chance
+    of ranking the true class first: 1 in 20). Measured: cat first on 16 of 20 (three go to dog,
+    one to car), cat above aeroplane by 0.2 on 17; dog first on 17 of 20, dog above cat on all."""
+    cats, dogs = _photos("cat", 20), _photos("dog", 20)
+    scores = conse_scores(cats + dogs, VOC)  # (40, 20), MiniLM of "a photo of a {}", T = 10
     cat, dog, aeroplane = VOC.index("cat"), VOC.index("dog"), VOC.index("aeroplane")
-    for path, row in zip(cats, scores[:4], strict=True):
-        print(path.name, {VOC[c]: round(float(row[c]), 3) for c in np.argsort(-row)[:3]})
-        assert row[cat] > row[aeroplane] + 0.2, path.name
-        assert row.argmax() == cat, path.name  # first of all 20 VOC classes
-    for path, row in zip(dogs, scores[4:], strict=True):
-        assert row[dog] > row[cat], path.name
+    on_cats, on_dogs = scores[:20], scores[20:]
+    assert (on_cats.argmax(1) == cat).sum() >= 15
+    assert (on_cats[:, cat] > on_cats[:, aeroplane] + 0.2).sum() >= 15
+    assert (on_cats[:, cat] > on_cats[:, aeroplane]).sum() >= 19
+    assert (on_dogs.argmax(1) == dog).sum() >= 15
+    assert (on_dogs[:, dog] > on_dogs[:, cat]).all()
 
 
 def test_glove_source_scores_real_photos_too_and_names_unknown_words():

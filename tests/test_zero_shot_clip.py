@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import real_data
 from PIL import Image
 from safetensors.torch import save_file
-from test_cli_tag import CAT_1, DOG, ranks, tag
+from test_cli_tag import CAT_1, DOG, VOC_PHOTOS, ranks, tag
 from test_encoders_clip import SMALL_VIT_B_16
 
 import mlrkit.encoders.clip as clip_module
@@ -34,7 +34,7 @@ def clip():
 
 @pytest.fixture
 def photos():
-    images = real_data("voc12-animals") / "images"
+    images = real_data("voc2007") / VOC_PHOTOS
     return [images / CAT_1, images / DOG]
 
 

@@ -1,11 +1,11 @@
 """The ``mlrkit`` command.
 
-    mlrkit data summary --dataset csv --root ../shared/data/voc12-animals --protocol partial
+    mlrkit data summary --dataset csv --root data/coco2014-6k --protocol partial
     mlrkit data split --dataset csv --root my_photos --train 0.8 --val 0.1 --test 0.1 --seed 0
-    mlrkit train --config configs/linear_voc12-animals_partial.yaml --set protocol.known=0.3
-    mlrkit eval --checkpoint runs/linear_voc12-animals_partial
-    mlrkit eval --checkpoint runs/linear_voc12-animals_partial --dataset csv --root other_photos
-    mlrkit predict --checkpoint runs/linear_voc12-animals_partial photo1.jpg photo2.jpg
+    mlrkit train --config configs/linear_coco2014-6k_partial.yaml --set protocol.known=0.3
+    mlrkit eval --checkpoint runs/linear_coco2014-6k_partial
+    mlrkit eval --checkpoint runs/linear_coco2014-6k_partial --dataset csv --root other_photos
+    mlrkit predict --checkpoint runs/linear_coco2014-6k_partial photo1.jpg photo2.jpg
     mlrkit tag photos/ --recursive --labels "cat, dog, sofa" --zero-shot conse --top-k 2
     mlrkit recover --checkpoint runs/my_run --dataset csv --root my_photos --out recovered/
     mlrkit export --format label-studio recovered/ --out review/tasks.json --image-root my_photos

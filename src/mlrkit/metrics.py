@@ -44,6 +44,11 @@ _INTERPOLATIONS = ("none", "voc")
 _CLASSES_WITHOUT_POSITIVE = ("exclude", "zero")
 
 
+#: The fewest known positives of a class in the reports' second mean AP (``mAP_5pos``): an AP that
+#: rests on 1-4 positives is mostly noise (COCO-6k's test split has 1 hair drier and 2 toasters).
+FEW_POSITIVES = 5
+
+
 class MAPResult(NamedTuple):
     """Mean average precision over the classes that have at least one known positive.
 
@@ -370,6 +375,7 @@ def mean_average_precision(
     labels: ArrayLike,
     interpolation: Interpolation = "none",
     classes_without_positive: ClassesWithoutPositive = "exclude",
+    min_positives: int = 1,
 ) -> MAPResult:
     """Mean of :func:`average_precision` over classes, and how many classes were averaged.
 
@@ -381,6 +387,9 @@ def mean_average_precision(
         classes_without_positive: ``"exclude"`` (default): a class with no known positive has AP
             NaN and is left out of the mean. ``"zero"``: it gets AP 0 and still counts, as the
             single-positive (Cole et al., VLPL, LL) and zero-shot (MKT, SigRL OV) repositories do.
+        min_positives: a class with at least one but fewer than ``min_positives`` known positives
+            has AP NaN and is left out of the mean (whatever ``classes_without_positive``): with
+            ``5``, the mean over the classes whose AP rests on at least 5 positives.
 
     Returns:
         :class:`MAPResult` ``(value, per_class, num_classes_averaged)``.
@@ -395,7 +404,12 @@ def mean_average_precision(
         0.41666666666666663
     """
     _check_choice(classes_without_positive, _CLASSES_WITHOUT_POSITIVE, "classes_without_positive")
+    if min_positives < 1:
+        raise ValueError(f"min_positives must be >= 1, got {min_positives}")
     per_class = average_precision(scores, labels, interpolation)
+    if min_positives > 1:
+        positives = (_format(scores, labels)[1] == 1).sum(0).to(per_class.device)
+        per_class = per_class.masked_fill((positives > 0) & (positives < min_positives), torch.nan)
     return _mean_over_classes(per_class, classes_without_positive)
 
 

@@ -8,7 +8,8 @@ A run folder holds everything needed to repeat, evaluate or use the run::
     mask.npz         the protocol's known-label mask of the training split (ProtocolMask)
     metrics.jsonl    one line per epoch
     checkpoints/     best/ and the last epoch (see engine.checkpoint)
-    results.json     best epoch, validation and test metrics
+    results.json     best epoch, validation and test metrics, the source_hash of the code that
+                     finished the run (mlrkit.provenance)
     train.lock       while a process trains into the folder (see engine.run_lock)
 
 One process trains into a folder at a time, and a folder holds one run (see
@@ -73,6 +74,7 @@ from mlrkit.engine.zero_shot import (
     zero_shot_metrics,
 )
 from mlrkit.methods import Method, MethodOutput, StepInfo, TaskSpec, create_method, method_class
+from mlrkit.provenance import source_hash
 
 
 class EncoderHead(Method):
@@ -416,6 +418,7 @@ def _train(recipe: dict, run_dir: Path, cfg: TrainConfig, resume: bool, started:
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
         "threads": torch.get_num_threads(),
+        "source_hash": source_hash(),
         **result.best_val,
     }
     if prepared.class_split is not None:

@@ -9,6 +9,7 @@ Written at train time next to ``config.yaml`` (see :mod:`mlrkit.engine.run`)::
 ``run.json``::
 
     format, mlrkit_version
+    source_hash     mlrkit.provenance.source_hash() of the code that started the run
     class_names     the C class names, in logit order
     method          {"name", "hparams"}: create_method(name, spec, **hparams)
     spec            {"num_classes": C, "feature_shape": [D] or [D, h, w], "num_train": N}
@@ -59,6 +60,7 @@ from mlrkit.engine.recipe import load_recipe
 from mlrkit.engine.trainer import TrainConfig
 from mlrkit.loaders import read_json, read_safetensors
 from mlrkit.methods import TaskSpec
+from mlrkit.provenance import source_hash
 
 RUN_FORMAT = 1
 RUN_FILE = "run.json"
@@ -86,6 +88,7 @@ def run_info(
     return {
         "format": RUN_FORMAT,
         "mlrkit_version": mlrkit.__version__,
+        "source_hash": source_hash(),
         "class_names": list(spec.class_names),
         "method": {"name": recipe["method"]["name"], "hparams": hparams},
         "spec": {"num_classes": spec.num_classes, "feature_shape": list(spec.feature_shape),

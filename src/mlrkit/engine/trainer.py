@@ -260,9 +260,12 @@ def evaluate_logits(
 
 
 def score_report(logits: Tensor, labels: np.ndarray, prefix: str = "") -> dict[str, float]:
-    """mAP (non-interpolated and VOC-interpolated), CF1/OF1 at p >= 0.5 and top-3, as fractions."""
+    """mAP (non-interpolated and VOC-interpolated), CF1/OF1 at p >= 0.5 and top-3, as fractions;
+    ``mAP_5pos``: the mAP over the ``classes_averaged_5pos`` classes with at least
+    ``metrics.FEW_POSITIVES`` known positives (an AP over 1-4 positives is mostly noise)."""
     probs = torch.sigmoid(logits.double())
     mean_ap = metrics.mean_average_precision(probs, labels)
+    frequent = metrics.mean_average_precision(probs, labels, min_positives=metrics.FEW_POSITIVES)
     voc_ap = metrics.mean_average_precision(probs, labels, interpolation="voc")
     at_half = metrics.precision_recall_f1(probs, labels, threshold=0.5)
     top3 = metrics.precision_recall_f1(probs, labels, threshold=0.5, top_k=min(3, labels.shape[1]))
@@ -270,6 +273,8 @@ def score_report(logits: Tensor, labels: np.ndarray, prefix: str = "") -> dict[s
         "mAP": mean_ap.value,
         "mAP_voc": voc_ap.value,
         "classes_averaged": mean_ap.num_classes_averaged,
+        "mAP_5pos": frequent.value,
+        "classes_averaged_5pos": frequent.num_classes_averaged,
         "CP": at_half.class_precision,
         "CR": at_half.class_recall,
         "CF1": at_half.class_f1,

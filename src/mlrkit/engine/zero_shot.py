@@ -84,16 +84,27 @@ def zero_shot_metrics(logits: Tensor, labels: np.ndarray, split: ClassSplit,
                       prefix: str = "") -> dict:
     """ZSL and GZSL figures of ``logits`` ``(N, C)`` over all classes against ``labels``.
 
-    Keys (after ``prefix``): ``zsl_mAP``, ``gzsl_mAP``, ``seen_mAP`` and, for each ``k`` of
+    Keys (after ``prefix``): ``zsl_mAP``, ``gzsl_mAP``, ``seen_mAP``, ``*_classes_averaged``
+    (the classes with a test positive); ``zsl_mAP_5pos`` and
+    ``gzsl_mAP_5pos`` over the classes with at least ``metrics.FEW_POSITIVES`` test positives (their
+    number: ``*_classes_averaged_5pos``); for each ``k`` of
     :data:`TOP_KS` (capped at the unseen class count), ``zsl_P@k``, ``zsl_R@k``, ``zsl_F1@k``
-    and the ``gzsl_`` ones; ``zsl_AP``: ``{unseen class: AP}``. Fractions, as the other metrics.
+    and the ``gzsl_`` ones; ``zsl_AP``: ``{unseen class: AP}``; ``zsl_positives``: ``{unseen
+    class: test positives}``. Fractions, as the other metrics.
     """
     scores = logits.double()
     ks = sorted({min(k, len(split.unseen)) for k in TOP_KS})
     report = metrics.zero_shot_report(scores, labels, split.unseen, ks=ks)
     out: dict = {"zsl_mAP": report.zsl.mean_ap.value, "gzsl_mAP": report.gzsl.mean_ap.value,
                  "seen_mAP": metrics.mean_average_precision(scores[:, split.seen],
-                                                            labels[:, split.seen]).value}
+                                                            labels[:, split.seen]).value,
+                 "zsl_classes_averaged": report.zsl.mean_ap.num_classes_averaged,
+                 "gzsl_classes_averaged": report.gzsl.mean_ap.num_classes_averaged}
+    for setting, columns in (("zsl", split.unseen), ("gzsl", slice(None))):
+        frequent = metrics.mean_average_precision(scores[:, columns], labels[:, columns],
+                                                  min_positives=metrics.FEW_POSITIVES)
+        out[f"{setting}_mAP_5pos"] = frequent.value
+        out[f"{setting}_classes_averaged_5pos"] = frequent.num_classes_averaged
     for setting, part in (("zsl", report.zsl), ("gzsl", report.gzsl)):
         for k, top in part.at_k.items():
             out.update({f"{setting}_P@{k}": top.precision, f"{setting}_R@{k}": top.recall,
@@ -101,6 +112,9 @@ def zero_shot_metrics(logits: Tensor, labels: np.ndarray, split: ClassSplit,
     per_class = metrics.average_precision(scores[:, split.unseen], labels[:, split.unseen])
     out["zsl_AP"] = {split.class_names[c]: float(ap)
                      for c, ap in zip(split.unseen, per_class.tolist(), strict=True)}
+    positives = (np.asarray(labels)[:, split.unseen] == 1).sum(0)
+    out["zsl_positives"] = {split.class_names[c]: int(n)
+                            for c, n in zip(split.unseen, positives.tolist(), strict=True)}
     return {f"{prefix}{k}": v for k, v in out.items()}
 
 
