@@ -7,13 +7,18 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: test demo lint bench clean
 
+# Packages install with uv (from PyPI, bootstrapped by pip into each venv): the same versions as
+# pip resolves, in about 45 s instead of 3 min on a fresh 2-core machine.
+UV_VERSION := 0.13.8
+
 $(BIN)/mlrkit: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[test]'
 	touch $@
 
 # Label Studio, the annotation server tests/test_review.py starts, lives in a venv of its own: it
-# pins numpy (< 2.3, through opencv) and pyarrow (< 25) below mlrkit's. About 1 min to install.
+# pins numpy (< 2.3, through opencv) and pyarrow (< 25) below mlrkit's. About 20 s to install.
 REVIEW_VENV := .venv-review
 LABEL_STUDIO_VERSION := 1.23.2
 LABEL_STUDIO := $(REVIEW_VENV)/.installed-label-studio-$(LABEL_STUDIO_VERSION)
@@ -21,12 +26,16 @@ LABEL_STUDIO := $(REVIEW_VENV)/.installed-label-studio-$(LABEL_STUDIO_VERSION)
 $(LABEL_STUDIO):
 	test -x $(REVIEW_VENV)/bin/python || $(PYTHON) -m venv $(REVIEW_VENV)
 	echo '*' > $(REVIEW_VENV)/.gitignore
-	$(REVIEW_VENV)/bin/pip install --quiet label-studio==$(LABEL_STUDIO_VERSION)
+	$(REVIEW_VENV)/bin/pip install --quiet uv==$(UV_VERSION)
+	$(REVIEW_VENV)/bin/uv pip install --python $(REVIEW_VENV)/bin/python --quiet \
+		label-studio==$(LABEL_STUDIO_VERSION)
 	touch $@
 
-test: $(BIN)/mlrkit $(LABEL_STUDIO)
+# The two venvs install side by side; the tests run in two worker processes (pytest-xdist).
+test:
+	$(MAKE) --no-print-directory -j2 $(BIN)/mlrkit $(LABEL_STUDIO)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # The main job: VOC 2007 at 10% known labels, linear baseline vs the semantic-decoupling
 # baseline vs SARB, on the same mask, at each recipe's own lr and weight decay (features are

@@ -8,6 +8,11 @@ import torch
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two xdist workers on two cores: one torch thread each, as the benchmarks'
+    # own tests expect no more (tests that need another count set it themselves).
+    torch.set_num_threads(1)
+
 
 def real_data(name: str) -> Path:
     """The real data set ``../shared/data/<name>``. When it is missing its test is skipped, but
@@ -32,3 +37,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+#: Modules with the longest tests (a trained run, torchrun, a Label Studio server), started first
+#: so that two xdist workers finish together instead of one waiting for the other's last test.
+SLOW_MODULES = ("test_sigrl_real.py", "test_engine.py", "test_recipe_run.py", "test_review.py",
+                "test_feature_cache.py", "test_benchmark_reuse.py", "test_reliability_runs.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

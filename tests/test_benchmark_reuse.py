@@ -18,17 +18,23 @@ import mlrkit
 from mlrkit.provenance import source_hash
 
 
-def test_a_run_is_reused_only_for_the_same_resolved_recipe(tmp_path):
+def tiny_recipe(tmp_path: Path, epochs: int) -> tuple[dict, Path]:
+    """A linear head on random-ResNet features of 32 coloured squares, and its recipe file."""
     make_dataset(tmp_path / "data", n=32)
     recipe = {
         "name": "tiny", "data": {"dataset": "csv", "root": str(tmp_path / "data")},
         "features": {"encoder": "resnet18", "weights": None, "image_size": 32,
                      "cache": str(tmp_path / "cache"), "num_workers": 0},
         "method": {"name": "linear"},
-        "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "device": "cpu"},
+        "train": {"epochs": epochs, "batch_size": 8, "lr": 0.01, "device": "cpu"},
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))
+    return recipe, path
+
+
+def test_a_run_is_reused_only_for_the_same_resolved_recipe(tmp_path):
+    recipe, path = tiny_recipe(tmp_path, epochs=2)
     first = run_recipe(path, ["protocol.known=0.5"], tmp_path / "runs")
     again = run_recipe(path, ["protocol.known=0.5"], tmp_path / "runs")
     assert not first["reused"] and again["reused"] and again["test_mAP"] == first["test_mAP"]
@@ -55,16 +61,7 @@ print(json.dumps({"package": mlrkit.__file__, "reused": result["reused"],
 def test_a_change_to_a_method_source_makes_the_benchmark_rerun(tmp_path):
     """The benchmark runs in a process that imports a copy of ``src/mlrkit``; once a line of the
     linear head's module changes there, the finished run is no longer reused."""
-    make_dataset(tmp_path / "data", n=32)
-    recipe = {
-        "name": "tiny", "data": {"dataset": "csv", "root": str(tmp_path / "data")},
-        "features": {"encoder": "resnet18", "weights": None, "image_size": 32,
-                     "cache": str(tmp_path / "cache"), "num_workers": 0},
-        "method": {"name": "linear"},
-        "train": {"epochs": 1, "batch_size": 8, "lr": 0.01, "device": "cpu"},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    _, path = tiny_recipe(tmp_path, epochs=1)
     package = tmp_path / "src" / "mlrkit"
     shutil.copytree(Path(mlrkit.__file__).parent, package,
                     ignore=shutil.ignore_patterns("__pycache__"))
