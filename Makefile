@@ -31,11 +31,12 @@ $(LABEL_STUDIO):
 		label-studio==$(LABEL_STUDIO_VERSION)
 	touch $@
 
-# The two venvs install side by side; the tests run in two worker processes (pytest-xdist).
+# The two venvs install side by side; the tests run in two worker processes (pytest-xdist), each
+# test file on one worker in its own order (some modules share a model loaded by an earlier test).
 test:
 	$(MAKE) --no-print-directory -j2 $(BIN)/mlrkit $(LABEL_STUDIO)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The main job: VOC 2007 at 10% known labels, linear baseline vs the semantic-decoupling
 # baseline vs SARB, on the same mask, at each recipe's own lr and weight decay (features are

@@ -8,11 +8,6 @@ import torch
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs two xdist workers on two cores: one torch thread each, as the benchmarks'
-    # own tests expect no more (tests that need another count set it themselves).
-    torch.set_num_threads(1)
-
 
 def real_data(name: str) -> Path:
     """The real data set ``../shared/data/<name>``. When it is missing its test is skipped, but
@@ -40,7 +35,8 @@ def one_torch_thread():
 
 
 #: Modules with the longest tests (a trained run, torchrun, a Label Studio server), started first
-#: so that two xdist workers finish together instead of one waiting for the other's last test.
+#: so that two xdist workers (``make test``: one test file per worker at a time, ``--dist
+#: loadfile``) finish together instead of one waiting for the other's last test.
 SLOW_MODULES = ("test_sigrl_real.py", "test_engine.py", "test_recipe_run.py", "test_review.py",
                 "test_feature_cache.py", "test_benchmark_reuse.py", "test_reliability_runs.py")
 
