@@ -246,7 +246,7 @@ def main() -> None:
         setting["training_free"], args.clip_weights, args.clip_model)
     header = ["split", "method", "ZSL mAP", "ZSL mAP 5+", "ZSL F1@3", "ZSL F1@5", "GZSL mAP",
               "GZSL mAP 5+", "GZSL F1@3", "GZSL F1@5", "seen mAP", "lr / wd / epoch"]
-    averaged = {split: averaged_classes(d) for split, d in data["splits"].items()}
+    averaged = "; ".join(f"{split}: {averaged_classes(d)}" for split, d in data["splits"].items())
     body = [
         (f"{setting['test']}, {len(args.seeds)} training seeds for the learned rows (mean ± std); "
          "ConSE is deterministic. ZSL: the unseen classes only (top-k among them); GZSL: all "
