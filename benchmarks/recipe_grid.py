@@ -139,13 +139,13 @@ def write_result(out_dir: Path, stem: str, title: str, body: list[str], data: ob
     """Write ``<stem>.md`` (title, command, machine, body) and ``<stem>.json`` atomically; return
     the markdown text."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    made_at = f"commit {git_commit(ROOT)}, mlrkit source {source_hash()}"
+    commit, code = git_commit(ROOT), source_hash()
     lines = [f"# {title}", "", f"Command: `{command()}`", "", f"Machine: {machine()}", "",
-             f"Code: {made_at}", "", *body]
+             f"Code: commit {commit}, mlrkit source {code}", "", *body]
     text = "\n".join(lines) + "\n"
     with atomic_write(out_dir / f"{stem}.md", "w") as f:
         f.write(text)
     with atomic_write(out_dir / f"{stem}.json", "w") as f:
-        json.dump({"command": command(), "machine": machine(), "commit": git_commit(ROOT),
-                   "source_hash": source_hash(), "results": data}, f, indent=1)
+        json.dump({"command": command(), "machine": machine(), "commit": commit,
+                   "source_hash": code, "results": data}, f, indent=1)
     return text

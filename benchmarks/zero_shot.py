@@ -155,15 +155,12 @@ def split_rows(dataset: str, split: str, seeds: list[int], with_sigrl: bool,
                        folder / "supervised")
     entries["supervised"] = {"runs": [{**r, **supervised_bound(r, unseen)} for r in tuned.runs],
                              "chosen": tuned.chosen}
-    averaged = {k: conse[f"test_{k}"] for k in ("zsl_classes_averaged", "gzsl_classes_averaged",
-                                                 "zsl_classes_averaged_5pos",
-                                                 "gzsl_classes_averaged_5pos")}
+    run_info = json.loads((Path(conse["run_dir"]) / "run.json").read_text())
+    averaged = {f"{setting}{suffix}": conse[f"test_{setting}_classes_averaged{suffix}"]
+                for setting in ("zsl", "gzsl") for suffix in ("", "_5pos")}
     rows, data = [], {"unseen": unseen, "methods": {}, "classes_averaged": {
-        "zsl": averaged["zsl_classes_averaged"], "gzsl": averaged["gzsl_classes_averaged"],
-        "zsl_5pos": averaged["zsl_classes_averaged_5pos"],
-        "gzsl_5pos": averaged["gzsl_classes_averaged_5pos"],
-        "all": len(unseen) + len(json.loads((Path(conse["run_dir"]) / "run.json").read_text())[
-            "class_names"]), "test_positives": conse["test_zsl_positives"]}}
+        **averaged, "all": len(run_info["zero_shot"]["class_names"]),
+        "test_positives": conse["test_zsl_positives"]}}
     for name, entry in entries.items():
         summary = summarise(entry["runs"])
         chosen = entry["chosen"]
