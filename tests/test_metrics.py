@@ -17,6 +17,7 @@ from mlrkit.metrics import (
     f1_at_k,
     gather_across_ranks,
     mean_average_precision,
+    mean_of_class_aps,
     precision_recall_f1,
     zero_shot_report,
 )
@@ -467,3 +468,23 @@ def test_min_positives_leaves_rare_classes_out_of_the_mean_as_scikit_learn_would
     assert mean_average_precision(scores, labels).num_classes_averaged == (positives > 0).sum()
     with pytest.raises(ValueError, match="min_positives must be >= 1"):
         mean_average_precision(scores, labels, min_positives=0)
+
+
+def test_means_of_one_set_of_class_aps_equal_the_direct_means():
+    rng = np.random.default_rng(1)
+    labels = (rng.random((80, 6)) < np.array([0.5, 0.04, 0.3, 0.0, 0.1, 0.6])).astype(np.int8)
+    labels[rng.random(labels.shape) < 0.1] = -1
+    scores = rng.random((80, 6))
+    per_class = average_precision(scores, labels)
+    for without in ("exclude", "zero"):
+        for fewest in (1, 5):
+            direct = mean_average_precision(scores, labels, classes_without_positive=without,
+                                            min_positives=fewest)
+            reused = mean_of_class_aps(per_class, labels, without, fewest)
+            assert reused.num_classes_averaged == direct.num_classes_averaged
+            assert abs(reused.value - direct.value) < 1e-12
+    columns = [0, 2, 5]
+    assert abs(mean_of_class_aps(per_class[columns], labels[:, columns]).value
+               - mean_average_precision(scores[:, columns], labels[:, columns]).value) < 1e-12
+    with pytest.raises(ValueError, match=r"labels have shape \(80, 5\)"):
+        mean_of_class_aps(per_class, labels[:, :5], min_positives=5)

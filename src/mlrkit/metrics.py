@@ -359,9 +359,41 @@ def average_precision(
     return _average_precision(scores_t, labels_t, interpolation)
 
 
-def _mean_over_classes(
-    per_class: Tensor, classes_without_positive: ClassesWithoutPositive
+def mean_of_class_aps(
+    per_class: Tensor,
+    labels: ArrayLike,
+    classes_without_positive: ClassesWithoutPositive = "exclude",
+    min_positives: int = 1,
 ) -> MAPResult:
+    """The mean of per-class APs already computed (by :func:`average_precision` on ``labels``), so
+    that several means (all classes, classes with enough positives, a subset of columns) cost one
+    AP pass.
+
+    Args:
+        per_class: ``(C,)`` APs, NaN for a class without a known positive.
+        labels: ``(N, C)`` the labels the APs were computed on (to count known positives).
+        classes_without_positive: see :func:`mean_average_precision`.
+        min_positives: see :func:`mean_average_precision`.
+
+    Example:
+        >>> labels = torch.tensor([[1, 1], [0, 1], [1, 0]], dtype=torch.int8)
+        >>> mean_of_class_aps(torch.tensor([0.5, 1.0]), labels).value
+        0.75
+        >>> mean_of_class_aps(torch.tensor([0.5, 1.0]), labels, min_positives=2).value
+        0.75
+        >>> mean_of_class_aps(torch.tensor([0.5, 1.0]), labels, min_positives=3).num_classes_averaged
+        0
+    """
+    _check_choice(classes_without_positive, _CLASSES_WITHOUT_POSITIVE, "classes_without_positive")
+    if min_positives < 1:
+        raise ValueError(f"min_positives must be >= 1, got {min_positives}")
+    labels_t = _to_tensor(labels, "labels")
+    if labels_t.dim() != 2 or per_class.shape != labels_t.shape[1:]:
+        raise ValueError(f"per_class has shape {tuple(per_class.shape)} but labels have shape "
+                         f"{tuple(labels_t.shape)}: one AP per label column is needed")
+    if min_positives > 1:
+        positives = (labels_t == 1).sum(0).to(per_class.device)
+        per_class = per_class.masked_fill((positives > 0) & (positives < min_positives), torch.nan)
     if classes_without_positive == "zero":
         per_class = torch.nan_to_num(per_class, nan=0.0)
     averaged = ~per_class.isnan()
@@ -406,11 +438,10 @@ def mean_average_precision(
     _check_choice(classes_without_positive, _CLASSES_WITHOUT_POSITIVE, "classes_without_positive")
     if min_positives < 1:
         raise ValueError(f"min_positives must be >= 1, got {min_positives}")
-    per_class = average_precision(scores, labels, interpolation)
-    if min_positives > 1:
-        positives = (_format(scores, labels)[1] == 1).sum(0).to(per_class.device)
-        per_class = per_class.masked_fill((positives > 0) & (positives < min_positives), torch.nan)
-    return _mean_over_classes(per_class, classes_without_positive)
+    _check_choice(interpolation, _INTERPOLATIONS, "interpolation")
+    scores_t, labels_t = _format(scores, labels)
+    per_class = _average_precision(scores_t, labels_t, interpolation)
+    return mean_of_class_aps(per_class, labels_t, classes_without_positive, min_positives)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -566,14 +597,14 @@ def zero_shot_report(
     for k in ks:
         _check_k(k, unseen.numel())
 
-    def split(s: Tensor, y: Tensor) -> ZeroShotSplit:
-        per_class = _average_precision(s, y, interpolation)
-        mean_ap = _mean_over_classes(per_class, classes_without_positive)
+    per_class = _average_precision(scores_t, labels_t, interpolation)  # one AP per column
+
+    def split(columns: Tensor | slice) -> ZeroShotSplit:
+        s, y = scores_t[:, columns], labels_t[:, columns]
+        mean_ap = mean_of_class_aps(per_class[columns], y, classes_without_positive)
         return ZeroShotSplit(mean_ap, {int(k): _f1_at_k(s, y, k) for k in ks})
 
-    return ZeroShotReport(
-        zsl=split(scores_t[:, unseen], labels_t[:, unseen]), gzsl=split(scores_t, labels_t)
-    )
+    return ZeroShotReport(zsl=split(unseen), gzsl=split(slice(None)))
 
 
 # --------------------------------------------------------------------------------------------------

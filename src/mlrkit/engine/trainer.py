@@ -264,8 +264,9 @@ def score_report(logits: Tensor, labels: np.ndarray, prefix: str = "") -> dict[s
     ``mAP_5pos``: the mAP over the ``classes_averaged_5pos`` classes with at least
     ``metrics.FEW_POSITIVES`` known positives (an AP over 1-4 positives is mostly noise)."""
     probs = torch.sigmoid(logits.double())
-    mean_ap = metrics.mean_average_precision(probs, labels)
-    frequent = metrics.mean_average_precision(probs, labels, min_positives=metrics.FEW_POSITIVES)
+    per_class = metrics.average_precision(probs, labels)
+    mean_ap = metrics.mean_of_class_aps(per_class, labels)
+    frequent = metrics.mean_of_class_aps(per_class, labels, min_positives=metrics.FEW_POSITIVES)
     voc_ap = metrics.mean_average_precision(probs, labels, interpolation="voc")
     at_half = metrics.precision_recall_f1(probs, labels, threshold=0.5)
     top3 = metrics.precision_recall_f1(probs, labels, threshold=0.5, top_k=min(3, labels.shape[1]))

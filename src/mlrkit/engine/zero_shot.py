@@ -95,24 +95,23 @@ def zero_shot_metrics(logits: Tensor, labels: np.ndarray, split: ClassSplit,
     scores = logits.double()
     ks = sorted({min(k, len(split.unseen)) for k in TOP_KS})
     report = metrics.zero_shot_report(scores, labels, split.unseen, ks=ks)
+    per_class = report.gzsl.mean_ap.per_class  # (C,) AP of every column, NaN without a positive
     out: dict = {"zsl_mAP": report.zsl.mean_ap.value, "gzsl_mAP": report.gzsl.mean_ap.value,
-                 "seen_mAP": metrics.mean_average_precision(scores[:, split.seen],
-                                                            labels[:, split.seen]).value,
+                 "seen_mAP": metrics.mean_of_class_aps(per_class[split.seen],
+                                                       labels[:, split.seen]).value,
                  "zsl_classes_averaged": report.zsl.mean_ap.num_classes_averaged,
                  "gzsl_classes_averaged": report.gzsl.mean_ap.num_classes_averaged}
     for setting, columns in (("zsl", split.unseen), ("gzsl", slice(None))):
-        frequent = metrics.mean_average_precision(scores[:, columns], labels[:, columns],
-                                                  min_positives=metrics.FEW_POSITIVES)
+        frequent = metrics.mean_of_class_aps(per_class[columns], labels[:, columns],
+                                             min_positives=metrics.FEW_POSITIVES)
         out[f"{setting}_mAP_5pos"] = frequent.value
         out[f"{setting}_classes_averaged_5pos"] = frequent.num_classes_averaged
     for setting, part in (("zsl", report.zsl), ("gzsl", report.gzsl)):
         for k, top in part.at_k.items():
             out.update({f"{setting}_P@{k}": top.precision, f"{setting}_R@{k}": top.recall,
                         f"{setting}_F1@{k}": top.f1})
-    per_class = metrics.average_precision(scores[:, split.unseen], labels[:, split.unseen])
-    out["zsl_AP"] = {split.class_names[c]: float(ap)
-                     for c, ap in zip(split.unseen, per_class.tolist(), strict=True)}
     positives = (np.asarray(labels)[:, split.unseen] == 1).sum(0)
+    out["zsl_AP"] = {split.class_names[c]: float(per_class[c]) for c in split.unseen}
     out["zsl_positives"] = {split.class_names[c]: int(n)
                             for c, n in zip(split.unseen, positives.tolist(), strict=True)}
     return {f"{prefix}{k}": v for k, v in out.items()}
