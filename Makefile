@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
 export HF_HUB_OFFLINE := 1
+# Python caches the bytecode of what it imports in the venvs: with PYTHONDONTWRITEBYTECODE set
+# (as on some CI machines) each of the ~40 processes the tests start would compile torch again.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: test demo lint bench clean
 
@@ -32,11 +35,12 @@ $(LABEL_STUDIO):
 	touch $@
 
 # The two venvs install side by side; the tests run in two worker processes (pytest-xdist), each
-# test file on one worker in its own order (some modules share a model loaded by an earlier test).
+# test file on one worker in its own order (some modules share a model loaded by an earlier test),
+# the files in tests/conftest.py's order (longest first), not xdist's (most tests first).
 test:
 	$(MAKE) --no-print-directory -j2 $(BIN)/mlrkit $(LABEL_STUDIO)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # The main job: VOC 2007 at 10% known labels, linear baseline vs the semantic-decoupling
 # baseline vs SARB, on the same mask, at each recipe's own lr and weight decay (features are

@@ -1,7 +1,8 @@
 """Train a linear head on fixed synthetic data; run alone or under torchrun (see test_engine.py).
 
-Writes ``final.safetensors`` and ``val_logits.npy`` into the folder given as the first argument;
-a second argument is ``train.ema_decay``.
+Trains twice, without and with ``train.ema_decay`` 0.8 (one launch: torchrun's start-up is most
+of the time), and writes ``final.safetensors`` and ``val_logits.npy`` of each into ``raw/`` and
+``ema/`` of the folder given as the argument.
 Labels are fully known so the per-rank loss means average to the single-process mean exactly.
 """
 
@@ -17,8 +18,11 @@ from mlrkit.engine.distributed import end_distributed_process, init_distributed
 from mlrkit.engine.trainer import TrainConfig, evaluate_logits, fit
 from mlrkit.methods import TaskSpec, create_method
 
+#: Each training's sub-folder and its ``train.ema_decay``
+VARIANTS = {"raw": None, "ema": 0.8}
 
-def main(out: Path, ema_decay: float | None) -> None:
+
+def train(out: Path, ema_decay: float | None) -> None:
     rng = np.random.default_rng(0)
     features = rng.normal(size=(160, 8)).astype(np.float32)
     labels = (features @ rng.normal(size=(8, 3)) > 0).astype(np.int8)
@@ -35,8 +39,9 @@ def main(out: Path, ema_decay: float | None) -> None:
         save_file({k: v.contiguous() for k, v in method.state_dict().items()},
                   out / "final.safetensors")
         np.save(out / "val_logits.npy", logits.numpy())
-    end_distributed_process(0)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else None)
+    for name, decay in VARIANTS.items():
+        train(Path(sys.argv[1]) / name, decay)
+    end_distributed_process(0)
