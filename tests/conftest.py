@@ -34,15 +34,15 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-#: Modules with the longest tests (a trained run, torchrun, a Label Studio server), longest first,
-#: so that two xdist workers (``make test``: one test file per worker at a time, ``--dist
-#: loadfile --no-loadscope-reorder``) finish together instead of one waiting for the other's last
-#: test. Seconds per module at one torch thread per worker: sigrl_real 231, recipe_run 43,
-#: review 42, engine 40, feature_cache 32, reliability_runs 17, benchmark_reuse 15, zero_shot 11,
-#: configs 5.
-SLOW_MODULES = ("test_sigrl_real.py", "test_engine.py", "test_recipe_run.py",
-                "test_feature_cache.py", "test_review.py", "test_reliability_runs.py",
-                "test_benchmark_reuse.py", "test_zero_shot.py", "test_configs.py")
+#: Test files in the order the two xdist workers of ``make test`` take them (``--dist loadfile
+#: --no-loadscope-reorder``: one file per worker at a time), longest first so that both finish
+#: together. Seconds per module at one torch thread per worker: sigrl_real 231, recipe_run 43,
+#: review 42, engine 40, feature_cache 32, reliability_runs 17, benchmark_reuse 15, zero_shot 11.
+#: xdist gives the first worker a second file at once when the first has at most two tests left,
+#: as test_sigrl_real has: the quick test_metrics goes there, the others to the second worker.
+SLOW_MODULES = ("test_sigrl_real.py", "test_recipe_run.py", "test_metrics.py", "test_review.py",
+                "test_engine.py", "test_feature_cache.py", "test_reliability_runs.py",
+                "test_benchmark_reuse.py", "test_zero_shot.py", "test_report.py")
 
 
 def pytest_collection_modifyitems(items: list) -> None:
