@@ -36,7 +36,7 @@ $(LABEL_STUDIO):
 
 # The two venvs install side by side; the tests run in two worker processes (pytest-xdist), each
 # test file on one worker in its own order (some modules share a model loaded by an earlier test),
-# the files in tests/conftest.py's order (longest first), not xdist's (most tests first), each
+# the files in tests/conftest.py's order (SLOW_MODULES), not xdist's (most tests first), each
 # worker and the processes it starts at one torch thread: two workers on two cores (at torch's
 # default of one thread per core, pytest took 5 min 33 s here instead of 4 min 45 s).
 test:
