@@ -132,8 +132,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_upgrade_run(args: argparse.Namespace) -> int:
+    from mlrkit.engine.run import upgrade_run_folder
+
+    print(f"wrote {upgrade_run_folder(args.run_dir)}")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from mlrkit.engine.run import evaluate_run
+    from mlrkit.engine.inference import evaluate_run
 
     results = evaluate_run(args.checkpoint, split=args.split, dataset=args.dataset,
                            root=args.root, options=dict(args.option), cache_dir=args.cache)
@@ -154,7 +161,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from mlrkit.engine.run import predict_images
+    from mlrkit.engine.inference import predict_images
 
     top_k = 5 if args.top_k is None else args.top_k
     predictions = predict_images(args.checkpoint, args.images, top_k=top_k)
@@ -258,7 +265,7 @@ def _clip_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object]
 def _checkpoint_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object]:
     """The images, labels and ``(N, L)`` scores of ``mlrkit tag --checkpoint RUN`` (an
     open-vocabulary run; its logits)."""
-    from mlrkit.engine.run import score_label_names
+    from mlrkit.engine.inference import score_label_names
 
     for option, value in (("--weights", args.weights), ("--clip-model", args.clip_model),
                           ("--embeddings", args.embeddings), ("--template", args.template)):
@@ -273,18 +280,10 @@ def _checkpoint_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], o
 def _require_open_vocabulary_run(run_dir: Path) -> None:
     """Raise unless ``run_dir`` is a run of an open-vocabulary method; name a closed-set run's
     method and its classes."""
-    from mlrkit.engine.run_folder import RUN_FILE, read_run_info
+    from mlrkit.engine.run_folder import read_run_info
     from mlrkit.methods import method_class
 
-    if not (run_dir / "config.yaml").is_file():
-        raise ValueError(f"--checkpoint {run_dir}: not a run folder (no config.yaml in it); give "
-                         f"the folder 'mlrkit train' wrote")
-    if (run_dir / RUN_FILE).is_file():
-        info = read_run_info(run_dir)
-    else:  # a run from before run.json: load_run writes it from config.yaml and the data
-        from mlrkit.engine.run import load_run
-
-        info = load_run(run_dir).info
+    info = read_run_info(run_dir)
     name, classes = info["method"]["name"], info["class_names"]
     if method_class(name).open_vocabulary:
         return
@@ -372,8 +371,8 @@ def _print_tags(results: list[dict], fmt: str) -> None:
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from mlrkit.data.feature_cache import extract_features
+    from mlrkit.distributed import init_distributed, resolve_device
     from mlrkit.encoders.image import create_image_encoder
-    from mlrkit.engine.distributed import init_distributed, resolve_device
 
     # under torchrun every rank computes its share of the images
     device = resolve_device(args.device or "cpu", int(os.environ.get("LOCAL_RANK", "0")))
@@ -466,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run already in the run folder (its files are deleted)")
     train.set_defaults(run=_cmd_train)
+
+    upgrade = commands.add_parser(
+        "upgrade-run", help="write run.json of a run trained before run folders had one")
+    upgrade.add_argument("run_dir", metavar="RUN",
+                         help="run folder (from the working directory it was trained in)")
+    upgrade.set_defaults(run=_cmd_upgrade_run)
 
     evaluate = commands.add_parser("eval", help="metrics of a run's best checkpoint")
     evaluate.add_argument("--checkpoint", required=True, help="run folder")
@@ -656,7 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.seed = 0
     try:
         code = args.run(args)
-        distributed = sys.modules.get("mlrkit.engine.distributed")  # loaded by the commands that use it
+        distributed = sys.modules.get("mlrkit.distributed")  # loaded by the commands that use it
         if distributed is not None:
             distributed.end_distributed_process(code)  # returns only outside torchrun
         return code

@@ -33,8 +33,9 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
+
+from mlrkit.distributed import gather_across_ranks
 
 ArrayLike = Tensor | np.ndarray
 Interpolation = Literal["none", "voc"]
@@ -610,26 +611,6 @@ def zero_shot_report(
 # --------------------------------------------------------------------------------------------------
 # Accumulation over batches and ranks
 # --------------------------------------------------------------------------------------------------
-
-
-def gather_across_ranks(rows: Tensor) -> Tensor:
-    """Concatenate ``rows`` ``(n_r, ...)`` from every rank in rank order; identity without a group.
-
-    Ranks may hold different numbers of rows. Uses ``torch.distributed.all_gather`` (every rank
-    must call it), so ``rows`` must be on the device the process group's backend expects.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return rows
-    world = dist.get_world_size()
-    size = torch.tensor([rows.shape[0]], device=rows.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    counts = [int(s) for s in sizes]
-    padded = rows.new_zeros((max(counts), *rows.shape[1:]))
-    padded[: rows.shape[0]] = rows
-    gathered = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded)
-    return torch.cat([g[:count] for g, count in zip(gathered, counts, strict=True)])
 
 
 class MetricAccumulator:
