@@ -259,6 +259,32 @@ def single_positive(labels: np.ndarray, seed: int = 1200, mode: str = "uniform")
     )
 
 
+#: Each protocol's settings and their defaults, as a recipe's ``protocol`` section and
+#: ``mlrkit data summary --protocol`` give them.
+PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "partial": {"known": 0.1, "seed": 0, "mode": "bernoulli"},
+    "single_positive": {"seed": 1200, "mode": "uniform"},
+    "full": {},
+    "zero_shot": {"unseen": None, "fraction": None, "seed": 0, "split_file": None},
+}
+
+
+def draw_mask(protocol: dict[str, Any], train_labels: np.ndarray) -> ProtocolMask | None:
+    """The known-label mask of ``protocol`` (``name`` and settings; a setting left out takes its
+    :data:`PROTOCOL_DEFAULTS` value) on ``train_labels`` ``(N, C)``, or the mask of its
+    ``mask_file``; ``None`` for a protocol that hides no label (full, zero-shot)."""
+    if protocol.get("mask_file"):
+        return ProtocolMask.load(protocol["mask_file"])
+    name = protocol["name"]
+    settings = {**PROTOCOL_DEFAULTS[name], **protocol}
+    if name == "partial":
+        return partial_labels(train_labels, settings["known"], seed=settings["seed"],
+                              mode=settings["mode"])
+    if name == "single_positive":
+        return single_positive(train_labels, seed=settings["seed"], mode=settings["mode"])
+    return None
+
+
 @dataclass(frozen=True, eq=False)
 class ClassSplit:
     """Seen (training) and unseen (zero-shot) classes of a label set.

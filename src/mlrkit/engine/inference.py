@@ -33,6 +33,7 @@ from mlrkit.engine.trainer import evaluate_logits, score_report
 from mlrkit.engine.zero_shot import scoring_classes, zero_shot_metrics
 from mlrkit.methods import Method, create_method
 from mlrkit.methods.encoder_head import EncoderHead
+from mlrkit.tagging import ranked_tags
 
 
 def scores_report(method: Method, source, labels: np.ndarray, batch_size: int,
@@ -252,18 +253,8 @@ def predict_images(
     run = load_run(run_dir)
     model = run.image_model().to(run.device)
     source = _image_source(model, images, len(run.class_names))
-    logits = evaluate_logits(model, source, batch_size, run.device)
-    probs = torch.sigmoid(logits)
-    top = probs.topk(min(top_k, probs.shape[1]), dim=1)
-    names = run.class_names
-    return [
-        {
-            "image": str(path),
-            "labels": [{"label": names[c], "score": round(float(s), 6)}
-                       for s, c in zip(scores.tolist(), classes.tolist(), strict=True)],
-        }
-        for path, scores, classes in zip(images, top.values, top.indices, strict=True)
-    ]
+    probs = torch.sigmoid(evaluate_logits(model, source, batch_size, run.device))
+    return ranked_tags(list(images), run.class_names, probs.numpy(), top_k)
 
 
 def score_label_names(

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from mlrkit.data import MultiLabelData, create_dataset
 from mlrkit.data.feature_cache import FeatureCache, extract_features, load_features
-from mlrkit.data.protocols import ClassSplit, ProtocolMask, partial_labels, single_positive
+from mlrkit.data.protocols import ClassSplit, ProtocolMask, draw_mask
 from mlrkit.data.splits import apply_recipe_splits
 from mlrkit.distributed import current_info, resolve_device
 from mlrkit.engine.batches import FeatureBatches, ImageBatches
@@ -54,22 +54,6 @@ class PreparedData:
         if self.class_split is None:
             return tuple(names)
         return tuple(names[c] for c in self.class_split.seen)
-
-
-def draw_mask(protocol: dict, train_labels: np.ndarray) -> ProtocolMask | None:
-    """The recipe's protocol applied to the training labels (or loaded from ``mask_file``).
-
-    ``protocol`` is a resolved recipe section: :func:`~mlrkit.engine.recipe.load_recipe` filled in
-    the defaults of its protocol (``PROTOCOL_DEFAULTS``)."""
-    if protocol.get("mask_file"):
-        return ProtocolMask.load(protocol["mask_file"])
-    name = protocol["name"]
-    if name == "partial":
-        return partial_labels(train_labels, protocol["known"], seed=protocol["seed"],
-                              mode=protocol["mode"])
-    if name == "single_positive":
-        return single_positive(train_labels, seed=protocol["seed"], mode=protocol["mode"])
-    return None
 
 
 def create_encoder(section: dict) -> nn.Module:
