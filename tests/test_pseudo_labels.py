@@ -16,9 +16,10 @@ import mlrkit.encoders.clip as clip_module
 import mlrkit.engine.prepare as prepare_module
 import mlrkit.engine.pseudo_labels as pseudo_labels_module
 from mlrkit.cli import main
-from mlrkit.engine.pseudo_labels import PSEUDO_FILE, pseudo_label_quality, vlpl_pseudo_labels
+from mlrkit.engine.pseudo_labels import pseudo_label_quality, vlpl_pseudo_labels
 from mlrkit.engine.recipe import load_recipe
 from mlrkit.engine.run import train_run
+from mlrkit.engine.run_files import PSEUDO_FILE
 from mlrkit.methods import StepInfo, TaskSpec
 from mlrkit.methods.losses import (
     apl_counts,

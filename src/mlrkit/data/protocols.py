@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from mlrkit.atomic import atomic_write
-from mlrkit.data.dataset import POSITIVE, UNKNOWN, DataFormatError
+from mlrkit.data.dataset import POSITIVE, UNKNOWN, DataFormatError, MultiLabelData
 
 MASK_FORMAT_VERSION = 1
 
@@ -389,3 +389,24 @@ def split_from_groups(class_names: list[str], class_groups: dict[str, np.ndarray
         np.sort(np.asarray(class_groups["unseen"], dtype=np.int64)),
         {"source": "dataset"},
     )
+
+
+def class_split(protocol: dict[str, Any], data: MultiLabelData) -> ClassSplit:
+    """The seen / unseen split of ``data``'s classes that a ``zero_shot`` protocol section (with
+    its defaults, :data:`PROTOCOL_DEFAULTS`) describes (``docs/protocols.md``, "Zero-shot")."""
+    if protocol.get("split_file"):
+        split = ClassSplit.load(protocol["split_file"])
+        if split.class_names != list(data.class_names):
+            raise ValueError(f"protocol.split_file {protocol['split_file']}: its classes are not "
+                             f"the dataset's {data.num_classes} classes in the dataset's order")
+        return split
+    if protocol.get("unseen") == "dataset":
+        return split_from_groups(list(data.class_names), data.class_groups)
+    if protocol.get("unseen") is not None:
+        try:
+            return seen_unseen_split(list(data.class_names), unseen=list(protocol["unseen"]))
+        except ValueError as err:
+            raise ValueError(f"protocol.unseen: {err}; the classes are "
+                             f"{', '.join(data.class_names)}") from None
+    return seen_unseen_split(list(data.class_names), fraction=protocol["fraction"],
+                             seed=protocol["seed"])

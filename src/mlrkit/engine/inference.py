@@ -28,11 +28,12 @@ from mlrkit.engine.run_folder import (
     rebuild_encoder,
     stored_label_embeddings,
 )
-from mlrkit.engine.sources import PreparedData, embed_labels, prepare_data
+from mlrkit.engine.sources import PreparedData, prepare_data, section_label_embeddings
 from mlrkit.engine.trainer import evaluate_logits, score_report
-from mlrkit.engine.zero_shot import scoring_classes, zero_shot_metrics
 from mlrkit.methods import Method, create_method
+from mlrkit.methods.base import scoring_classes
 from mlrkit.methods.encoder_head import EncoderHead
+from mlrkit.metrics import zero_shot_metrics
 from mlrkit.tagging import ranked_tags
 
 
@@ -83,7 +84,7 @@ class LoadedRun:
         if self.info.get("label_source") is None:
             raise ValueError(f"run {self.run_dir} records no label-embedding source (trained "
                              f"before run.json had one, or without label embeddings)")
-        return embed_labels(self.info["label_source"], list(names))
+        return section_label_embeddings(self.info["label_source"], list(names))
 
     def check_classes(self, data: MultiLabelData) -> None:
         """Refuse ``data`` unless it has the run's class names in the run's order."""
@@ -125,7 +126,7 @@ def evaluate_run(
     """Metrics of a finished run's best checkpoint, named after the split (``test_mAP``, ...).
 
     A zero-shot run's test split is scored over all classes, as at train time (``test_zsl_mAP``,
-    ``test_gzsl_mAP``, ...; :func:`~mlrkit.engine.zero_shot.zero_shot_metrics`); its train and
+    ``test_gzsl_mAP``, ...; :func:`~mlrkit.metrics.zero_shot_metrics`); its train and
     validation splits over the seen classes.
 
     Args:

@@ -18,9 +18,8 @@ from mlrkit.engine.pseudo_labels import (
     teacher_scores,
     vlpl_pseudo_labels,
 )
-from mlrkit.engine.run_folder import run_info
-from mlrkit.engine.sources import PreparedData, embed_labels, label_source, prepare_data
-from mlrkit.engine.zero_shot import zero_shot_info
+from mlrkit.engine.run_folder import run_info, zero_shot_info
+from mlrkit.engine.sources import PreparedData, label_source, prepare_data, section_label_embeddings
 from mlrkit.methods import Method, TaskSpec, create_method
 from mlrkit.methods.encoder_head import EncoderHead
 
@@ -41,7 +40,7 @@ def prepare(recipe: dict) -> PreparedRun:
     """Read the data, draw the mask, get features (cache) or image sources, build the method."""
     part = prepare_data(recipe)
     data, split = part.data, part.class_split
-    embeddings = embed_labels(recipe["label_embeddings"], data.class_names)
+    embeddings = section_label_embeddings(recipe["label_embeddings"], data.class_names)
     classes = np.arange(data.num_classes) if split is None else split.seen
     teacher = pseudo_labels_section(recipe) if recipe.get("pseudo_labels") else None
     pseudo = None if teacher is None else _pseudo_labels(

@@ -31,8 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PSEUDO_FILE = "pseudo_labels.npz"
-
 
 @dataclass(frozen=True)
 class PseudoLabels:

@@ -105,7 +105,7 @@ def _train(recipe: dict, run_dir: Path, cfg: TrainConfig, resume: bool, started:
 
 def _evaluate(prepared: PreparedRun, split: str, cfg: TrainConfig) -> dict[str, float]:
     """The test metrics: :func:`score_report`, or for the zero-shot protocol the ZSL / GZSL
-    figures over all classes (:func:`~mlrkit.engine.zero_shot.zero_shot_metrics`)."""
+    figures over all classes (:func:`~mlrkit.metrics.zero_shot_metrics`)."""
     device = resolve_device(cfg.device, current_info().local_rank)
     return scores_report(prepared.method, prepared.sources[split], prepared.labels[split],
                           cfg.eval_batch_size, device, f"{split}_", prepared.class_split,

@@ -54,6 +54,7 @@ from torch import Tensor
 import mlrkit
 from mlrkit.atomic import atomic_write
 from mlrkit.data.feature_cache import FeatureCache
+from mlrkit.data.protocols import ClassSplit
 from mlrkit.encoders.image import ImageEncoder, create_image_encoder
 from mlrkit.encoders.weights import WEIGHT_FILE_SUFFIXES
 from mlrkit.engine.recipe import load_recipe
@@ -63,6 +64,7 @@ from mlrkit.engine.run_files import (
     MASK_FILE,
     RUN_ARTIFACTS,
     RUN_FILE,
+    SPLIT_FILE,
 )
 from mlrkit.engine.trainer import TrainConfig
 from mlrkit.loaders import read_json, read_safetensors
@@ -313,3 +315,11 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+def zero_shot_info(split: ClassSplit, dropped: int) -> dict:
+    """``run.json``'s ``zero_shot`` entry: the split file, all class names (the order the test
+    split is scored in), the unseen ones, and the training images dropped."""
+    return {"split": SPLIT_FILE, "class_names": list(split.class_names),
+            "unseen": [split.class_names[c] for c in split.unseen],
+            "dropped_train_images": int(dropped)}

@@ -14,11 +14,10 @@ from torch import Tensor, nn
 
 from mlrkit.data import MultiLabelData, create_dataset
 from mlrkit.data.feature_cache import FeatureCache, extract_features, load_features
-from mlrkit.data.protocols import ClassSplit, ProtocolMask, draw_mask
+from mlrkit.data.protocols import ClassSplit, ProtocolMask, class_split, draw_mask
 from mlrkit.data.splits import apply_recipe_splits
 from mlrkit.distributed import current_info, resolve_device
 from mlrkit.engine.batches import FeatureBatches, ImageBatches
-from mlrkit.engine.zero_shot import class_split, seen_training_rows
 from mlrkit.methods import method_class
 
 
@@ -67,7 +66,7 @@ def create_encoder(section: dict) -> nn.Module:
                                 seed=section.get("seed", 0), **options)
 
 
-def embed_labels(section: dict | None, class_names: list[str]) -> Tensor | None:
+def section_label_embeddings(section: dict | None, class_names: list[str]) -> Tensor | None:
     """``(C, E)`` embeddings of ``class_names`` as a resolved ``label_embeddings`` section says;
     ``source: clip`` embeds them with the text tower of ``clip_model`` and ``weights`` (``null``:
     a random initialisation, seed 0)."""
@@ -101,7 +100,7 @@ def prepare_data(recipe: dict) -> PreparedData:
     split, dropped = None, 0
     if recipe["protocol"]["name"] == "zero_shot":
         split = class_split(recipe["protocol"], data)
-        keep = seen_training_rows(split, labels["train"])
+        keep = split.training_images(labels["train"])
         dropped = len(labels["train"]) - len(keep)
         rows["train"] = rows["train"][keep]
         labels["train"] = labels["train"][keep][:, split.seen]  # the unseen columns are gone

@@ -11,6 +11,7 @@ training images. Observed labels follow the mlrkit convention: ``int8`` 1 / 0 / 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
@@ -254,3 +255,26 @@ def require_label_embeddings(spec: TaskSpec, method: str) -> Tensor:
             f"label_embeddings must be (C={spec.num_classes}, E), got {tuple(embeddings.shape)}"
         )
     return embeddings.detach().clone().float()
+
+
+def open_vocabulary_part(model: Method) -> OpenVocabularyMethod:
+    """The open-vocabulary method of ``model`` (itself, or the method of an EncoderHead)."""
+    core = getattr(model, "method", model)
+    if not isinstance(core, OpenVocabularyMethod):
+        name = getattr(type(core), "registered_name", type(core).__name__)
+        raise TypeError(f"method {name!r} is closed-set: it scores only the classes it was "
+                         f"built for; use an open-vocabulary method (devise, conse)")
+    return core
+
+
+@contextmanager
+def scoring_classes(model: Method, embeddings: Tensor, names: Sequence[str]) -> Iterator[None]:
+    """Within the block ``model`` scores ``embeddings`` ``(C', E)``; its classes are restored
+    after."""
+    core = open_vocabulary_part(model)
+    before = (core.class_embeddings, core.class_names)
+    core.set_classes(embeddings, names)
+    try:
+        yield
+    finally:
+        core.set_classes(*before)

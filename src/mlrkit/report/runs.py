@@ -25,8 +25,8 @@ from mlrkit.engine.run_files import CONFIG_FILE, METRICS_FILE, RESULTS_FILE
 from mlrkit.engine.run_folder import RESUMABLE_CHANGES, flatten_sections
 from mlrkit.engine.sources import PreparedData
 from mlrkit.engine.trainer import evaluate_logits, metrics_log_records
-from mlrkit.engine.zero_shot import scoring_classes
 from mlrkit.loaders import read_json
+from mlrkit.methods.base import scoring_classes
 
 #: The files ``mlrkit report`` needs in a run folder, and what to do when one is missing.
 REQUIRED_FILES = {
