@@ -55,9 +55,9 @@ from recipe_grid import ROOT, markdown_table, mean_std, run_recipe, tuned_runs, 
 from mlrkit import metrics
 from mlrkit.data import create_dataset
 from mlrkit.data.protocols import ClassSplit
-from mlrkit.engine.run import load_run, prepare_from_run
+from mlrkit.engine.inference import load_run, prepare_from_run
 from mlrkit.engine.trainer import evaluate_logits
-from mlrkit.engine.zero_shot import zero_shot_metrics
+from mlrkit.metrics import zero_shot_metrics
 
 #: Per dataset: the class splits (name -> overrides of the recipes), the test split in words, and
 #: the training-free sets, name -> (reader, root, options, split).

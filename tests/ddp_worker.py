@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from mlrkit.distributed import end_distributed_process, init_distributed
 from mlrkit.engine.batches import FeatureBatches
-from mlrkit.engine.distributed import end_distributed_process, init_distributed
 from mlrkit.engine.trainer import TrainConfig, evaluate_logits, fit
 from mlrkit.methods import TaskSpec, create_method
 

@@ -14,8 +14,8 @@ import torch
 
 from mlrkit.data.dataset import MultiLabelData
 from mlrkit.data.feature_cache import extract_features, load_features
+from mlrkit.distributed import init_distributed
 from mlrkit.encoders.image import create_image_encoder
-from mlrkit.engine.distributed import init_distributed
 
 IMAGE_SIZE = 64
 

@@ -74,15 +74,16 @@ def test_nus_wide_clip_recipe_builds_and_trains_a_step_with_a_random_tower():
     import numpy as np
     import torch
 
-    from mlrkit.engine.run import EncoderHead, _create_encoder
+    from mlrkit.engine.sources import create_encoder
     from mlrkit.engine.trainer import build_optimizer
     from mlrkit.methods import TaskSpec, create_method
+    from mlrkit.methods.encoder_head import EncoderHead
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "configs"
                          / "sigrl_nus-wide_zero-shot-clip.yaml")
     assert recipe["protocol"]["unseen"] == "dataset"
     assert recipe["data"]["options"]["label_set"] == "tags1006"
-    encoder = _create_encoder({**recipe["encoder"], "weights": None})  # no CLIP weights here
+    encoder = create_encoder({**recipe["encoder"], "weights": None})  # no CLIP weights here
     assert encoder.name == "clip:ViT-B-16-quickgelu" and encoder.input_size == (3, 224, 224)
     generator = torch.Generator().manual_seed(0)
     assert (2 + encoder.num_patches, encoder.feature_dim) == (2 + 196, 512)  # the teacher's row

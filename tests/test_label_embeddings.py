@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from mlrkit.encoders.label_embeddings import label_embeddings, read_embedding_file, split_label
 from mlrkit.loaders import CorruptFileError
+from mlrkit.prompts import CLIP_PROMPT
 
 # the module itself: a package that re-exports the function shadows the submodule attribute
 le = importlib.import_module("mlrkit.encoders.label_embeddings")
@@ -155,7 +156,7 @@ def test_clip_accepts_an_encoder_with_text_embeddings(tmp_path):
 
     encoder = Encoder()
     emb = label_embeddings(["pottedplant", "cat"], "clip", clip_model=encoder, cache_dir=tmp_path)
-    assert encoder.calls == [(["potted plant", "cat"], list(le.DEFAULT_TEMPLATES))]
+    assert encoder.calls == [(["potted plant", "cat"], list(CLIP_PROMPT))]
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-6)
     assert len(list(tmp_path.glob("clip-*.npy"))) == 1
 

@@ -16,12 +16,13 @@ from test_recipe_run import CLASSES, make_dataset
 from mlrkit.cli import main
 from mlrkit.data import create_dataset
 from mlrkit.encoders import label_embeddings
+from mlrkit.engine.inference import evaluate_run, load_run, prepare_from_run
 from mlrkit.engine.recipe import RecipeError, load_recipe
-from mlrkit.engine.run import evaluate_run, load_run, prepare_from_run, train_run
+from mlrkit.engine.run import train_run
 from mlrkit.engine.trainer import evaluate_logits
-from mlrkit.engine.zero_shot import zero_shot_metrics
 from mlrkit.methods import TaskSpec, create_method
 from mlrkit.methods.losses.modules import RankLoss
+from mlrkit.metrics import zero_shot_metrics
 from mlrkit.zero_shot import conse_scores
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

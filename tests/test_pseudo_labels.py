@@ -2,6 +2,7 @@
 step on hand-built predictions, and a recipe with a CLIP teacher from a local weights file."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,9 +13,13 @@ from test_encoders_clip import SMALL_VIT_B_16
 from test_recipe_run import make_dataset
 
 import mlrkit.encoders.clip as clip_module
-from mlrkit.engine.pseudo_labels import PSEUDO_FILE, pseudo_label_quality, vlpl_pseudo_labels
+import mlrkit.engine.prepare as prepare_module
+import mlrkit.engine.pseudo_labels as pseudo_labels_module
+from mlrkit.cli import main
+from mlrkit.engine.pseudo_labels import pseudo_label_quality, vlpl_pseudo_labels
 from mlrkit.engine.recipe import load_recipe
 from mlrkit.engine.run import train_run
+from mlrkit.engine.run_files import PSEUDO_FILE
 from mlrkit.methods import StepInfo, TaskSpec
 from mlrkit.methods.losses import (
     apl_counts,
@@ -186,7 +191,8 @@ def small_clip(monkeypatch, tmp_path):
     return path
 
 
-def test_a_recipe_with_a_clip_teacher_trains_on_its_pseudo_labels(tmp_path, small_clip):
+def train_with_a_clip_teacher(tmp_path, weights) -> dict:
+    """Train a linear head with EM_PL on the CLIP teacher's pseudo-labels into ``tmp_path/run``."""
     make_dataset(tmp_path / "data")
     recipe = {
         "name": "vlpl-clip-teacher",
@@ -194,13 +200,17 @@ def test_a_recipe_with_a_clip_teacher_trains_on_its_pseudo_labels(tmp_path, smal
         "features": {"encoder": "resnet18", "weights": None, "image_size": 32, "seed": 0,
                      "cache": str(tmp_path / "cache"), "num_workers": 0},
         "protocol": {"name": "single_positive", "seed": 0},
-        "pseudo_labels": {"teacher": "clip", "weights": str(small_clip), "tau": 0.03,
+        "pseudo_labels": {"teacher": "clip", "weights": str(weights), "tau": 0.03,
                           "theta": 0.34, "templates": ["a photo of {}."]},
         "method": {"name": "linear", "loss": "em_pl"},
         "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "progress": False, "device": "cpu"},
     }
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    results = train_run(load_recipe(tmp_path / "r.yaml"), tmp_path / "run")
+    return train_run(load_recipe(tmp_path / "r.yaml"), tmp_path / "run")
+
+
+def test_a_recipe_with_a_clip_teacher_trains_on_its_pseudo_labels(tmp_path, small_clip):
+    results = train_with_a_clip_teacher(tmp_path, small_clip)
     assert np.isfinite(results["test_mAP"])
     saved = np.load(tmp_path / "run" / PSEUDO_FILE)
     from mlrkit.data import create_dataset
@@ -216,6 +226,31 @@ def test_a_recipe_with_a_clip_teacher_trains_on_its_pseudo_labels(tmp_path, smal
     info = json.loads((tmp_path / "run" / "run.json").read_text())["pseudo_labels"]
     quality = pseudo_label_quality(expected.labels, data.labels[train])
     assert info == {"teacher": "clip", "tau": 0.03, "theta": 0.34, "negatives": 0, **quality}
+
+
+def test_eval_recover_and_predict_of_a_run_with_a_teacher_never_call_it(
+    tmp_path, small_clip, monkeypatch, capsys
+):
+    """The teacher labels the training images once, at train time; using the run needs neither
+    it nor (predict) the dataset."""
+    trained = train_with_a_clip_teacher(tmp_path, small_clip)
+    run = tmp_path / "run"
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was called")
+
+    for module in (pseudo_labels_module, prepare_module):
+        monkeypatch.setattr(module, "teacher_scores", no_teacher)
+    monkeypatch.setattr(clip_module, "create_clip", no_teacher)
+    assert main(["eval", "--checkpoint", str(run)]) == 0
+    assert f"{'test_mAP':<22} {100 * trained['test_mAP']:.2f}" in capsys.readouterr().out
+    assert main(["recover", "--checkpoint", str(run), "--out", str(tmp_path / "recovered")]) == 0
+    photos = tmp_path / "photos"
+    shutil.copytree(tmp_path / "data" / "images", photos)
+    shutil.rmtree(tmp_path / "data")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(run), str(photos / "0.jpg")]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["image"] == str(photos / "0.jpg")
 
 
 def test_a_clip_teacher_without_weights_is_a_recipe_error(tmp_path):

@@ -10,8 +10,9 @@ from PIL import Image
 
 from mlrkit.cli import main
 from mlrkit.data.protocols import ProtocolMask
+from mlrkit.engine.inference import evaluate_run, predict_images
 from mlrkit.engine.recipe import load_recipe
-from mlrkit.engine.run import evaluate_run, predict_images, train_run
+from mlrkit.engine.run import train_run
 
 CLASSES = ["red", "green", "blue"]
 
@@ -89,7 +90,7 @@ def _sklearn_test_map(run_dir: Path, tmp_path: Path) -> float:
 
     from mlrkit.data import create_dataset
     from mlrkit.data.feature_cache import load_features
-    from mlrkit.engine.run import load_run
+    from mlrkit.engine.inference import load_run
 
     data = create_dataset("csv", tmp_path / "data")
     test = data.split_index("test")
@@ -116,8 +117,8 @@ def test_end_to_end_head_trains_only_the_listed_encoder_parts():
     import torch
 
     from mlrkit.encoders import create_image_encoder
-    from mlrkit.engine.run import EncoderHead
     from mlrkit.methods import TaskSpec, create_method
+    from mlrkit.methods.encoder_head import EncoderHead
 
     encoder = create_image_encoder("resnet18", weights=None, image_size=32, seed=0)
     spec = TaskSpec(3, (encoder.feature_dim,), np.zeros((4, 3), dtype=np.int8))

@@ -98,12 +98,12 @@ def test_onecycle_and_ema_keys_are_accepted_and_add_nothing_when_unused(tmp_path
 def test_label_embeddings_from_a_file_are_accepted_and_read_by_prepare(tmp_path):
     from conftest import real_data
 
-    from mlrkit.engine.run import _label_embeddings
+    from mlrkit.engine.sources import section_label_embeddings
 
     path = str(real_data("clip-text") / "zegclip_voc12_single.npy")
     recipe = load(tmp_path, ["label_embeddings.source=file", f"label_embeddings.path={path}"])
     assert recipe["label_embeddings"] == {"source": "file", "path": path}  # nothing added
-    vectors = _label_embeddings(recipe["label_embeddings"], ["dog", "cat"])
+    vectors = section_label_embeddings(recipe["label_embeddings"], ["dog", "cat"])
     assert tuple(vectors.shape) == (2, 512) and vectors.dtype.is_floating_point
     prompted = load(tmp_path, ["label_embeddings.source=minilm",
                                "label_embeddings.templates=['a photo of a {}']"])

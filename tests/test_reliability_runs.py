@@ -199,9 +199,13 @@ def test_overwrite_removes_the_old_runs_files_and_only_those(work, run, capsys):
     old = run / "checkpoints" / "epoch-0099"
     shutil.copytree(run / "checkpoints" / "best", old)
     (run / "notes.txt").write_text("mine")
+    stale = [run / "class_split.json", run / "pseudo_labels.npz"]  # of a zero-shot or VLPL run
+    for path in stale:
+        path.write_text("old")
     code, err = cli(capsys, *train_args(work, run, "--overwrite", "--set", "train.epochs=1"))
     assert code == 0, err
     assert not old.exists() and (run / "notes.txt").read_text() == "mine"
+    assert not any(path.exists() for path in stale)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "best", "epoch-0000", "last.json"]
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0]

@@ -17,7 +17,7 @@ from test_recipe_run import CLASSES, make_dataset
 
 from mlrkit import metrics
 from mlrkit.cli import main
-from mlrkit.engine.run import load_run, prepare_from_run
+from mlrkit.engine.inference import load_run, prepare_from_run
 from mlrkit.engine.trainer import evaluate_logits
 from mlrkit.report import build_report, figures
 from mlrkit.report.html import render

@@ -13,8 +13,9 @@ from test_recipe_run import CLASSES, make_dataset
 
 from mlrkit.cli import main
 from mlrkit.engine.checkpoint import load_checkpoint, save_checkpoint
+from mlrkit.engine.inference import evaluate_run
 from mlrkit.engine.recipe import load_recipe
-from mlrkit.engine.run import evaluate_run, train_run
+from mlrkit.engine.run import train_run
 from mlrkit.engine.run_folder import EMBEDDINGS_FILE, placeholder_spec, write_run_files
 from mlrkit.methods import StepInfo, TaskSpec, create_method, method_class
 
@@ -91,8 +92,9 @@ def test_predict_and_eval_need_only_the_run_folder(kind, tmp_path, monkeypatch, 
     assert "missing ['blue'], extra ['yellow']" in capsys.readouterr().err
 
 
-def test_a_run_folder_without_run_json_gets_one_from_its_recipe(tmp_path, monkeypatch):
-    """Runs trained before run.json existed are described once, from their recipe and data."""
+def test_a_run_folder_without_run_json_gets_one_from_its_recipe(tmp_path, monkeypatch, capsys):
+    """Runs trained before run.json existed are described once, from their recipe and data, by
+    an explicit ``mlrkit upgrade-run``; loading a run never prepares its recipe."""
     make_dataset(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
     Path("recipe.yaml").write_text(yaml.safe_dump(tiny_recipe("features-linear")))
@@ -100,6 +102,11 @@ def test_a_run_folder_without_run_json_gets_one_from_its_recipe(tmp_path, monkey
     written = json.loads(Path("run/run.json").read_text())
     Path("run/run.json").unlink()
 
+    assert main(["eval", "--checkpoint", "run"]) == 2
+    assert "write it once with 'mlrkit upgrade-run run'" in capsys.readouterr().err
+    assert main(["upgrade-run", "run"]) == 0
+    assert main(["upgrade-run", "run"]) == 2
+    assert "run.json exists: the run needs no upgrade" in capsys.readouterr().err
     again = evaluate_run("run")
 
     assert again["test_mAP"] == pytest.approx(results["test_mAP"], abs=1e-9)

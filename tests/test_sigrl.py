@@ -154,8 +154,9 @@ def test_a_sigrl_run_tags_unseen_labels_through_its_checkpoint(tmp_path, capsys)
     from mlrkit.data import create_dataset
     from mlrkit.encoders import label_embeddings
     from mlrkit.engine.batches import ImageBatches
+    from mlrkit.engine.inference import load_run
     from mlrkit.engine.recipe import load_recipe
-    from mlrkit.engine.run import load_run, train_run
+    from mlrkit.engine.run import train_run
     from mlrkit.engine.trainer import evaluate_logits
 
     make_dataset(tmp_path / "data")

@@ -18,9 +18,9 @@ from safetensors import safe_open
 from mlrkit.encoders import create_clip, create_image_encoder
 from mlrkit.encoders.clip import clip_token_layout, split_clip_tokens
 from mlrkit.engine.recipe import load_recipe
-from mlrkit.engine.run import EncoderHead
 from mlrkit.engine.trainer import TrainConfig, build_optimizer
 from mlrkit.methods import TaskSpec, create_method
+from mlrkit.methods.encoder_head import EncoderHead
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -276,7 +276,8 @@ def run_recipe(tmp_path) -> dict:
 def test_a_clip_run_folder_alone_evaluates_and_tags(tmp_path):
     from test_recipe_run import make_dataset
 
-    from mlrkit.engine.run import evaluate_run, load_run, score_label_names, train_run
+    from mlrkit.engine.inference import evaluate_run, load_run, score_label_names
+    from mlrkit.engine.run import train_run
 
     make_dataset(tmp_path / "data", n=24)
     path = tmp_path / "r.yaml"
@@ -301,7 +302,8 @@ def test_cached_frozen_clip_tokens_train_the_head_alone(tmp_path):
     from test_recipe_run import make_dataset
 
     from mlrkit.data.feature_cache import load_features
-    from mlrkit.engine.run import score_label_names, train_run
+    from mlrkit.engine.inference import score_label_names
+    from mlrkit.engine.run import train_run
 
     make_dataset(tmp_path / "data", n=24)
     recipe = run_recipe(tmp_path)

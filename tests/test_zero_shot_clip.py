@@ -20,7 +20,8 @@ from test_encoders_clip import SMALL_VIT_B_16
 import mlrkit.encoders.clip as clip_module
 from mlrkit.cli import main
 from mlrkit.encoders import create_clip
-from mlrkit.zero_shot import CLIP_TEMPLATES, clip_scores
+from mlrkit.prompts import CLIP_ENSEMBLE
+from mlrkit.zero_shot import clip_scores
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -48,7 +49,7 @@ def image_embeddings(clip, paths) -> torch.Tensor:
 
 def test_scores_are_cosines_with_the_prompt_ensemble(clip, photos):
     scores = clip_scores(photos, LABELS, clip, batch_size=1)
-    expected = image_embeddings(clip, photos) @ clip.text_embeddings(LABELS, CLIP_TEMPLATES).T
+    expected = image_embeddings(clip, photos) @ clip.text_embeddings(LABELS, CLIP_ENSEMBLE).T
     assert scores.shape == (2, 3) and scores.dtype == "float32"
     torch.testing.assert_close(torch.from_numpy(scores), expected, rtol=0, atol=1e-5)
 
@@ -65,7 +66,7 @@ def test_two_templates_average_the_unit_prompt_embeddings(clip, photos):
 
 
 def test_template_list_has_the_notebooks_seven():
-    assert len(CLIP_TEMPLATES) == 7 and all(t.count("{}") == 1 for t in CLIP_TEMPLATES)
+    assert len(CLIP_ENSEMBLE) == 7 and all(t.count("{}") == 1 for t in CLIP_ENSEMBLE)
 
 
 @pytest.fixture

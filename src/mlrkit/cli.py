@@ -20,9 +20,7 @@ A failure that the input causes (a file, a recipe entry, an option, a full disk)
 from __future__ import annotations
 
 import argparse
-import csv
 import errno
-import json
 import os
 import sys
 import traceback
@@ -32,14 +30,10 @@ from pathlib import Path
 import yaml
 
 from mlrkit.data import create_dataset, list_datasets
-from mlrkit.data.protocols import (
-    PARTIAL_MODES,
-    SINGLE_POSITIVE_MODES,
-    partial_labels,
-    single_positive,
-)
+from mlrkit.data.protocols import PARTIAL_MODES, PROTOCOL_DEFAULTS, SINGLE_POSITIVE_MODES, draw_mask
 from mlrkit.data.summary import format_summary, summarize
 from mlrkit.engine.recipe import load_recipe, parse_override
+from mlrkit.tagging import image_files, parse_labels, ranked_tags, write_tags
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -95,11 +89,10 @@ def _cmd_data_summary(args: argparse.Namespace) -> int:
         if mask_split is None and data.splits is not None and "train" in data.split_names():
             mask_split = "train"
         labels = (data if mask_split is None else data.subset(mask_split)).labels
-        if args.protocol == "partial":
-            mask = partial_labels(labels, args.known, seed=args.seed, mode=args.mode or "bernoulli")
-        else:
-            seed = 1200 if args.seed is None else args.seed
-            mask = single_positive(labels, seed=seed, mode=args.mode or "uniform")
+        given = {"known": args.known if args.protocol == "partial" else None, "seed": args.seed,
+                 "mode": args.mode}
+        protocol = {"name": args.protocol, **{k: v for k, v in given.items() if v is not None}}
+        mask = draw_mask(protocol, labels)
         if args.save_mask:
             mask.save(args.save_mask)
     print(format_summary(summarize(data, mask, mask_split)))
@@ -132,8 +125,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_upgrade_run(args: argparse.Namespace) -> int:
+    from mlrkit.engine.run import upgrade_run_folder
+
+    print(f"wrote {upgrade_run_folder(args.run_dir)}")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from mlrkit.engine.run import evaluate_run
+    from mlrkit.engine.inference import evaluate_run
 
     results = evaluate_run(args.checkpoint, split=args.split, dataset=args.dataset,
                            root=args.root, options=dict(args.option), cache_dir=args.cache)
@@ -154,7 +154,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from mlrkit.engine.run import predict_images
+    from mlrkit.engine.inference import predict_images
 
     top_k = 5 if args.top_k is None else args.top_k
     predictions = predict_images(args.checkpoint, args.images, top_k=top_k)
@@ -162,19 +162,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k is not None and shown < args.top_k:
         print(f"mlrkit: note: --top-k {args.top_k} is more than the run's {shown} classes; "
               f"listing all of them", file=sys.stderr)
-    if args.format == "json":
-        print(json.dumps(predictions, indent=1))
-    else:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["image", "rank", "label", "score"])
-        for item in predictions:
-            for rank, entry in enumerate(item["labels"], start=1):
-                writer.writerow([item["image"], rank, entry["label"], entry["score"]])
+    write_tags(predictions, args.format)
     return 0
 
 
 DEFAULT_CLIP_MODEL = "ViT-B-32"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def _cmd_tag(args: argparse.Namespace) -> int:
@@ -188,7 +180,7 @@ def _cmd_tag(args: argparse.Namespace) -> int:
     if args.checkpoint is not None:
         scorer = _checkpoint_tags
     images, labels, scores = scorer(args)
-    _print_tags(_ranked_tags(images, labels, scores, args.top_k, args.threshold), args.format)
+    write_tags(ranked_tags(images, labels, scores, args.top_k, args.threshold), args.format)
     return 0
 
 
@@ -204,13 +196,13 @@ def _conse_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object
     if args.template is not None and embeddings != "minilm":
         raise ValueError(f"--template applies to --embeddings minilm, not {embeddings}; "
                          f"remove it")
-    labels = _tag_labels(args.labels, args.labels_file)
+    labels = parse_labels(args.labels, args.labels_file)
     templates = None if args.template is None else [args.template]
     try:  # before any image is read: a label GloVe does not know fails at once
         vectors = embed_labels(labels, embeddings, templates)
     except ValueError as err:
         raise ValueError(f"--labels with --embeddings {embeddings}: {err}") from None
-    images = _image_files(args.images, args.recursive)
+    images = image_files(args.images, args.recursive)
     scores = conse_scores(
         images, labels, top_t=args.top_t, source=embeddings, templates=templates,
         label_vectors=vectors, batch_size=args.batch_size, device=args.device,
@@ -240,8 +232,8 @@ def _clip_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object]
     if name not in open_clip.list_models():
         raise ValueError(f"--clip-model {name}: not an open_clip architecture; give one of "
                          f"open_clip.list_models(), e.g. ViT-B-32 or ViT-B-16-quickgelu")
-    labels = _tag_labels(args.labels, args.labels_file)
-    images = _image_files(args.images, args.recursive)
+    labels = parse_labels(args.labels, args.labels_file)
+    images = image_files(args.images, args.recursive)
     try:
         clip = create_clip(name, weights=weights)
     except RuntimeError as err:  # load_state_dict: missing, unexpected or misshapen tensors
@@ -258,33 +250,25 @@ def _clip_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object]
 def _checkpoint_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object]:
     """The images, labels and ``(N, L)`` scores of ``mlrkit tag --checkpoint RUN`` (an
     open-vocabulary run; its logits)."""
-    from mlrkit.engine.run import score_label_names
+    from mlrkit.engine.inference import score_label_names
 
     for option, value in (("--weights", args.weights), ("--clip-model", args.clip_model),
                           ("--embeddings", args.embeddings), ("--template", args.template)):
         if value is not None:
             raise ValueError(f"{option} does not apply to --checkpoint: the run embeds labels "
                              f"with its own label-embedding source; remove it")
-    labels = _tag_labels(args.labels, args.labels_file)
-    images = _image_files(args.images, args.recursive)
+    labels = parse_labels(args.labels, args.labels_file)
+    images = image_files(args.images, args.recursive)
     return images, labels, score_label_names(args.checkpoint, images, labels, args.batch_size)
 
 
 def _require_open_vocabulary_run(run_dir: Path) -> None:
     """Raise unless ``run_dir`` is a run of an open-vocabulary method; name a closed-set run's
     method and its classes."""
-    from mlrkit.engine.run_folder import RUN_FILE, read_run_info
+    from mlrkit.engine.run_folder import read_run_info
     from mlrkit.methods import method_class
 
-    if not (run_dir / "config.yaml").is_file():
-        raise ValueError(f"--checkpoint {run_dir}: not a run folder (no config.yaml in it); give "
-                         f"the folder 'mlrkit train' wrote")
-    if (run_dir / RUN_FILE).is_file():
-        info = read_run_info(run_dir)
-    else:  # a run from before run.json: load_run writes it from config.yaml and the data
-        from mlrkit.engine.run import load_run
-
-        info = load_run(run_dir).info
+    info = read_run_info(run_dir)
     name, classes = info["method"]["name"], info["class_names"]
     if method_class(name).open_vocabulary:
         return
@@ -295,85 +279,10 @@ def _require_open_vocabulary_run(run_dir: Path) -> None:
     )
 
 
-def _tag_labels(text: str | None, labels_file: str | None) -> list[str]:
-    """The candidate labels: ``--labels "cat, dog"`` (comma-separated) or ``--labels-file`` (one
-    per line; blank lines and ``#`` comments skipped)."""
-    if (text is None) == (labels_file is None):
-        raise ValueError('give the candidate labels with --labels "cat, dog, sofa" or '
-                         '--labels-file FILE (one per line), exactly one of the two')
-    if text is not None:
-        where, labels = "--labels", [part.strip() for part in text.split(",")]
-    else:
-        lines = Path(labels_file).read_text(encoding="utf-8").splitlines()
-        where, labels = labels_file, [line.strip() for line in lines
-                                      if not line.strip().startswith("#")]
-    labels = [label for label in labels if label]
-    if not labels:
-        raise ValueError(f"{where}: no labels in it; give at least one, e.g. --labels \"cat, dog\"")
-    folded = [" ".join(label.casefold().split()) for label in labels]
-    twice = sorted({label for label, key in zip(labels, folded, strict=True)
-                    if folded.count(key) > 1})
-    if twice:
-        raise ValueError(f"{where}: labels given more than once: {twice}; list each once")
-    return labels
-
-
-def _image_files(paths: Sequence[str], recursive: bool) -> list[Path]:
-    """Image files named directly, and those in the folders given (their subfolders too with
-    ``recursive``), in the order given, each folder's files sorted; each file once."""
-    found: list[Path] = []
-    for text in paths:
-        path = Path(text)
-        if path.is_file():
-            found.append(path)
-        elif path.is_dir():
-            found.extend(_folder_images(path, recursive))
-        else:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
-    return list(dict.fromkeys(found))
-
-
-def _folder_images(folder: Path, recursive: bool) -> list[Path]:
-    """The image files of ``folder`` (by suffix, hidden files left out), sorted by path."""
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
-    images = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    if not images:
-        subfolders = not recursive and any(p.is_dir() for p in folder.iterdir())
-        raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it"
-                         + ("; it has subfolders: add --recursive" if subfolders else
-                            "; give image files or a folder of them"))
-    return images
-
-
-def _ranked_tags(images: list[Path], labels: list[str], scores, top_k: int,
-                 threshold: float | None) -> list[dict]:
-    """``{"image", "labels": [{"label", "score"}, ...]}`` per image: best first, at most
-    ``top_k``, only scores of at least ``threshold``."""
-    results = []
-    for path, row in zip(images, scores, strict=True):
-        order = sorted(range(len(labels)), key=lambda c: -row[c])[:top_k]
-        kept = [c for c in order if threshold is None or row[c] >= threshold]
-        results.append({"image": str(path), "labels": [
-            {"label": labels[c], "score": round(float(row[c]), 6)} for c in kept]})
-    return results
-
-
-def _print_tags(results: list[dict], fmt: str) -> None:
-    if fmt == "json":
-        print(json.dumps(results, indent=1))
-        return
-    writer = csv.writer(sys.stdout)
-    writer.writerow(["image", "rank", "label", "score"])
-    for item in results:
-        for rank, entry in enumerate(item["labels"], start=1):
-            writer.writerow([item["image"], rank, entry["label"], entry["score"]])
-
-
 def _cmd_extract(args: argparse.Namespace) -> int:
     from mlrkit.data.feature_cache import extract_features
+    from mlrkit.distributed import init_distributed, resolve_device
     from mlrkit.encoders.image import create_image_encoder
-    from mlrkit.engine.distributed import init_distributed, resolve_device
 
     # under torchrun every rank computes its share of the images
     device = resolve_device(args.device or "cpu", int(os.environ.get("LOCAL_RANK", "0")))
@@ -436,8 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     summary = data_commands.add_parser("summary", help="images, classes, labels and mask stats")
     _add_dataset_args(summary)
     summary.add_argument("--protocol", choices=["partial", "single_positive"])
-    summary.add_argument("--known", type=float, default=0.1, help="kept share (partial)")
-    summary.add_argument("--seed", type=int, default=None, help="0 partial, 1200 single positive")
+    partial, single = PROTOCOL_DEFAULTS["partial"], PROTOCOL_DEFAULTS["single_positive"]
+    summary.add_argument("--known", type=float, default=None,
+                         help=f"kept share (partial; default {partial['known']})")
+    summary.add_argument("--seed", type=int, default=None,
+                         help=f"default {partial['seed']} partial, {single['seed']} single positive")
     summary.add_argument(
         "--mode", choices=sorted(set(PARTIAL_MODES + SINGLE_POSITIVE_MODES)), default=None
     )
@@ -466,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run already in the run folder (its files are deleted)")
     train.set_defaults(run=_cmd_train)
+
+    upgrade = commands.add_parser(
+        "upgrade-run", help="write run.json of a run trained before run folders had one")
+    upgrade.add_argument("run_dir", metavar="RUN",
+                         help="run folder (from the working directory it was trained in)")
+    upgrade.set_defaults(run=_cmd_upgrade_run)
 
     evaluate = commands.add_parser("eval", help="metrics of a run's best checkpoint")
     evaluate.add_argument("--checkpoint", required=True, help="run folder")
@@ -652,11 +570,9 @@ def _run_import_labels(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "protocol", None) == "partial" and args.seed is None:
-        args.seed = 0
     try:
         code = args.run(args)
-        distributed = sys.modules.get("mlrkit.engine.distributed")  # loaded by the commands that use it
+        distributed = sys.modules.get("mlrkit.distributed")  # loaded by the commands that use it
         if distributed is not None:
             distributed.end_distributed_process(code)  # returns only outside torchrun
         return code

@@ -33,8 +33,9 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
+
+from mlrkit.distributed import gather_across_ranks
 
 ArrayLike = Tensor | np.ndarray
 Interpolation = Literal["none", "voc"]
@@ -612,26 +613,6 @@ def zero_shot_report(
 # --------------------------------------------------------------------------------------------------
 
 
-def gather_across_ranks(rows: Tensor) -> Tensor:
-    """Concatenate ``rows`` ``(n_r, ...)`` from every rank in rank order; identity without a group.
-
-    Ranks may hold different numbers of rows. Uses ``torch.distributed.all_gather`` (every rank
-    must call it), so ``rows`` must be on the device the process group's backend expects.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return rows
-    world = dist.get_world_size()
-    size = torch.tensor([rows.shape[0]], device=rows.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    counts = [int(s) for s in sizes]
-    padded = rows.new_zeros((max(counts), *rows.shape[1:]))
-    padded[: rows.shape[0]] = rows
-    gathered = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded)
-    return torch.cat([g[:count] for g, count in zip(gathered, counts, strict=True)])
-
-
 class MetricAccumulator:
     """Collect ``(scores, labels)`` batches, then compute metrics on everything seen.
 
@@ -719,3 +700,46 @@ class MetricAccumulator:
         return zero_shot_report(
             *self.gathered(), unseen_index, ks, interpolation, classes_without_positive
         )
+
+
+#: The k of the ZSL / GZSL P / R / F1 at top-k of :func:`zero_shot_metrics` (MKT's, SigRL's)
+ZERO_SHOT_TOP_KS = (3, 5)
+
+
+def zero_shot_metrics(logits: Tensor, labels: np.ndarray, split,
+                      prefix: str = "") -> dict:
+    """ZSL and GZSL figures of ``logits`` ``(N, C)`` over all classes against ``labels``, for a
+    seen / unseen ``split`` (a :class:`~mlrkit.data.protocols.ClassSplit`: ``class_names``,
+    ``seen`` and ``unseen`` column indices).
+
+    Keys (after ``prefix``): ``zsl_mAP``, ``gzsl_mAP``, ``seen_mAP``, ``*_classes_averaged``
+    (the classes with a test positive); ``zsl_mAP_5pos`` and
+    ``gzsl_mAP_5pos`` over the classes with at least ``FEW_POSITIVES`` test positives (their
+    number: ``*_classes_averaged_5pos``); for each ``k`` of
+    :data:`ZERO_SHOT_TOP_KS` (capped at the unseen class count), ``zsl_P@k``, ``zsl_R@k``, ``zsl_F1@k``
+    and the ``gzsl_`` ones; ``zsl_AP``: ``{unseen class: AP}``; ``zsl_positives``: ``{unseen
+    class: test positives}``. Fractions, as the other metrics.
+    """
+    scores = logits.double()
+    ks = sorted({min(k, len(split.unseen)) for k in ZERO_SHOT_TOP_KS})
+    report = zero_shot_report(scores, labels, split.unseen, ks=ks)
+    per_class = report.gzsl.mean_ap.per_class  # (C,) AP of every column, NaN without a positive
+    out: dict = {"zsl_mAP": report.zsl.mean_ap.value, "gzsl_mAP": report.gzsl.mean_ap.value,
+                 "seen_mAP": mean_of_class_aps(per_class[split.seen],
+                                                       labels[:, split.seen]).value,
+                 "zsl_classes_averaged": report.zsl.mean_ap.num_classes_averaged,
+                 "gzsl_classes_averaged": report.gzsl.mean_ap.num_classes_averaged}
+    for setting, columns in (("zsl", split.unseen), ("gzsl", slice(None))):
+        frequent = mean_of_class_aps(per_class[columns], labels[:, columns],
+                                             min_positives=FEW_POSITIVES)
+        out[f"{setting}_mAP_5pos"] = frequent.value
+        out[f"{setting}_classes_averaged_5pos"] = frequent.num_classes_averaged
+    for setting, part in (("zsl", report.zsl), ("gzsl", report.gzsl)):
+        for k, top in part.at_k.items():
+            out.update({f"{setting}_P@{k}": top.precision, f"{setting}_R@{k}": top.recall,
+                        f"{setting}_F1@{k}": top.f1})
+    positives = (np.asarray(labels)[:, split.unseen] == 1).sum(0)
+    out["zsl_AP"] = {split.class_names[c]: float(per_class[c]) for c in split.unseen}
+    out["zsl_positives"] = {split.class_names[c]: int(n)
+                            for c, n in zip(split.unseen, positives.tolist(), strict=True)}
+    return {f"{prefix}{k}": v for k, v in out.items()}

@@ -46,26 +46,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mlrkit.prompts import CLIP_ENSEMBLE, CONSE_TEMPLATES
+
 DEFAULT_TOP_T = 10
 CLASSIFIER = "tf_efficientnet_lite0"
-#: The prompt template of each source when ``templates`` is not given (CLIP: its own default).
-DEFAULT_TEMPLATES: dict[str, tuple[str, ...] | None] = {
-    "minilm": ("a photo of a {}",),
-    "glove": None,
-    "clip": None,
-}
-#: CLIP's zero-shot prompts: 7 of the 80 ImageNet templates of Radford et al. 2021, "Learning
-#: Transferable Visual Models From Natural Language Supervision", the subset the released
-#: notebook (``Prompt_Engineering_for_ImageNet.ipynb``) selects for prompt ensembling.
-CLIP_TEMPLATES = (
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-)
 ImageInput = str | Path | Image.Image
 
 
@@ -94,7 +78,7 @@ def conse_scores(
         source: ``"minilm"``, ``"glove"`` or ``"clip"`` (with ``clip_model=``), embedding both the
             ImageNet names and the labels; or ``"file"`` (``path=``) for the labels only, with
             ``class_vectors`` of the same space.
-        templates: prompt templates (minilm, clip); default :data:`DEFAULT_TEMPLATES`.
+        templates: prompt templates (minilm, clip); default :data:`~mlrkit.prompts.CONSE_TEMPLATES`.
         label_vectors: ``(L, E)`` label embeddings to use instead of embedding ``label_names``.
         class_vectors: ``(K, E)`` class embeddings instead of :func:`imagenet_class_embeddings`
             (then ``K`` may be any class count matching the probabilities).
@@ -182,7 +166,7 @@ def imagenet_class_embeddings(
     """``(1000, E)`` float32 unit vectors of the ImageNet classes: per class, the re-normalised mean
     of the unit embeddings of its synonyms (:func:`imagenet_synonyms`).
 
-    ``source``, ``templates`` (default :data:`DEFAULT_TEMPLATES`) and ``options`` are
+    ``source``, ``templates`` (default :data:`~mlrkit.prompts.CONSE_TEMPLATES`) and ``options`` are
     ``label_embeddings``'; with GloVe, synonyms of unknown words count for nothing (a class none of
     whose synonyms GloVe knows gets the zero vector).
     """
@@ -264,12 +248,12 @@ def clip_scores(
             unreadable ones raise :class:`~mlrkit.data.images.UnreadableImagesError`).
         label_names: the ``L`` candidate labels, e.g. ``["cat", "dog", "sofa"]``.
         clip: a :class:`~mlrkit.encoders.clip.ClipEncoder`, moved to ``device`` in eval mode.
-        templates: prompts with one ``{}`` each; default :data:`CLIP_TEMPLATES`.
+        templates: prompts with one ``{}`` each; default :data:`~mlrkit.prompts.CLIP_ENSEMBLE`.
         batch_size, device, progress: of the pass over images (progress bar on stderr).
     """
     _check_images(images)
     clip = clip.to(device).eval()
-    texts = clip.text_embeddings(label_names, CLIP_TEMPLATES if templates is None else templates)
+    texts = clip.text_embeddings(label_names, CLIP_ENSEMBLE if templates is None else templates)
     embeddings = _per_batch(images, lambda batch: clip.model.encode_image(batch).float(),
                             clip.transform(train=False), batch_size=batch_size, device=device,
                             desc="CLIP", progress=progress)  # (N, E)
@@ -338,7 +322,7 @@ def embed_labels(
     **options: Any,
 ) -> np.ndarray:
     """``(L, E)`` float32 label vectors as :func:`conse_scores` embeds them: ``label_embeddings``
-    with the templates of :data:`DEFAULT_TEMPLATES` unless ``templates`` is given."""
+    with the templates of :data:`~mlrkit.prompts.CONSE_TEMPLATES` unless ``templates`` is given."""
     from mlrkit.encoders.label_embeddings import label_embeddings
 
     if source not in ("minilm", "glove", "clip", "file"):
@@ -348,7 +332,7 @@ def embed_labels(
 
 
 def _templates(source: str, templates: Sequence[str] | None) -> Sequence[str] | None:
-    return DEFAULT_TEMPLATES.get(source) if templates is None else templates
+    return CONSE_TEMPLATES.get(source) if templates is None else templates
 
 
 def _as_matrix(array: Any, what: str) -> np.ndarray:

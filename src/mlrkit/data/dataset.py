@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlrkit.registry import Registry
+
 POSITIVE, NEGATIVE, UNKNOWN = 1, 0, -1
 LABEL_VALUES = (UNKNOWN, NEGATIVE, POSITIVE)
 
@@ -288,24 +290,16 @@ def require_files(paths: Sequence[Path], where: str, fix: str) -> None:
 
 
 DatasetReader = Callable[..., MultiLabelData]
-_READERS: dict[str, DatasetReader] = {}
+READERS: Registry[DatasetReader] = Registry("dataset")
 
 
 def register_dataset(*names: str) -> Callable[[DatasetReader], DatasetReader]:
     """Decorator that registers a reader function under one or more dataset names."""
-
-    def decorate(fn: DatasetReader) -> DatasetReader:
-        for name in names:
-            if name in _READERS:
-                raise ValueError(f"dataset name {name!r} registered twice")
-            _READERS[name] = fn
-        return fn
-
-    return decorate
+    return READERS.register(*names)
 
 
 def list_datasets() -> list[str]:
-    return sorted(_READERS)
+    return READERS.names()
 
 
 def fixed_options(reader: DatasetReader, **fixed) -> DatasetReader:
@@ -332,9 +326,7 @@ def reader_options(name: str) -> list[str] | None:
     """The options ``create_dataset(name, root, **options)`` accepts: those of the reader (without
     ``root``) and ``create_dataset``'s own ``extra_splits``; ``None`` when the reader takes any
     ``**options``, so that they cannot be listed."""
-    if name not in _READERS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
-    params = list(inspect.signature(_READERS[name]).parameters.values())[1:]
+    params = list(inspect.signature(READERS.get(name)).parameters.values())[1:]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
     return sorted({p.name for p in params} | {"extra_splits"})
@@ -353,12 +345,11 @@ def create_dataset(
         >>> data.labels.shape
         (6168, 80)
     """
-    if name not in _READERS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
+    reader = READERS.get(name)
     root = Path(root)
     if not root.is_dir():
         raise DataFormatError(f"dataset root {root} does not exist or is not a folder")
-    data = _READERS[name](root, **kwargs)
+    data = reader(root, **kwargs)
     split_file = root / "split.csv"
     if split_file.is_file():
         extra = [extra_splits] if isinstance(extra_splits, str) else list(extra_splits)

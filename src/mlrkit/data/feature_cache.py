@@ -67,7 +67,7 @@ import mlrkit
 from mlrkit.atomic import atomic_write
 from mlrkit.data.dataset import DataFormatError, MultiLabelData
 from mlrkit.data.images import ImageFiles, UnreadableImagesError, check_image_files
-from mlrkit.engine.distributed import DistInfo, barrier, current_info, gather_objects, main_first
+from mlrkit.distributed import DistInfo, barrier, current_info, gather_objects, main_first
 
 logger = logging.getLogger(__name__)
 

@@ -112,30 +112,8 @@ def read_nuswide(
     concept_set = set(concepts)
     seen = np.array([j for j, tag in enumerate(tags) if tag not in concept_set], dtype=np.int64)
 
-    if source == "all":
-        list_file = root / "ImageList" / "Imagelist.txt"
-        label_files = _label_files(root, "AllLabels", "", concepts, concepts_file)
-        keys, concept_labels, tag_labels = _read_part(
-            list_file, label_files, tags_dir / "AllTags1k.txt", len(tags), seen
-        )
-        splits = _splits_from_lists(root, keys, list_file)
-    else:
-        train, test = (
-            _read_part(
-                root / "ImageList" / f"{stem}Imagelist.txt",
-                _label_files(root, "TrainTestLabels", f"_{stem}", concepts, concepts_file),
-                tags_dir / f"{stem}_Tags1k.dat",
-                len(tags),
-                seen,
-            )
-            for _, stem in _SPLIT_STEMS
-        )
-        _check_disjoint(root, train.keys, test.keys)
-        keys = train.keys + test.keys
-        concept_labels = np.concatenate([train.concept_labels, test.concept_labels])
-        tag_labels = np.concatenate([train.tag_labels, test.tag_labels])
-        splits = np.repeat(["train", "test"], [len(train.keys), len(test.keys)])
-
+    keys, concept_labels, tag_labels, splits = _read_labels(
+        root, source, concepts, concepts_file, len(tags), seen)
     if label_set == "concepts81":
         class_names = concepts
         labels = concept_labels
@@ -167,6 +145,36 @@ def read_nuswide(
         splits=np.asarray(splits, dtype=str),
         class_groups={group: np.arange(*bound) for group, bound in bounds.items()},
     )
+
+
+def _read_labels(root: Path, source: str, concepts: list[str], concepts_file: Path,
+                 num_tags: int, seen: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray,
+                                                           np.ndarray]:
+    """The image keys, concept labels ``(N, 81)``, tag labels ``(N, num_tags')`` of the ``seen``
+    tags and splits ``(N,)`` of ``source`` ``"all"`` or ``"traintest"`` (the module docstring)."""
+    tags_dir = root / "NUS_WID_Tags"
+    if source == "all":
+        list_file = root / "ImageList" / "Imagelist.txt"
+        label_files = _label_files(root, "AllLabels", "", concepts, concepts_file)
+        keys, concept_labels, tag_labels = _read_part(
+            list_file, label_files, tags_dir / "AllTags1k.txt", num_tags, seen
+        )
+        return keys, concept_labels, tag_labels, _splits_from_lists(root, keys, list_file)
+    train, test = (
+        _read_part(
+            root / "ImageList" / f"{stem}Imagelist.txt",
+            _label_files(root, "TrainTestLabels", f"_{stem}", concepts, concepts_file),
+            tags_dir / f"{stem}_Tags1k.dat",
+            num_tags,
+            seen,
+        )
+        for _, stem in _SPLIT_STEMS
+    )
+    _check_disjoint(root, train.keys, test.keys)
+    return (train.keys + test.keys,
+            np.concatenate([train.concept_labels, test.concept_labels]),
+            np.concatenate([train.tag_labels, test.tag_labels]),
+            np.repeat(["train", "test"], [len(train.keys), len(test.keys)]))
 
 
 def _find_concepts_file(root: Path) -> Path:

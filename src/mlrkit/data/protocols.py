@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from mlrkit.atomic import atomic_write
-from mlrkit.data.dataset import POSITIVE, UNKNOWN, DataFormatError
+from mlrkit.data.dataset import POSITIVE, UNKNOWN, DataFormatError, MultiLabelData
 
 MASK_FORMAT_VERSION = 1
 
@@ -259,6 +259,32 @@ def single_positive(labels: np.ndarray, seed: int = 1200, mode: str = "uniform")
     )
 
 
+#: Each protocol's settings and their defaults, as a recipe's ``protocol`` section and
+#: ``mlrkit data summary --protocol`` give them.
+PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "partial": {"known": 0.1, "seed": 0, "mode": "bernoulli"},
+    "single_positive": {"seed": 1200, "mode": "uniform"},
+    "full": {},
+    "zero_shot": {"unseen": None, "fraction": None, "seed": 0, "split_file": None},
+}
+
+
+def draw_mask(protocol: dict[str, Any], train_labels: np.ndarray) -> ProtocolMask | None:
+    """The known-label mask of ``protocol`` (``name`` and settings; a setting left out takes its
+    :data:`PROTOCOL_DEFAULTS` value) on ``train_labels`` ``(N, C)``, or the mask of its
+    ``mask_file``; ``None`` for a protocol that hides no label (full, zero-shot)."""
+    if protocol.get("mask_file"):
+        return ProtocolMask.load(protocol["mask_file"])
+    name = protocol["name"]
+    settings = {**PROTOCOL_DEFAULTS[name], **protocol}
+    if name == "partial":
+        return partial_labels(train_labels, settings["known"], seed=settings["seed"],
+                              mode=settings["mode"])
+    if name == "single_positive":
+        return single_positive(train_labels, seed=settings["seed"], mode=settings["mode"])
+    return None
+
+
 @dataclass(frozen=True, eq=False)
 class ClassSplit:
     """Seen (training) and unseen (zero-shot) classes of a label set.
@@ -363,3 +389,24 @@ def split_from_groups(class_names: list[str], class_groups: dict[str, np.ndarray
         np.sort(np.asarray(class_groups["unseen"], dtype=np.int64)),
         {"source": "dataset"},
     )
+
+
+def class_split(protocol: dict[str, Any], data: MultiLabelData) -> ClassSplit:
+    """The seen / unseen split of ``data``'s classes that a ``zero_shot`` protocol section (with
+    its defaults, :data:`PROTOCOL_DEFAULTS`) describes (``docs/protocols.md``, "Zero-shot")."""
+    if protocol.get("split_file"):
+        split = ClassSplit.load(protocol["split_file"])
+        if split.class_names != list(data.class_names):
+            raise ValueError(f"protocol.split_file {protocol['split_file']}: its classes are not "
+                             f"the dataset's {data.num_classes} classes in the dataset's order")
+        return split
+    if protocol.get("unseen") == "dataset":
+        return split_from_groups(list(data.class_names), data.class_groups)
+    if protocol.get("unseen") is not None:
+        try:
+            return seen_unseen_split(list(data.class_names), unseen=list(protocol["unseen"]))
+        except ValueError as err:
+            raise ValueError(f"protocol.unseen: {err}; the classes are "
+                             f"{', '.join(data.class_names)}") from None
+    return seen_unseen_split(list(data.class_names), fraction=protocol["fraction"],
+                             seed=protocol["seed"])

@@ -92,22 +92,7 @@ def read_voc(
     if source == "auto":
         source = "xml" if (voc_dir / "Annotations").is_dir() else "imagesets"
 
-    ids: list[str] = []
-    splits: list[str] = []
-    set_of: dict[str, str] = {}
-    for name in image_sets:
-        set_ids = _read_image_set(main_dir, name, from_class_files=source == "imagesets")
-        clash = [i for i in set_ids if i in set_of]
-        if clash:
-            raise DataFormatError(
-                f"{main_dir}: {len(clash)} image(s) are in both image sets {set_of[clash[0]]!r} "
-                f"and {name!r}, e.g. {clash[:3]}; request image sets that do not overlap "
-                f"(e.g. 'trainval' alone, or 'train' and 'val')"
-            )
-        set_of.update(dict.fromkeys(set_ids, name))
-        ids += set_ids
-        splits += [name] * len(set_ids)
-
+    ids, splits = _read_image_sets(main_dir, image_sets, from_class_files=source == "imagesets")
     image_paths = [voc_dir / "JPEGImages" / f"{i}.jpg" for i in ids]
     check_inside_root(
         image_paths, root, [voc_dir / "JPEGImages"],
@@ -138,6 +123,28 @@ def read_voc(
 
 read_voc2007 = register_dataset("voc2007")(fixed_options(read_voc, year=2007))
 read_voc2012 = register_dataset("voc2012")(fixed_options(read_voc, year=2012))
+
+
+def _read_image_sets(main_dir: Path, image_sets: list[str],
+                     from_class_files: bool) -> tuple[list[str], list[str]]:
+    """The image ids of the ``image_sets`` in order, and each id's set name; an id in two sets
+    is an error."""
+    ids: list[str] = []
+    splits: list[str] = []
+    set_of: dict[str, str] = {}
+    for name in image_sets:
+        set_ids = _read_image_set(main_dir, name, from_class_files=from_class_files)
+        clash = [i for i in set_ids if i in set_of]
+        if clash:
+            raise DataFormatError(
+                f"{main_dir}: {len(clash)} image(s) are in both image sets {set_of[clash[0]]!r} "
+                f"and {name!r}, e.g. {clash[:3]}; request image sets that do not overlap "
+                f"(e.g. 'trainval' alone, or 'train' and 'val')"
+            )
+        set_of.update(dict.fromkeys(set_ids, name))
+        ids += set_ids
+        splits += [name] * len(set_ids)
+    return ids, splits
 
 
 def _find_voc_dir(root: Path, year: int | str | None) -> tuple[Path, str | None]:

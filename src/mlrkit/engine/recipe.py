@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from mlrkit.atomic import atomic_write
+from mlrkit.data.protocols import PROTOCOL_DEFAULTS
 from mlrkit.engine.recipe_schema import (
     OPTIONAL_SECTIONS,
     RecipeError,
@@ -46,13 +47,6 @@ DEFAULTS: dict[str, Any] = {
 
 #: The defaults of each protocol, filled in after the recipe names its protocol (so that one
 #: protocol's options never leak into another's); ``mask_file`` is accepted by all of them.
-PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "partial": {"known": 0.1, "seed": 0, "mode": "bernoulli"},
-    "single_positive": {"seed": 1200, "mode": "uniform"},
-    "full": {},
-    "zero_shot": {"unseen": None, "fraction": None, "seed": 0, "split_file": None},
-}
-
 STRICT_SECTIONS = ("", "data.")  # sections whose keys are fixed; the others go to their code
 NAMED_SECTIONS = ("protocol", "method")  # replaced, not merged, when the name changes
 

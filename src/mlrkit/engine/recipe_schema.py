@@ -98,7 +98,7 @@ class EncoderSection(_Section):
     """``encoder``: train end to end through this image encoder.
 
     ``lr_decay`` (layer-wise lr decay: block ``i`` of ``L`` at ``lr_decay ** (L - i)``, see
-    :meth:`~mlrkit.engine.run.EncoderHead.param_groups`) and ``teacher`` (a frozen copy of the
+    :meth:`~mlrkit.methods.encoder_head.EncoderHead.param_groups`) and ``teacher`` (a frozen copy of the
     initial tower, SigRL's distillation target) apply to CLIP image towers (``clip:ARCH``) only.
     """
 
@@ -292,7 +292,7 @@ def _mapping(recipe: dict, key: str, source: Path | str) -> dict:
 
 def _validate_reader_options(data: dict, source: Path | str) -> dict:
     """``data.options`` checked against the options of ``data.dataset``'s reader."""
-    from mlrkit.data.dataset import _READERS, create_dataset, reader_options
+    from mlrkit.data.dataset import READERS, create_dataset, reader_options
 
     try:
         accepted = reader_options(data["dataset"])
@@ -300,7 +300,7 @@ def _validate_reader_options(data: dict, source: Path | str) -> dict:
         raise RecipeError(f"{source}: data.dataset: {err}") from None
     if accepted is None:  # a reader taking **options: nothing to check against
         return data["options"]
-    reader = _READERS[data["dataset"]]
+    reader = READERS.get(data["dataset"])
     types = {**_parameter_types(create_dataset), **_parameter_types(reader)}
     model = _signature_model(f"options of {data['dataset']}", inspect.signature(reader),
                              types, skip=1)

@@ -200,13 +200,8 @@ def recover_run(
     input CSV lists names) and ``recovered_long.csv`` (``image,class,observed,recovered,
     probability``), atomically.
     """
-    from mlrkit.engine.run import (
-        _eval_cache,
-        _source_for,
-        evaluate_logits,
-        load_run,
-        prepare_from_run,
-    )
+    from mlrkit.engine.inference import eval_cache_dir, load_run, prepare_from_run, source_for
+    from mlrkit.engine.trainer import evaluate_logits
 
     run = load_run(run_dir)
     prepared = prepare_from_run(run)
@@ -233,8 +228,8 @@ def recover_run(
         data = create_dataset(dataset, root, **(options or {}))
         run.check_classes(data)
         data = data if split is None else data.subset(split)
-        cache = Path(cache_dir or _eval_cache(run.run_dir, dataset, root, options, split))
-        source, observed = _source_for(run, data, cache), data.labels
+        cache = Path(cache_dir or eval_cache_dir(run.run_dir, dataset, root, options, split))
+        source, observed = source_for(run, data, cache), data.labels
     probs = probs_of(source)
     recovered = recover(observed, probs, thresholds)
     out_dir = Path(out_dir)

@@ -54,20 +54,27 @@ from torch import Tensor
 import mlrkit
 from mlrkit.atomic import atomic_write
 from mlrkit.data.feature_cache import FeatureCache
+from mlrkit.data.protocols import ClassSplit
 from mlrkit.encoders.image import ImageEncoder, create_image_encoder
 from mlrkit.encoders.weights import WEIGHT_FILE_SUFFIXES
 from mlrkit.engine.recipe import load_recipe
+from mlrkit.engine.run_files import (
+    CONFIG_FILE,
+    EMBEDDINGS_FILE,
+    MASK_FILE,
+    RUN_ARTIFACTS,
+    RUN_FILE,
+    SPLIT_FILE,
+)
 from mlrkit.engine.trainer import TrainConfig
 from mlrkit.loaders import read_json, read_safetensors
 from mlrkit.methods import TaskSpec
 from mlrkit.provenance import source_hash
 
 RUN_FORMAT = 1
-RUN_FILE = "run.json"
-EMBEDDINGS_FILE = "label_embeddings.safetensors"
-MASK_FILE = "mask.npz"
 #: What to do about a damaged run.json: load_run writes a missing one again from config.yaml.
-REWRITE_RUN_FILE = "delete it: eval and predict write it again from config.yaml and the data"
+REWRITE_RUN_FILE = ("delete it and write it again from config.yaml and the data with "
+                    "'mlrkit upgrade-run RUN'")
 
 
 def run_info(
@@ -150,7 +157,19 @@ def write_run_files(run_dir: Path, info: dict[str, Any], label_embeddings: Tenso
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:
-    """The parsed ``run.json`` of ``run_dir``."""
+    """The parsed ``run.json`` of run folder ``run_dir``.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is no run folder, or one from before run folders had a
+            ``run.json`` (``mlrkit upgrade-run`` writes it).
+    """
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: no {CONFIG_FILE} in it; give "
+                                f"the folder 'mlrkit train' wrote")
+    if not (run_dir / RUN_FILE).is_file():
+        raise FileNotFoundError(
+            f"{run_dir} has no {RUN_FILE} (trained before run folders had one); write it once "
+            f"with 'mlrkit upgrade-run {run_dir}' from the working directory it was trained in")
     info = read_json(run_dir / RUN_FILE, REWRITE_RUN_FILE)
     if info.get("format") != RUN_FORMAT:
         raise ValueError(f"{run_dir / RUN_FILE} has format {info.get('format')}; this mlrkit "
@@ -162,17 +181,27 @@ def placeholder_spec(run_dir: Path, info: dict[str, Any]) -> TaskSpec:
     """The run's :class:`TaskSpec` with all-unknown ``(N, C)`` training targets (see the module
     docstring) and the stored label embeddings."""
     spec = info["spec"]
-    embeddings = None
-    if info["label_embeddings"] is not None:
-        fix = f"delete it and {RUN_FILE}: eval and predict write them again from config.yaml"
-        embeddings = read_safetensors(run_dir / info["label_embeddings"], fix)["label_embeddings"]
     return TaskSpec(
         num_classes=spec["num_classes"],
         feature_shape=tuple(spec["feature_shape"]),
         train_targets=np.full((spec["num_train"], spec["num_classes"]), -1, dtype=np.int8),
-        label_embeddings=embeddings,
+        label_embeddings=stored_label_embeddings(run_dir, info),
         class_names=tuple(info["class_names"]),
     )
+
+
+def stored_label_embeddings(run_dir: Path, info: dict[str, Any],
+                            name: str = "label_embeddings") -> Tensor | None:
+    """A tensor of the run's ``label_embeddings.safetensors``: ``label_embeddings`` ``(C, E)``
+    of the classes trained on, or ``eval_label_embeddings`` of all classes of a zero-shot run;
+    ``None`` for a run without label embeddings."""
+    if info["label_embeddings"] is None:
+        return None
+    fix = "delete it and run.json, then write them again with 'mlrkit upgrade-run'"
+    tensors = read_safetensors(run_dir / info["label_embeddings"], fix)
+    if name not in tensors:
+        raise ValueError(f"{run_dir / info['label_embeddings']} has no {name!r}; {fix}")
+    return tensors[name]
 
 
 def rebuild_encoder(description: dict[str, Any], pretrained: bool) -> ImageEncoder:
@@ -205,11 +234,6 @@ def rebuild_encoder(description: dict[str, Any], pretrained: bool) -> ImageEncod
 
 # --- one run per folder ------------------------------------------------------------------------
 
-#: What mlrkit writes into a run folder: a folder holding any of them holds a run, and
-#: ``overwrite`` removes exactly these (nothing else the folder may contain).
-RUN_ARTIFACTS = ("config.yaml", RUN_FILE, EMBEDDINGS_FILE, MASK_FILE, "metrics.jsonl",
-                 "results.json", "checkpoints", "tensorboard", "eval-cache")
-
 #: The recipe keys that may differ when a run is resumed: where the run folder is and how fast
 #: the work goes, never what is trained (data, protocol and mask, features, method, optimisation,
 #: seeds and epochs all stay as the run began).
@@ -234,7 +258,7 @@ def open_run_folder(run_dir: Path, recipe: dict, *, resume: bool, overwrite: boo
     if resume and overwrite:
         raise ValueError(f"{run_dir}: --resume continues the run there and --overwrite deletes "
                          f"it; give one of them")
-    saved = run_dir / "config.yaml"
+    saved = run_dir / CONFIG_FILE
     if resume and saved.is_file():
         check_same_recipe(saved, recipe)
         return True
@@ -291,3 +315,11 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+def zero_shot_info(split: ClassSplit, dropped: int) -> dict:
+    """``run.json``'s ``zero_shot`` entry: the split file, all class names (the order the test
+    split is scored in), the unseen ones, and the training images dropped."""
+    return {"split": SPLIT_FILE, "class_names": list(split.class_names),
+            "unseen": [split.class_names[c] for c in split.unseen],
+            "dropped_train_images": int(dropped)}

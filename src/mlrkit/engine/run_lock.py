@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-LOCK_FILE = "train.lock"
+from mlrkit.engine.run_files import LOCK_FILE
 
 
 class RunLockedError(FileExistsError):

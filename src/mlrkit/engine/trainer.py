@@ -28,16 +28,18 @@ from tqdm import tqdm
 
 from mlrkit import metrics
 from mlrkit.atomic import naming_errors
-from mlrkit.engine.batches import EpochBatchSampler, batch_loader
-from mlrkit.engine.checkpoint import last_checkpoint, load_checkpoint, load_ema, save_checkpoint
-from mlrkit.engine.distributed import (
+from mlrkit.distributed import (
     DistInfo,
     barrier,
     current_info,
+    gather_across_ranks,
     init_distributed,
     resolve_device,
 )
+from mlrkit.engine.batches import EpochBatchSampler, batch_loader
+from mlrkit.engine.checkpoint import last_checkpoint, load_checkpoint, load_ema, save_checkpoint
 from mlrkit.engine.ema import WeightEma
+from mlrkit.engine.run_files import CHECKPOINTS_DIR, METRICS_FILE, TENSORBOARD_DIR
 from mlrkit.methods.base import Method, StepInfo
 
 
@@ -254,8 +256,8 @@ def evaluate_logits(
         for inputs, _, idx in batch_loader(source, sampler, num_workers):
             logits.append(model(inputs.to(device)).logits.float())
             index.append(idx.to(device))
-    logits_t = metrics.gather_across_ranks(torch.cat(logits))
-    index_t = metrics.gather_across_ranks(torch.cat(index))
+    logits_t = gather_across_ranks(torch.cat(logits))
+    index_t = gather_across_ranks(torch.cat(index))
     return logits_t[torch.argsort(index_t)].cpu()
 
 
@@ -308,7 +310,7 @@ class _MetricsLog:
     """JSON-lines metrics file (and TensorBoard when installed), rank 0 only."""
 
     def __init__(self, run_dir: Path, enabled: bool, resume_epoch: int) -> None:
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
         self.enabled = enabled
         self.tb = None
         if not enabled:
@@ -321,7 +323,7 @@ class _MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self.tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
         except ImportError:
             self.tb = None
 
@@ -365,7 +367,7 @@ def fit(
         ``ema_eval``) are loaded into ``method`` on return.
     """
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = run_dir / CHECKPOINTS_DIR
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     info = init_distributed(device)
     if cfg.threads is not None:
@@ -374,115 +376,158 @@ def fit(
     method.to(device)
     if method.training_free:
         return _keep_untrained(method, val, val_labels, cfg, ckpt_dir, device, info)
-    optimizer = build_optimizer(method, cfg)
-    ema = None if cfg.ema_decay is None else WeightEma(method, cfg.ema_decay)
-    validated = ema if cfg.ema_eval else None  # the weights validated and kept in best/
-    state = {"epoch": -1, "best_epoch": -1, "best_val": {}, "bad_evals": 0, "history": []}
-    if resume and (last := last_checkpoint(ckpt_dir)) is not None:
-        state = load_checkpoint(last, method, optimizer, map_location=device)
-        state.pop("optimizer", None)
-        if ema is not None:
-            ema.load(load_ema(last, map_location=device))
+    loop = _EpochLoop(method, train, cfg, device, info, last_checkpoint(ckpt_dir) if resume else None)
+    state = loop.state
     start_epoch = state["epoch"] + 1
-    model: nn.Module = method
-    if info.enabled:
-        model = nn.parallel.DistributedDataParallel(
-            method,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=method.has_unused_parameters,
-        )
     log = _MetricsLog(run_dir, info.is_main, start_epoch)
-    sampler = EpochBatchSampler(
-        len(train), cfg.batch_size, shuffle=True, seed=cfg.seed, rank=info.rank,
-        world_size=info.world_size,
-    )
-    loader = batch_loader(train, sampler, cfg.num_workers, pin_memory=device.type == "cuda")
-    autocast, scaler = _autocast(cfg, device)
-
-    def train_batches() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        ordered = EpochBatchSampler(len(train), cfg.eval_batch_size, shuffle=False, pad=False)
-        for inputs, targets, idx in batch_loader(train, ordered, cfg.num_workers):
-            yield inputs.to(device), targets.to(device), idx.to(device)
-
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.patience and state["bad_evals"] >= cfg.patience:  # also after resuming a stopped run
             stopped_early = True
             break
-        seed_everything(cfg.seed * 100_003 + epoch)
-        sampler.set_epoch(epoch)
-        method.on_train_epoch_start(epoch, train_batches, cfg.epochs)
-        model.train()
-        totals: dict[str, float] = {}
-        seen, started = 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not (cfg.progress and info.is_main))
-        for step, (inputs, targets, idx) in enumerate(bar):
-            info_step = StepInfo(epoch, step, len(sampler), cfg.epochs)
-            factor = lr_factor(cfg, epoch + step / len(sampler), len(sampler))
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor
-            inputs, targets, idx = inputs.to(device), targets.to(device), idx.to(device)
-            with autocast:
-                out = model(inputs, targets, idx, info_step)
-            optimizer.zero_grad(set_to_none=True)
-            loss = out.loss.float()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {epoch}, step {step}; lower train.lr or set "
-                    f"train.grad_clip"
-                )
-            (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.unscale_(optimizer)
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if ema is not None:
-                ema.update(method)
-            seen += len(idx)
-            for key, value in {"loss": loss.item(), **out.logs}.items():
-                totals[key] = totals.get(key, 0.0) + value
-            rate = seen * info.world_size / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.4f}", img_s=f"{rate:.0f}")
-        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                  "epoch_seconds": time.perf_counter() - started}
-        record.update({f"train_{k}": v / max(len(sampler), 1) for k, v in totals.items()})
-        if ema is not None:
-            ema.broadcast(info)
-        improved = False
-        if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            with validated.applied(method) if validated else nullcontext():
-                logits = evaluate_logits(model, val, cfg.eval_batch_size, device, info,
-                                         cfg.num_workers)
-            report = score_report(logits, val_labels, prefix="val_")
-            record.update(report)
-            improved = state["best_epoch"] < 0 or report["val_mAP"] > state["best_val"]["val_mAP"]
-            state["bad_evals"] = 0 if improved else state["bad_evals"] + 1
-        elif val is None:
-            improved = True
-        if improved:
-            state["best_epoch"], state["best_val"] = epoch, {
-                k: v for k, v in record.items() if k.startswith("val_")
-            }
+        record = loop.train_epoch(epoch)
+        improved = _validate(loop, val, val_labels, epoch, record, state)
         state["epoch"] = epoch
         state["history"].append(record)
         if info.is_main:  # the log line first: a resume redoes the epochs after the checkpoint
             log.write(record)
-            if improved:
-                save_checkpoint(ckpt_dir, "best", validated.state if validated else method, None,
-                                state, make_last=False)
-            save_checkpoint(ckpt_dir, f"epoch-{epoch:04d}", method, optimizer, state,
-                            ema=None if ema is None else ema.state)
+            loop.save(ckpt_dir, epoch, state, improved)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
         barrier(info)
     load_checkpoint(ckpt_dir / "best", method, map_location=device)
     return FitResult(state["best_epoch"], state["best_val"], state["history"], stopped_early)
+
+
+class _EpochLoop:
+    """The moving parts of one :func:`fit`: the optimizer, the weight average, the training
+    ``state`` (fresh, or of the checkpoint ``last`` the run resumes from), the (DDP-wrapped)
+    model, the sampler and loader of the training batches, mixed precision."""
+
+    def __init__(self, method: Method, train: torch.utils.data.Dataset, cfg: TrainConfig,
+                 device: torch.device, info: DistInfo, last: Path | None) -> None:
+        self.method, self.train, self.cfg, self.device, self.info = method, train, cfg, device, info
+        self.optimizer = build_optimizer(method, cfg)
+        self.ema = None if cfg.ema_decay is None else WeightEma(method, cfg.ema_decay)
+        self.validated = self.ema if cfg.ema_eval else None  # the weights validated, kept in best/
+        self.state = {"epoch": -1, "best_epoch": -1, "best_val": {}, "bad_evals": 0,
+                      "history": []}
+        if last is not None:  # before DDP wraps the method: it starts from rank 0's weights
+            self.state = self._resume_from(last)
+        self.model: nn.Module = method
+        if info.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                method,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=method.has_unused_parameters,
+            )
+        self.sampler = EpochBatchSampler(
+            len(train), cfg.batch_size, shuffle=True, seed=cfg.seed, rank=info.rank,
+            world_size=info.world_size,
+        )
+        self.loader = batch_loader(train, self.sampler, cfg.num_workers,
+                                   pin_memory=device.type == "cuda")
+        self.autocast, self.scaler = _autocast(cfg, device)
+
+    def _resume_from(self, last: Path) -> dict:
+        """Load the weights, optimizer and weight average of checkpoint ``last``; its state."""
+        state = load_checkpoint(last, self.method, self.optimizer, map_location=self.device)
+        state.pop("optimizer", None)
+        if self.ema is not None:
+            self.ema.load(load_ema(last, map_location=self.device))
+        return state
+
+    def train_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """The training rows in order, unshuffled, on the device (for ``on_train_epoch_start``)."""
+        ordered = EpochBatchSampler(len(self.train), self.cfg.eval_batch_size, shuffle=False,
+                                    pad=False)
+        for inputs, targets, idx in batch_loader(self.train, ordered, self.cfg.num_workers):
+            yield inputs.to(self.device), targets.to(self.device), idx.to(self.device)
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the training batches; the epoch's record (lr, seconds, mean losses)."""
+        cfg, steps = self.cfg, len(self.sampler)
+        seed_everything(cfg.seed * 100_003 + epoch)
+        self.sampler.set_epoch(epoch)
+        self.method.on_train_epoch_start(epoch, self.train_batches, cfg.epochs)
+        self.model.train()
+        totals: dict[str, float] = {}
+        seen, started = 0, time.perf_counter()
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not (cfg.progress and self.info.is_main))
+        for step, batch in enumerate(bar):
+            logs = self.step(StepInfo(epoch, step, steps, cfg.epochs), batch)
+            seen += len(batch[2])
+            for key, value in logs.items():
+                totals[key] = totals.get(key, 0.0) + value
+            rate = seen * self.info.world_size / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.4f}", img_s=f"{rate:.0f}")
+        record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
+                  "epoch_seconds": time.perf_counter() - started}
+        record.update({f"train_{k}": v / max(steps, 1) for k, v in totals.items()})
+        if self.ema is not None:
+            self.ema.broadcast(self.info)
+        return record
+
+    def step(self, where: StepInfo, batch: tuple[Tensor, Tensor, Tensor]) -> dict[str, float]:
+        """One optimisation step on ``batch`` ``(inputs, targets, index)``; the loss and the
+        method's logs."""
+        cfg, optimizer, scaler = self.cfg, self.optimizer, self.scaler
+        factor = lr_factor(cfg, where.epoch + where.epoch_fraction, where.steps_per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        inputs, targets, idx = (t.to(self.device) for t in batch)
+        with self.autocast:
+            out = self.model(inputs, targets, idx, where)
+        optimizer.zero_grad(set_to_none=True)
+        loss = out.loss.float()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at epoch {where.epoch}, step {where.step}; lower "
+                f"train.lr or set train.grad_clip"
+            )
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.unscale_(optimizer)
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.method)
+        return {"loss": loss.item(), **out.logs}
+
+    def save(self, ckpt_dir: Path, epoch: int, state: dict, improved: bool) -> None:
+        """The epoch's checkpoint (weights, optimizer, weight average), and ``best`` (the
+        validated weights) when the epoch improved."""
+        if improved:
+            save_checkpoint(ckpt_dir, "best", self.validated.state if self.validated else
+                            self.method, None, state, make_last=False)
+        save_checkpoint(ckpt_dir, f"epoch-{epoch:04d}", self.method, self.optimizer, state,
+                        ema=None if self.ema is None else self.ema.state)
+
+
+def _validate(loop: _EpochLoop, val: torch.utils.data.Dataset | None,
+              val_labels: np.ndarray | None, epoch: int, record: dict, state: dict) -> bool:
+    """Score the validation split when due (into ``record``), update the best epoch and the
+    patience count in ``state``; whether the epoch is the best so far (always, without ``val``)."""
+    cfg = loop.cfg
+    improved = val is None
+    if val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+        with loop.validated.applied(loop.method) if loop.validated else nullcontext():
+            logits = evaluate_logits(loop.model, val, cfg.eval_batch_size, loop.device,
+                                     loop.info, cfg.num_workers)
+        report = score_report(logits, val_labels, prefix="val_")
+        record.update(report)
+        improved = state["best_epoch"] < 0 or report["val_mAP"] > state["best_val"]["val_mAP"]
+        state["bad_evals"] = 0 if improved else state["bad_evals"] + 1
+    if improved:
+        state["best_epoch"] = epoch
+        state["best_val"] = {k: v for k, v in record.items() if k.startswith("val_")}
+    return improved
 
 
 def _keep_untrained(method: Method, val: torch.utils.data.Dataset | None,

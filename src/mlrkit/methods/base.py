@@ -11,10 +11,9 @@ training images. Observed labels follow the mlrkit convention: ``int8`` 1 / 0 / 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from typing import ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -22,69 +21,8 @@ from mlrkit.methods.losses import (
     Loss,
     partial_bce,  # noqa: F401  (re-exported from its former home)
 )
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """What a method needs to know about the task when it is built.
-
-    Attributes:
-        num_classes: ``C``.
-        feature_shape: shape of one input, ``(D,)`` for pooled or ``(D, h, w)`` for spatial features.
-        train_targets: ``(N, C)`` int8 observed training labels (1 / 0 / -1), in training-set
-            order; a batch's ``index`` points into its rows. Methods use it for label statistics
-            (co-occurrence graphs) and to size per-sample state.
-        label_embeddings: ``(C, E)`` float vectors of the class names, or ``None``.
-        class_names: the ``C`` class names.
-        pseudo_labels: ``(N, C)`` int8 pseudo-labels of the training rows from a teacher (1
-            positive, 0 negative, -1 none; :mod:`mlrkit.engine.pseudo_labels`), or ``None``.
-    """
-
-    num_classes: int
-    feature_shape: tuple[int, ...]
-    train_targets: np.ndarray
-    label_embeddings: Tensor | None = None
-    class_names: tuple[str, ...] = ()
-    pseudo_labels: np.ndarray | None = None
-
-    @property
-    def feature_dim(self) -> int:
-        return self.feature_shape[0]
-
-    @property
-    def num_train(self) -> int:
-        return self.train_targets.shape[0]
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """Where training stands, for methods with schedules (warm-up, ramps, LL's rejection rate)."""
-
-    epoch: int
-    step: int
-    steps_per_epoch: int
-    epochs: int
-
-    @property
-    def epoch_fraction(self) -> float:
-        """Progress through the current epoch, in ``[0, 1)``."""
-        return self.step / max(self.steps_per_epoch, 1)
-
-
-@dataclass
-class MethodOutput:
-    """What ``Method.forward`` returns.
-
-    Attributes:
-        logits: ``(B, C)`` class scores before the sigmoid.
-        loss: scalar training loss, present when targets were given.
-        logs: named scalar parts of the loss (floats) for the metrics log.
-    """
-
-    logits: Tensor
-    loss: Tensor | None = None
-    logs: dict[str, float] = field(default_factory=dict)
-
+from mlrkit.methods.task import MethodOutput, StepInfo, TaskSpec
+from mlrkit.registry import Registry
 
 TrainBatches = Callable[[], Iterator[tuple[Tensor, Tensor, Tensor]]]
 
@@ -267,38 +205,33 @@ class OpenVocabularyMethod(Method):
         return targets
 
 
-_METHODS: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method")
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     """Class decorator that registers a method under ``name``."""
 
     def decorate(cls: type[Method]) -> type[Method]:
-        if name in _METHODS:
-            raise ValueError(f"method name {name!r} registered twice")
-        _METHODS[name] = cls
         cls.registered_name = name
-        return cls
+        return METHODS.register(name)(cls)
 
     return decorate
 
 
 def list_methods() -> list[str]:
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def method_class(name: str) -> type[Method]:
     """The class registered as ``name``."""
-    if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(list_methods())}")
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def create_method(name: str, spec: TaskSpec, **hparams) -> Method:
     """Build method ``name`` for ``spec``; ``hparams`` are the method's keyword arguments."""
-    method_class(name)
+    cls = method_class(name)
     try:
-        return _METHODS[name](spec, **hparams)
+        return cls(spec, **hparams)
     except TypeError as err:
         raise ValueError(f"method {name!r}: bad hyperparameters {sorted(hparams)}: {err}; fix the "
                          f"recipe's method section (each method's options: docs/methods.md)") from err
@@ -322,3 +255,26 @@ def require_label_embeddings(spec: TaskSpec, method: str) -> Tensor:
             f"label_embeddings must be (C={spec.num_classes}, E), got {tuple(embeddings.shape)}"
         )
     return embeddings.detach().clone().float()
+
+
+def open_vocabulary_part(model: Method) -> OpenVocabularyMethod:
+    """The open-vocabulary method of ``model`` (itself, or the method of an EncoderHead)."""
+    core = getattr(model, "method", model)
+    if not isinstance(core, OpenVocabularyMethod):
+        name = getattr(type(core), "registered_name", type(core).__name__)
+        raise TypeError(f"method {name!r} is closed-set: it scores only the classes it was "
+                         f"built for; use an open-vocabulary method (devise, conse)")
+    return core
+
+
+@contextmanager
+def scoring_classes(model: Method, embeddings: Tensor, names: Sequence[str]) -> Iterator[None]:
+    """Within the block ``model`` scores ``embeddings`` ``(C', E)``; its classes are restored
+    after."""
+    core = open_vocabulary_part(model)
+    before = (core.class_embeddings, core.class_names)
+    core.set_classes(embeddings, names)
+    try:
+        yield
+    finally:
+        core.set_classes(*before)

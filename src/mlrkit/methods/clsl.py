@@ -274,6 +274,39 @@ def _conv_mlp(in_dim: int, out_dim: int) -> nn.Sequential:
     )
 
 
+def _checked_label_embeddings(spec: TaskSpec, recovery: str, use_srfl: bool,
+                              project_embeddings: bool, position_encoding: bool,
+                              dim: int) -> Tensor:
+    """The ``(C, E)`` label embeddings of ``spec``, once the options :class:`CLSL` refuses are
+    ruled out (each named)."""
+    if len(spec.feature_shape) != 3:
+        raise ValueError(f"clsl needs spatial (D, h, w) features, got {spec.feature_shape}")
+    if recovery not in RECOVERY_RULES:
+        raise ValueError(f"recovery must be one of {RECOVERY_RULES}, got {recovery!r}")
+    if project_embeddings and use_srfl:
+        raise ValueError("project_embeddings applies only with use_srfl=False")
+    embeddings = require_label_embeddings(spec, "clsl")
+    if position_encoding and dim % 4:
+        raise ValueError(f"position_encoding needs a token size divisible by 4, got {dim}")
+    return embeddings
+
+
+def _label_mlp(embed_dim: int, dim: int, use_srfl: bool, project_embeddings: bool) -> nn.Module | None:
+    """The label path's MLP: ``[label embedding, mean image token] E + d -> d`` with SRFL, ``E -> d``
+    with ``project_embeddings``, else none (the raw embeddings)."""
+    if use_srfl:
+        return _conv_mlp(embed_dim + dim, dim)
+    return _conv_mlp(embed_dim, dim) if project_embeddings else None
+
+
+def _main_loss(spec: TaskSpec, loss: str, loss_options: dict | None):
+    """The registered main loss; for ``asl``, ``loss_options`` over :data:`CLSL_ASL_OPTIONS`."""
+    options = dict(loss_options or {})
+    if loss == "asl":
+        options = {**CLSL_ASL_OPTIONS, **options}
+    return create_loss(loss, spec, **options)
+
+
 @register_method("clsl")
 class CLSL(Method):
     """CLSL / SARLP head on ``(B, D, h, w)`` features (``docs/methods.md`` §3; module docstring).
@@ -339,19 +372,12 @@ class CLSL(Method):
         loss_options: dict | None = None,
     ) -> None:
         super().__init__(spec)
-        if len(spec.feature_shape) != 3:
-            raise ValueError(f"clsl needs spatial (D, h, w) features, got {spec.feature_shape}")
-        if recovery not in RECOVERY_RULES:
-            raise ValueError(f"recovery must be one of {RECOVERY_RULES}, got {recovery!r}")
-        if project_embeddings and use_srfl:
-            raise ValueError("project_embeddings applies only with use_srfl=False")
-        embeddings = require_label_embeddings(spec, "clsl")
-        self.register_buffer("label_embeddings", embeddings)
-        num_classes, embed_dim = embeddings.shape
         in_dim = spec.feature_dim
         dim = in_dim if image_dim is None else image_dim
-        if position_encoding and dim % 4:
-            raise ValueError(f"position_encoding needs a token size divisible by 4, got {dim}")
+        embeddings = _checked_label_embeddings(spec, recovery, use_srfl, project_embeddings,
+                                               position_encoding, dim)
+        self.register_buffer("label_embeddings", embeddings)
+        num_classes, embed_dim = embeddings.shape
         self.dim = dim
         self.use_srfl, self.use_jls, self.recovery = use_srfl, use_jls, recovery
         self.position_encoding = position_encoding
@@ -363,12 +389,7 @@ class CLSL(Method):
                                    normalize_before)
             for _ in range(num_layers)
         )
-        if use_srfl:
-            self.label_mlp: nn.Module | None = _conv_mlp(embed_dim + dim, dim)
-        elif project_embeddings:
-            self.label_mlp = _conv_mlp(embed_dim, dim)
-        else:
-            self.label_mlp = None
+        self.label_mlp = _label_mlp(embed_dim, dim, use_srfl, project_embeddings)
         label_dim = embed_dim if self.label_mlp is None else dim
         self.attention = BilinearLabelAttention(dim, label_dim, att_dim, class_chunk)
         self.classifier = nn.Sequential(
@@ -384,10 +405,7 @@ class CLSL(Method):
                                  **(aux_loss_options or {})}
         check_asymmetric_options(**{k: self.aux_loss_options[k] for k in
                                     ("gamma_neg", "gamma_pos", "clip", "eps", "reduction")})
-        options = dict(loss_options or {})
-        if loss == "asl":
-            options = {**CLSL_ASL_OPTIONS, **options}
-        self.loss = create_loss(loss, spec, **options)
+        self.loss = _main_loss(spec, loss, loss_options)
 
     # ---------------------------------------------------------------- stages
 

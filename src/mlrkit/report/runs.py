@@ -2,8 +2,8 @@
 
 Everything comes from the run folder (see :mod:`mlrkit.engine.run`): ``config.yaml``,
 ``results.json``, ``metrics.jsonl``, ``mask.npz`` and the best checkpoint, which scores the recipe's
-test split as ``mlrkit eval`` does (:func:`~mlrkit.engine.run.load_run`,
-:func:`~mlrkit.engine.run.prepare_from_run`). Shapes: ``N`` images, ``C`` classes; labels int8
+test split as ``mlrkit eval`` does (:func:`~mlrkit.engine.inference.load_run`,
+:func:`~mlrkit.engine.inference.prepare_from_run`). Shapes: ``N`` images, ``C`` classes; labels int8
 ``(N, C)``, 1 / 0 / -1 unknown.
 """
 
@@ -19,19 +19,21 @@ import torch
 import yaml
 
 from mlrkit import metrics
+from mlrkit.engine.inference import LoadedRun, load_run, prepare_from_run
 from mlrkit.engine.recover import Thresholds, choose_thresholds, probabilities, recover
-from mlrkit.engine.run import LoadedRun, PreparedRun, load_run, prepare_from_run
+from mlrkit.engine.run_files import CONFIG_FILE, METRICS_FILE, RESULTS_FILE
 from mlrkit.engine.run_folder import RESUMABLE_CHANGES, flatten_sections
+from mlrkit.engine.sources import PreparedData
 from mlrkit.engine.trainer import evaluate_logits, metrics_log_records
-from mlrkit.engine.zero_shot import scoring_classes
 from mlrkit.loaders import read_json
+from mlrkit.methods.base import scoring_classes
 
 #: The files ``mlrkit report`` needs in a run folder, and what to do when one is missing.
 REQUIRED_FILES = {
-    "config.yaml": "not a run folder; give a folder that 'mlrkit train' wrote",
-    "results.json": "the run is not finished; finish it with 'mlrkit train --resume' or give a "
+    CONFIG_FILE: "not a run folder; give a folder that 'mlrkit train' wrote",
+    RESULTS_FILE: "the run is not finished; finish it with 'mlrkit train --resume' or give a "
                     "finished run",
-    "metrics.jsonl": "the run has no training log; train it again",
+    METRICS_FILE: "the run has no training log; train it again",
 }
 
 
@@ -124,8 +126,8 @@ def read_run(run_dir: str | Path) -> RunData:
     """Read the run folder ``run_dir`` and score its test split with its best checkpoint."""
     run_dir = Path(run_dir)
     check_run_folder(run_dir)
-    recipe_text = (run_dir / "config.yaml").read_text(encoding="utf-8")
-    results = read_json(run_dir / "results.json", "train the run again")
+    recipe_text = (run_dir / CONFIG_FILE).read_text(encoding="utf-8")
+    results = read_json(run_dir / RESULTS_FILE, "train the run again")
     run = load_run(run_dir)
     prepared = prepare_from_run(run)
     if "test" not in prepared.sources:
@@ -139,7 +141,7 @@ def read_run(run_dir: str | Path) -> RunData:
         recipe_text=recipe_text,
         recipe=yaml.safe_load(recipe_text),
         results=results,
-        history=read_history(run_dir / "metrics.jsonl"),
+        history=read_history(run_dir / METRICS_FILE),
         class_names=names,
         probabilities=probabilities(_logits(run, prepared, "test")),
         labels=prepared.labels["test"],
@@ -148,7 +150,7 @@ def read_run(run_dir: str | Path) -> RunData:
     )
 
 
-def _logits(run: LoadedRun, prepared: PreparedRun, split: str) -> torch.Tensor:
+def _logits(run: LoadedRun, prepared: PreparedData, split: str) -> torch.Tensor:
     """``(N, C)`` logits of the best checkpoint on ``split``, as ``mlrkit eval`` computes them: a
     zero-shot run's test split is scored over every class, seen and unseen."""
     model, device = run.method.to(run.device), run.device
@@ -160,7 +162,7 @@ def _logits(run: LoadedRun, prepared: PreparedRun, split: str) -> torch.Tensor:
         return evaluate_logits(model, source, batch_size, device)
 
 
-def _recovered(run: LoadedRun, prepared: PreparedRun) -> Recovered | None:
+def _recovered(run: LoadedRun, prepared: PreparedData) -> Recovered | None:
     """The training split completed as ``mlrkit recover`` does (thresholds of maximal F1 on the
     validation split), or ``None`` without hidden training labels or a validation split."""
     observed = prepared.sources["train"].targets

@@ -26,11 +26,12 @@ name                function                                     needs
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from mlrkit.distributed import gather_across_ranks
 from mlrkit.methods.losses.partial_label import (
     assume_negative_bce,
     asymmetric_loss,
@@ -56,10 +57,7 @@ from mlrkit.methods.losses.single_positive import (
     role_loss,
     wan_loss,
 )
-from mlrkit.metrics import gather_across_ranks
-
-if TYPE_CHECKING:
-    from mlrkit.methods.base import StepInfo, TaskSpec
+from mlrkit.methods.task import StepInfo, TaskSpec
 
 
 class _FunctionLoss(Loss):

@@ -11,12 +11,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from mlrkit.methods.base import StepInfo, TaskSpec
+from mlrkit.methods.task import StepInfo, TaskSpec
+from mlrkit.registry import Registry
 
 
 @dataclass
@@ -82,31 +81,26 @@ class Loss(nn.Module):
         return step
 
 
-_LOSSES: dict[str, type[Loss]] = {}
+LOSSES: Registry[type[Loss]] = Registry("loss")
 
 
 def register_loss(name: str) -> Callable[[type[Loss]], type[Loss]]:
     """Class decorator that registers a :class:`Loss` under ``name``."""
 
     def decorate(cls: type[Loss]) -> type[Loss]:
-        if name in _LOSSES:
-            raise ValueError(f"loss name {name!r} registered twice")
-        _LOSSES[name] = cls
         cls.registered_name = name
-        return cls
+        return LOSSES.register(name)(cls)
 
     return decorate
 
 
 def list_losses() -> list[str]:
-    return sorted(_LOSSES)
+    return LOSSES.names()
 
 
 def loss_class(name: str) -> type[Loss]:
     """The class registered as ``name``."""
-    if name not in _LOSSES:
-        raise ValueError(f"unknown loss {name!r}; available: {', '.join(list_losses())}")
-    return _LOSSES[name]
+    return LOSSES.get(name)
 
 
 def loss_options(name: str) -> dict[str, inspect.Parameter]:
@@ -132,4 +126,4 @@ def create_loss(name: str, spec: TaskSpec, **options) -> Loss:
     missing = [k for k, p in accepted.items() if p.default is p.empty and k not in options]
     if missing:
         raise ValueError(f"loss {name!r} needs option {missing} (loss_options: {{...}})")
-    return _LOSSES[name](spec, **options)
+    return loss_class(name)(spec, **options)

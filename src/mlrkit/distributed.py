@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 T = TypeVar("T")
 
@@ -134,3 +135,23 @@ def main_first(info: DistInfo, fn: Callable[[], T]) -> T:
     if not ok:
         raise RuntimeError(f"rank 0 failed, so rank {info.rank} stops too: {value}")
     return value
+
+
+def gather_across_ranks(rows: Tensor) -> Tensor:
+    """Concatenate ``rows`` ``(n_r, ...)`` from every rank in rank order; identity without a group.
+
+    Ranks may hold different numbers of rows. Uses ``torch.distributed.all_gather`` (every rank
+    must call it), so ``rows`` must be on the device the process group's backend expects.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return rows
+    world = dist.get_world_size()
+    size = torch.tensor([rows.shape[0]], device=rows.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(s) for s in sizes]
+    padded = rows.new_zeros((max(counts), *rows.shape[1:]))
+    padded[: rows.shape[0]] = rows
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[:count] for g, count in zip(gathered, counts, strict=True)])

@@ -1,0 +1,283 @@
+"""A finished run used from its folder alone: load it, evaluate it, predict labels of images,
+score any label names. Nothing here builds a training method or a teacher, and no dataset is read
+unless one is asked for (``evaluate_run``, ``prepare_from_run``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mlrkit.data import MultiLabelData, create_dataset
+from mlrkit.data.feature_cache import extract_features, load_features
+from mlrkit.data.protocols import ClassSplit
+from mlrkit.distributed import resolve_device
+from mlrkit.engine.batches import FeatureBatches, ImageBatches
+from mlrkit.engine.checkpoint import load_checkpoint
+from mlrkit.engine.recipe import load_recipe
+from mlrkit.engine.run_files import CHECKPOINTS_DIR, CONFIG_FILE, EVAL_CACHE_DIR
+from mlrkit.engine.run_folder import (
+    placeholder_spec,
+    read_run_info,
+    rebuild_encoder,
+    stored_label_embeddings,
+)
+from mlrkit.engine.sources import PreparedData, prepare_data, section_label_embeddings
+from mlrkit.engine.trainer import evaluate_logits, score_report
+from mlrkit.methods import Method, create_method
+from mlrkit.methods.base import scoring_classes
+from mlrkit.methods.encoder_head import EncoderHead
+from mlrkit.metrics import zero_shot_metrics
+from mlrkit.tagging import ranked_tags
+
+
+def scores_report(method: Method, source, labels: np.ndarray, batch_size: int,
+                  device: torch.device, prefix: str, split: ClassSplit | None,
+                  all_embeddings: Tensor | None) -> dict:
+    """Metrics of ``method`` on ``source``; with a class ``split`` scored over every class
+    (``all_embeddings``) as ZSL / GZSL."""
+    if split is None:
+        return score_report(evaluate_logits(method, source, batch_size, device), labels, prefix)
+    with scoring_classes(method, all_embeddings, split.class_names):
+        logits = evaluate_logits(method, source, batch_size, device)
+    return zero_shot_metrics(logits, labels, split, prefix)
+
+
+@dataclass
+class LoadedRun:
+    """A finished run rebuilt from its folder alone (``run.json``, see
+    :mod:`mlrkit.engine.run_folder`) with its best weights."""
+
+    run_dir: Path
+    info: dict
+    method: Method  # an EncoderHead for end-to-end runs
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.info["class_names"]
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.info["inference"]["device"])
+
+    def image_model(self) -> EncoderHead:
+        """Images ``(B, 3, H, W)`` → logits: the end-to-end model, or the encoder that computed
+        the training features (rebuilt, its weights checked) followed by the method."""
+        if isinstance(self.method, EncoderHead):
+            return self.method
+        return EncoderHead(rebuild_encoder(self.info["encoder"], pretrained=True), self.method)
+
+    @property
+    def open_vocabulary(self) -> bool:
+        """Whether the run's method scores any class names (``Method.open_vocabulary``)."""
+        return getattr(self.method, "method", self.method).open_vocabulary
+
+    def embed_class_names(self, names: Sequence[str]) -> Tensor:
+        """``(C', E)`` label embeddings of ``names`` from the run's label-embedding source (the
+        recipe's ``label_embeddings`` section, in ``run.json``)."""
+        if self.info.get("label_source") is None:
+            raise ValueError(f"run {self.run_dir} records no label-embedding source (trained "
+                             f"before run.json had one, or without label embeddings)")
+        return section_label_embeddings(self.info["label_source"], list(names))
+
+    def check_classes(self, data: MultiLabelData) -> None:
+        """Refuse ``data`` unless it has the run's class names in the run's order."""
+        names = list(data.class_names)
+        if names == self.class_names:
+            return
+        missing = [c for c in self.class_names if c not in names]
+        extra = [c for c in names if c not in self.class_names]
+        detail = f"missing {missing}, extra {extra}" if missing or extra else "another order"
+        raise ValueError(
+            f"dataset {data.name!r} at {data.root} does not have the classes of run "
+            f"{self.run_dir} ({detail}); the run predicts {len(self.class_names)} classes: "
+            f"{', '.join(self.class_names)}"
+        )
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Rebuild a finished run from its folder alone, with its best weights (no data needed)."""
+    run_dir = Path(run_dir)
+    info = read_run_info(run_dir)
+    method = create_method(info["method"]["name"], placeholder_spec(run_dir, info),
+                           **info["method"]["hparams"])
+    if info["end_to_end"] is not None:
+        method = EncoderHead(rebuild_encoder(info["encoder"], pretrained=False), method,
+                             **info["end_to_end"])
+    load_checkpoint(run_dir / CHECKPOINTS_DIR / "best", method)
+    return LoadedRun(run_dir, info, method)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    split: str | None = None,
+    *,
+    dataset: str | None = None,
+    root: str | Path | None = None,
+    options: dict | None = None,
+    cache_dir: str | Path | None = None,
+) -> dict[str, float]:
+    """Metrics of a finished run's best checkpoint, named after the split (``test_mAP``, ...).
+
+    A zero-shot run's test split is scored over all classes, as at train time (``test_zsl_mAP``,
+    ``test_gzsl_mAP``, ...; :func:`~mlrkit.metrics.zero_shot_metrics`); its train and
+    validation splits over the seen classes.
+
+    Args:
+        run_dir: the run folder.
+        split: without ``dataset``, ``"train"``, ``"val"`` or ``"test"`` (the default) as the
+            recipe defines them; with ``dataset``, a split of that dataset (default: all its
+            images, metrics ``all_...``).
+        dataset, root, options: another dataset (reader name, folder, reader options): with the
+            run's class names, or any class names for an open-vocabulary run (embedded as the run
+            embeds its classes); default: the recipe's, where it was at train time.
+        cache_dir: where a run on cached features stores the features of ``dataset`` (default
+            ``<run_dir>/eval-cache/<dataset>-<split>-<hash of root, options>``).
+
+    Raises:
+        ValueError: the dataset's class names differ from a closed-set run's.
+    """
+    run = load_run(run_dir)
+    class_split, embeddings, names = None, None, None
+    if dataset is None:
+        if root is not None or options:
+            raise ValueError("root and options describe another dataset: give its reader too")
+        split = split or "test"
+        prepared = prepare_from_run(run)
+        if split not in prepared.sources:
+            raise ValueError(f"split {split!r} is not part of this run's recipe")
+        source, labels = prepared.sources[split], prepared.labels[split]
+        if prepared.class_split is not None and labels.shape[1] == prepared.data.num_classes:
+            class_split, embeddings = prepared.class_split, prepared.eval_embeddings
+    else:
+        if root is None:
+            raise ValueError(f"dataset {dataset!r} needs its root folder")
+        data = create_dataset(dataset, root, **(options or {}))
+        if run.open_vocabulary:  # any class names, embedded as the run embeds its classes
+            names = list(data.class_names)
+            embeddings = run.embed_class_names(names)
+        else:
+            run.check_classes(data)
+        cache_dir = cache_dir or eval_cache_dir(run.run_dir, dataset, root, options, split)
+        data = data if split is None else data.subset(split)
+        source, labels = source_for(run, data, Path(cache_dir)), data.labels
+    device, batch_size = run.device, run.info["inference"]["batch_size"]
+    prefix = f"{split or 'all'}_"
+    model = run.method.to(device)
+    if names is None:
+        return scores_report(model, source, labels, batch_size, device, prefix, class_split,
+                              embeddings)
+    with scoring_classes(model, embeddings, names):
+        logits = evaluate_logits(model, source, batch_size, device)
+    return score_report(logits, labels, prefix)
+
+
+def prepare_from_run(run: LoadedRun) -> PreparedData:
+    """The run's recipe's data prepared again (data, saved mask, features; no method, no
+    teacher), read through the paths of run.json (absolute, or in the run folder) from any
+    working directory; its class names are checked against the run's. A zero-shot run's
+    ``eval_embeddings`` are the ones it stored."""
+    info, recipe = run.info, load_recipe(run.run_dir / CONFIG_FILE)
+    recipe["data"]["root"] = info["data"]["root"]
+    section = recipe["features"] if info["end_to_end"] is None else recipe["encoder"]
+    section["weights"] = info["encoder"]["weights"]
+    if info["features"] is not None:
+        section["cache"] = info["features"]["cache"]
+    if info["mask"] is not None:
+        recipe["protocol"]["mask_file"] = str(run.run_dir / info["mask"])
+    if info.get("zero_shot") is not None:
+        recipe["protocol"]["split_file"] = str(run.run_dir / info["zero_shot"]["split"])
+    prepared = prepare_data(recipe)
+    if prepared.class_split is None:
+        run.check_classes(prepared.data)
+        return prepared
+    if list(prepared.class_names) != run.class_names:
+        raise ValueError(f"the seen classes of the recipe's split are not the {len(run.class_names)} "
+                         f"classes run {run.run_dir} was trained on")
+    prepared.eval_embeddings = stored_label_embeddings(run.run_dir, info, "eval_label_embeddings")
+    return prepared
+
+
+def eval_cache_dir(run_dir: Path, dataset: str, root: str | Path, options: dict | None,
+                split: str | None) -> Path:
+    """The default feature cache of another dataset's split under the run folder."""
+    key = json.dumps([dataset, str(Path(root).resolve()), options or {}, split], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return run_dir / EVAL_CACHE_DIR / f"{dataset}-{split or 'all'}-{digest}"
+
+
+def source_for(run: LoadedRun, data: MultiLabelData, cache_dir: Path) -> torch.utils.data.Dataset:
+    """Batches of ``data`` for the run's model: its images for an end-to-end run, else their
+    features, extracted into (or reused from) ``cache_dir`` with the run's encoder."""
+    if run.info["features"] is None:
+        return ImageBatches(data.image_paths, data.labels,
+                            run.method.encoder.transform(train=False))
+    feat = run.info["features"]
+    spatial = run.method.input_kind == "spatial"
+    encoder = rebuild_encoder(run.info["encoder"], pretrained=True)
+    extract_features(data, encoder, cache_dir, spatial=spatial,
+                     spatial_dtype=feat["spatial_dtype"] or "float16",
+                     batch_size=feat["batch_size"], num_workers=feat["num_workers"],
+                     device=run.device)
+    cache = load_features(cache_dir, data=data, encoder=encoder)
+    return FeatureBatches(cache.spatial if spatial else cache.pooled, data.labels)
+
+
+def _image_source(model: EncoderHead, images: Sequence[str | Path],
+                  num_classes: int) -> ImageBatches:
+    """The image files through the model's evaluation transform, with placeholder labels."""
+    return ImageBatches([Path(p) for p in images], np.zeros((len(images), num_classes), np.int8),
+                        model.encoder.transform(train=False))
+
+
+def predict_images(
+    run_dir: str | Path, images: list[str | Path], top_k: int = 5, batch_size: int = 16
+) -> list[dict]:
+    """Class probabilities of a finished run for image files, best first; needs only the run
+    folder (and, for a run on cached features, the encoder's weights).
+
+    Returns one ``{"image", "labels": [{"label", "score"}, ...]}`` per image, with the ``top_k``
+    classes by probability (all of them when ``top_k`` exceeds the number of classes).
+
+    Raises:
+        ValueError: ``top_k`` is below 1.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k (--top-k) is {top_k}; give at least 1, the number of labels "
+                         f"listed per image")
+    run = load_run(run_dir)
+    model = run.image_model().to(run.device)
+    source = _image_source(model, images, len(run.class_names))
+    probs = torch.sigmoid(evaluate_logits(model, source, batch_size, run.device))
+    return ranked_tags(list(images), run.class_names, probs.numpy(), top_k)
+
+
+def score_label_names(
+    run_dir: str | Path, images: list[str | Path], label_names: Sequence[str],
+    batch_size: int = 16,
+) -> np.ndarray:
+    """``(N, L)`` scores of an open-vocabulary run for image files and any label names.
+
+    The names are embedded as the run embedded its classes (``run.json``'s ``label_source``) and
+    scored from the images through the run's encoder; the scores are the method's logits (a
+    ranking per image; for ``devise`` ``scale x`` cosine, for ``conse`` the cosine).
+
+    Raises:
+        ValueError: the run is closed-set, or a name cannot be embedded.
+    """
+    run = load_run(run_dir)
+    if not run.open_vocabulary:
+        raise ValueError(f"run {run.run_dir} ({run.info['method']['name']}) is closed-set: it "
+                         f"scores only its {len(run.class_names)} classes")
+    embeddings = run.embed_class_names(label_names)
+    model = run.image_model().to(run.device)
+    source = _image_source(model, images, len(label_names))
+    with scoring_classes(model, embeddings, label_names):
+        logits = evaluate_logits(model, source, batch_size, run.device)
+    return logits.float().cpu().numpy()

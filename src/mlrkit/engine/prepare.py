@@ -1,0 +1,88 @@
+"""From a recipe to everything training needs: the data (:mod:`mlrkit.engine.sources`), the
+label embeddings, the teacher's pseudo-labels, the method and the run's description."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlrkit.data import MultiLabelData
+from mlrkit.engine.pseudo_labels import (
+    PseudoLabels,
+    pseudo_label_quality,
+    pseudo_labels_section,
+    teacher_scores,
+    vlpl_pseudo_labels,
+)
+from mlrkit.engine.run_folder import run_info, zero_shot_info
+from mlrkit.engine.sources import PreparedData, label_source, prepare_data, section_label_embeddings
+from mlrkit.methods import Method, TaskSpec, create_method
+from mlrkit.methods.encoder_head import EncoderHead
+
+
+@dataclass(kw_only=True)
+class PreparedRun(PreparedData):
+    """A recipe's data (:class:`~mlrkit.engine.sources.PreparedData`) with the method built for
+    it, its ``spec``, ``run.json``'s content (see :mod:`mlrkit.engine.run_folder`) and the
+    teacher's pseudo-labels of the training rows, if the recipe has a teacher."""
+
+    method: Method
+    spec: TaskSpec
+    run_info: dict
+    pseudo_labels: PseudoLabels | None = None
+
+
+def prepare(recipe: dict) -> PreparedRun:
+    """Read the data, draw the mask, get features (cache) or image sources, build the method."""
+    part = prepare_data(recipe)
+    data, split = part.data, part.class_split
+    embeddings = section_label_embeddings(recipe["label_embeddings"], data.class_names)
+    classes = np.arange(data.num_classes) if split is None else split.seen
+    teacher = pseudo_labels_section(recipe) if recipe.get("pseudo_labels") else None
+    pseudo = None if teacher is None else _pseudo_labels(
+        teacher, recipe["features"], data, part.rows["train"], part.class_names, part.cache)
+    spec = TaskSpec(
+        num_classes=len(classes),
+        feature_shape=part.feature_shape,
+        train_targets=part.sources["train"].targets,
+        label_embeddings=None if embeddings is None else embeddings[classes],
+        class_names=part.class_names,
+        pseudo_labels=None if pseudo is None else pseudo.labels,
+    )
+    torch.manual_seed(recipe["train"].get("seed", 0))
+    hparams = {k: v for k, v in recipe["method"].items() if k != "name"}
+    method = create_method(recipe["method"]["name"], spec, **hparams)
+    if recipe["encoder"] is not None:
+        method = EncoderHead.from_section(part.encoder, method, recipe["encoder"])
+    description = run_info(recipe, spec, hparams, part.encoder, part.cache,
+                           masked=part.mask is not None)
+    description["label_source"] = label_source(recipe["label_embeddings"])
+    if split is not None:
+        description["zero_shot"] = zero_shot_info(split, part.dropped_train_images)
+    if pseudo is not None:
+        description["pseudo_labels"] = {
+            **{k: teacher[k] for k in ("teacher", "tau", "theta", "negatives")},
+            **pseudo_label_quality(pseudo.labels, part.labels["train"]),
+        }
+    data_fields = {f.name: getattr(part, f.name) for f in fields(PreparedData)}
+    return PreparedRun(**{**data_fields, "eval_embeddings": embeddings}, method=method, spec=spec,
+                       run_info=description, pseudo_labels=pseudo)
+
+
+def _pseudo_labels(section: dict, features: dict | None, data: MultiLabelData,
+                   train_rows: np.ndarray, class_names: Sequence[str], cache) -> PseudoLabels:
+    """The teacher pseudo-labels of the training rows (``section``: the recipe's
+    ``pseudo_labels`` with its defaults); the ConSE teacher reads cached pooled ImageNet
+    ``tf_efficientnet_lite0`` features when the recipe's ``features`` are exactly those."""
+    feat = features or {}
+    pooled = None
+    if (section["teacher"] == "conse" and cache is not None
+            and feat.get("encoder") == "tf_efficientnet_lite0" and feat.get("weights") == "imagenet"):
+        pooled = np.asarray(cache.pooled[train_rows])
+    images = [Path(p) for p in np.asarray(data.image_paths, dtype=object)[train_rows]]
+    scores = teacher_scores(section, class_names, images, pooled)
+    return vlpl_pseudo_labels(scores, section["tau"], section["theta"], section["negatives"])

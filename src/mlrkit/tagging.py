@@ -1,0 +1,95 @@
+"""Tagging images with label names: the candidate labels, the image files of paths and folders,
+each image's labels ranked by score, and the JSON or CSV that ``mlrkit tag`` and ``mlrkit
+predict`` write."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def parse_labels(text: str | None, labels_file: str | None) -> list[str]:
+    """The candidate labels: ``--labels "cat, dog"`` (comma-separated) or ``--labels-file`` (one
+    per line; blank lines and ``#`` comments skipped)."""
+    if (text is None) == (labels_file is None):
+        raise ValueError('give the candidate labels with --labels "cat, dog, sofa" or '
+                         '--labels-file FILE (one per line), exactly one of the two')
+    if text is not None:
+        where, labels = "--labels", [part.strip() for part in text.split(",")]
+    else:
+        lines = Path(labels_file).read_text(encoding="utf-8").splitlines()
+        where, labels = labels_file, [line.strip() for line in lines
+                                      if not line.strip().startswith("#")]
+    labels = [label for label in labels if label]
+    if not labels:
+        raise ValueError(f"{where}: no labels in it; give at least one, e.g. --labels \"cat, dog\"")
+    folded = [" ".join(label.casefold().split()) for label in labels]
+    twice = sorted({label for label, key in zip(labels, folded, strict=True)
+                    if folded.count(key) > 1})
+    if twice:
+        raise ValueError(f"{where}: labels given more than once: {twice}; list each once")
+    return labels
+
+
+def image_files(paths: Sequence[str], recursive: bool) -> list[Path]:
+    """Image files named directly, and those in the folders given (their subfolders too with
+    ``recursive``), in the order given, each folder's files sorted; each file once."""
+    found: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(_folder_images(path, recursive))
+        else:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    return list(dict.fromkeys(found))
+
+
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    """The image files of ``folder`` (by suffix, hidden files left out), sorted by path."""
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    images = sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not images:
+        subfolders = not recursive and any(p.is_dir() for p in folder.iterdir())
+        raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it"
+                         + ("; it has subfolders: add --recursive" if subfolders else
+                            "; give image files or a folder of them"))
+    return images
+
+
+def ranked_tags(images: Sequence[str | Path], labels: Sequence[str], scores, top_k: int,
+                threshold: float | None = None) -> list[dict]:
+    """``{"image", "labels": [{"label", "score"}, ...]}`` per image of ``scores`` ``(N, L)``:
+    best first (equal scores in label order), at most ``top_k``, only scores of at least
+    ``threshold``; scores rounded to 6 decimals."""
+    results = []
+    for path, row in zip(images, scores, strict=True):
+        order = sorted(range(len(labels)), key=lambda c: -row[c])[:top_k]
+        kept = [c for c in order if threshold is None or row[c] >= threshold]
+        results.append({"image": str(path), "labels": [
+            {"label": labels[c], "score": round(float(row[c]), 6)} for c in kept]})
+    return results
+
+
+def write_tags(results: list[dict], fmt: str, stream: TextIO | None = None) -> None:
+    """Write ``results`` (:func:`ranked_tags`) to ``stream`` (default stdout) as JSON, or as CSV
+    with one ``image,rank,label,score`` row per label."""
+    stream = sys.stdout if stream is None else stream
+    if fmt == "json":
+        print(json.dumps(results, indent=1), file=stream)
+        return
+    writer = csv.writer(stream)
+    writer.writerow(["image", "rank", "label", "score"])
+    for item in results:
+        for rank, entry in enumerate(item["labels"], start=1):
+            writer.writerow([item["image"], rank, entry["label"], entry["score"]])
