@@ -21,7 +21,7 @@ from mlrkit.engine.recipe import RecipeError, load_recipe
 from mlrkit.engine.run import train_run
 from mlrkit.engine.trainer import evaluate_logits
 from mlrkit.methods import TaskSpec, create_method
-from mlrkit.methods.losses.modules import RankLoss
+from mlrkit.methods.losses import loss_class
 from mlrkit.metrics import zero_shot_metrics
 from mlrkit.zero_shot import conse_scores
 
@@ -60,7 +60,7 @@ def test_unseen_training_labels_never_reach_a_loss(tmp_path, monkeypatch):
         seen_targets.append(targets.clone())
         return (logits * 0).sum() + margin * 0
 
-    monkeypatch.setattr(RankLoss, "function", staticmethod(recording_rank_loss))
+    monkeypatch.setattr(loss_class("rank"), "function", staticmethod(recording_rank_loss))
     results = train_run(load_recipe(zero_shot_recipe(tmp_path)), tmp_path / "run")
     data = create_dataset("csv", str(tmp_path / "data"))
     train = data.labels[data.split_index("train")]

@@ -35,6 +35,16 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def register_class(self, name: str) -> Callable[[T], T]:
+        """Class decorator that registers its class under ``name`` and sets the class's
+        ``registered_name`` to it."""
+
+        def decorate(cls: T) -> T:
+            cls.registered_name = name
+            return self.register(name)(cls)
+
+        return decorate
+
     def names(self) -> list[str]:
         """The registered names, sorted."""
         return sorted(self._entries)

@@ -20,15 +20,8 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from mlrkit.data.dataset import (
-    POSITIVE,
-    DataFormatError,
-    MultiLabelData,
-    check_inside_root,
-    fixed_options,
-    register_dataset,
-    require_files,
-)
+from mlrkit.data.dataset import POSITIVE, MultiLabelData, fixed_options, register_dataset
+from mlrkit.data.files import DataFormatError, check_inside_root, require_files
 
 T = TypeVar("T")
 _INSTANCES = re.compile(r"instances_(?:train|val)(\d{4})\.json")

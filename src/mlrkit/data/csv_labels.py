@@ -29,16 +29,8 @@ from typing import Literal
 
 import numpy as np
 
-from mlrkit.data.dataset import (
-    NEGATIVE,
-    POSITIVE,
-    UNKNOWN,
-    DataFormatError,
-    MultiLabelData,
-    check_inside_root,
-    register_dataset,
-    require_files,
-)
+from mlrkit.data.dataset import NEGATIVE, POSITIVE, UNKNOWN, MultiLabelData, register_dataset
+from mlrkit.data.files import DataFormatError, check_inside_root, require_files
 
 CELL_VALUES = {"1": POSITIVE, "0": NEGATIVE, "-1": UNKNOWN, "": UNKNOWN}
 UNLISTED_LABEL = {"negative": NEGATIVE, "unknown": UNKNOWN}

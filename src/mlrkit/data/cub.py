@@ -30,13 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrkit.data.dataset import (
-    DataFormatError,
-    MultiLabelData,
-    check_inside_root,
-    register_dataset,
-    require_files,
-)
+from mlrkit.data.dataset import MultiLabelData, register_dataset
+from mlrkit.data.files import DataFormatError, check_inside_root, read_lines, require_files
 
 
 @register_dataset("cub")
@@ -107,17 +102,8 @@ def _find_attribute_names(base: Path) -> Path:
 
 
 def _read_lines(path: Path) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise DataFormatError(
-            f"{path} not found; unpack CUB_200_2011.tgz and point root at the folder that holds "
-            f"CUB_200_2011/"
-        ) from None
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return lines
+    return read_lines(path, "unpack CUB_200_2011.tgz and point root at the folder that holds "
+                            "CUB_200_2011/")
 
 
 def _read_id_table(path: Path) -> dict[int, str]:

@@ -46,14 +46,8 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from mlrkit.data.dataset import (
-    POSITIVE,
-    DataFormatError,
-    MultiLabelData,
-    check_inside_root,
-    register_dataset,
-    require_files,
-)
+from mlrkit.data.dataset import POSITIVE, MultiLabelData, register_dataset
+from mlrkit.data.files import DataFormatError, check_inside_root, read_lines, require_files
 
 logger = logging.getLogger(__name__)
 
@@ -246,17 +240,8 @@ def _read_part(
 
 
 def _read_lines(path: Path) -> list[bytes]:
-    """Lines of ``path`` without line ends; blank lines at the end of the file are dropped."""
-    try:
-        lines = Path(path).read_bytes().splitlines()
-    except FileNotFoundError:
-        raise DataFormatError(
-            f"{path} not found; NUS-WIDE's archives unpack to ImageList/, Groundtruth/, "
-            f"ConceptsList/ and NUS_WID_Tags/ under the dataset root"
-        ) from None
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return lines
+    return read_lines(path, "NUS-WIDE's archives unpack to ImageList/, Groundtruth/, "
+                            "ConceptsList/ and NUS_WID_Tags/ under the dataset root", binary=True)
 
 
 def _read_names(path: Path) -> list[str]:

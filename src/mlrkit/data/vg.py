@@ -27,14 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrkit.data.dataset import (
-    POSITIVE,
-    DataFormatError,
-    MultiLabelData,
-    check_inside_root,
-    register_dataset,
-    require_files,
-)
+from mlrkit.data.dataset import POSITIVE, MultiLabelData, register_dataset
+from mlrkit.data.files import DataFormatError, check_inside_root, require_files
 
 
 @register_dataset("vg200")

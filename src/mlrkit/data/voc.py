@@ -26,13 +26,11 @@ from mlrkit.data.dataset import (
     NEGATIVE,
     POSITIVE,
     UNKNOWN,
-    DataFormatError,
     MultiLabelData,
-    check_inside_root,
     fixed_options,
     register_dataset,
-    require_files,
 )
+from mlrkit.data.files import DataFormatError, check_inside_root, require_files
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

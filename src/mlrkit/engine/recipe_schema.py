@@ -365,7 +365,8 @@ def _validate_loss(section: dict, name: Any, source: Path | str) -> dict:
     except ValueError as err:
         raise RecipeError(f"{source}: method.loss: {err}") from None
     accepted = loss_options(name)
-    types = _parameter_types(cls.__init__, {"TaskSpec": TaskSpec, "StepInfo": StepInfo})
+    types = _parameter_types(cls.options_signature()[0],
+                             {"TaskSpec": TaskSpec, "StepInfo": StepInfo})
     model = create_model(
         f"options of loss {name}", __base__=_Section,
         **{key: (types.get(key, Any), ... if p.default is p.empty else p.default)

@@ -52,13 +52,8 @@ class Method(nn.Module):
         super().__init__()
         self.spec = spec
 
-    def forward(
-        self,
-        inputs: Tensor,
-        targets: Tensor | None = None,
-        index: Tensor | None = None,
-        step: StepInfo | None = None,
-    ) -> MethodOutput:
+    def forward(self, inputs: Tensor, targets: Tensor | None = None, index: Tensor | None = None,
+                step: StepInfo | None = None) -> MethodOutput:
         """Logits for ``inputs``; with ``targets`` ``(B, C)`` int8 and ``index`` ``(B,)``, the loss."""
         raise NotImplementedError
 
@@ -162,15 +157,9 @@ class OpenVocabularyMethod(Method):
         ``u`` of the distillation (``None, None`` here: :meth:`score` alone)."""
         return self.score(inputs, embeddings, **options), None, None
 
-    def forward(
-        self,
-        inputs: Tensor,
-        targets: Tensor | None = None,
-        index: Tensor | None = None,
-        step: StepInfo | None = None,
-        label_embeddings: Tensor | None = None,
-        **options,
-    ) -> MethodOutput:
+    def forward(self, inputs: Tensor, targets: Tensor | None = None, index: Tensor | None = None,
+                step: StepInfo | None = None, label_embeddings: Tensor | None = None,
+                **options) -> MethodOutput:
         """Logits ``(B, C')`` for the current classes or ``label_embeddings`` ``(C', E)``; with
         ``targets`` ``(B, C')`` the loss (``self.loss``) plus the distillation when the head has
         a teacher. ``options`` go to :meth:`score_parts` (e.g. sigrl's ``direct``)."""
@@ -208,23 +197,12 @@ class OpenVocabularyMethod(Method):
 METHODS: Registry[type[Method]] = Registry("method")
 
 
-def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator that registers a method under ``name``."""
-
-    def decorate(cls: type[Method]) -> type[Method]:
-        cls.registered_name = name
-        return METHODS.register(name)(cls)
-
-    return decorate
-
-
-def list_methods() -> list[str]:
-    return METHODS.names()
-
-
-def method_class(name: str) -> type[Method]:
-    """The class registered as ``name``."""
-    return METHODS.get(name)
+#: Class decorator that registers a method under a name (``@register_method("linear")``).
+register_method = METHODS.register_class
+#: The registered method names, sorted.
+list_methods = METHODS.names
+#: The class registered under a name; an unknown name is a ``ValueError`` listing the known ones.
+method_class = METHODS.get
 
 
 def create_method(name: str, spec: TaskSpec, **hparams) -> Method:

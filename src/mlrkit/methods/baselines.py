@@ -27,13 +27,8 @@ class _PooledHead(Method):
         self.head = head
         self.loss = create_loss(loss, spec, **(loss_options or {}))
 
-    def forward(
-        self,
-        inputs: Tensor,
-        targets: Tensor | None = None,
-        index: Tensor | None = None,
-        step: StepInfo | None = None,
-    ) -> MethodOutput:
+    def forward(self, inputs: Tensor, targets: Tensor | None = None, index: Tensor | None = None,
+                step: StepInfo | None = None) -> MethodOutput:
         """``inputs`` ``(B, D)`` pooled features → logits ``(B, C)``; with ``targets`` ``(B, C)``
         the loss (``index`` and ``step`` as the loss needs them) and its ``logs``."""
         logits = self.head(inputs)

@@ -74,17 +74,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from mlrkit.methods.base import (
-    Method,
-    MethodOutput,
-    StepInfo,
-    TaskSpec,
-    register_method,
-    require_label_embeddings,
-)
+from mlrkit.methods.base import Method, register_method, require_label_embeddings
 from mlrkit.methods.layers import channel_projection, chunked_bilinear_scores
 from mlrkit.methods.losses import asymmetric_loss, create_loss
 from mlrkit.methods.losses.partial_label import check_asymmetric_options
+from mlrkit.methods.task import MethodOutput, StepInfo, TaskSpec
 
 #: CLSL's ASL settings (train.py defaults ``--gamma-pos 0 --gamma-neg 2 --clip 0``; ``eps=1e-05``
 #: and ``disable_torch_grad_focal_loss=True`` in ``lib/util.py`` ``get_loss_fn``).
@@ -501,14 +495,8 @@ class CLSL(Method):
         parts = torch.stack([main.loss.detach().float(), aux.detach().float()]).tolist()
         return main.loss + self.aux_weight * aux, {**main.logs, "main": parts[0], "aux": parts[1]}
 
-    def forward(
-        self,
-        inputs: Tensor,
-        targets: Tensor | None = None,
-        index: Tensor | None = None,
-        step: StepInfo | None = None,
-        direct: bool = False,
-    ) -> MethodOutput:
+    def forward(self, inputs: Tensor, targets: Tensor | None = None, index: Tensor | None = None,
+                step: StepInfo | None = None, direct: bool = False) -> MethodOutput:
         """``inputs`` ``(B, D, h, w)`` → main-branch logits ``(B, C)``; with ``targets`` ``(B, C)``
         int8 the loss and its parts in ``logs``."""
         out = self.branches(inputs, direct)

@@ -21,12 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlrkit.methods.base import (
-    OpenVocabularyMethod,
-    TaskSpec,
-    register_method,
-)
+from mlrkit.methods.base import OpenVocabularyMethod, register_method
 from mlrkit.methods.losses import create_loss
+from mlrkit.methods.task import TaskSpec
 
 
 @register_method("devise")

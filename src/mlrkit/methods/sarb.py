@@ -35,16 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlrkit.methods.base import (
-    MethodOutput,
-    StepInfo,
-    TaskSpec,
-    TrainBatches,
-    register_method,
-)
+from mlrkit.methods.base import TrainBatches, register_method
 from mlrkit.methods.kmeans import batched_kmeans
 from mlrkit.methods.losses import partial_bce
 from mlrkit.methods.semantic_graph import SemanticGraphHead
+from mlrkit.methods.task import MethodOutput, StepInfo, TaskSpec
 
 LOG_NAMES = ("main", "contrastive", "inst", "proto", "alpha", "beta")
 
@@ -276,19 +271,11 @@ class SARB(SemanticGraphHead):
         self.register_buffer("has_prototype", torch.zeros(spec.num_classes, dtype=torch.bool))
         self.register_buffer("prototype_epoch", torch.tensor(-1))  # -1: never computed
 
-    def forward(
-        self,
-        inputs: Tensor,
-        targets: Tensor | None = None,
-        index: Tensor | None = None,
-        step: StepInfo | None = None,
-    ) -> MethodOutput:
-        """``inputs`` ``(B, D, h, w)`` → logits ``(B, C)``; with ``targets`` ``(B, C)`` int8 the
-        SARB loss and its parts in ``logs`` (``index`` and ``step`` as the main loss needs them)."""
-        features = self.decouple(inputs)
-        logits = self.classify(self.propagate(features), features)
-        if targets is None:
-            return MethodOutput(logits)
+    def training_loss(self, features: Tensor, logits: Tensor, targets: Tensor,
+                      index: Tensor | None, step: StepInfo | None) -> MethodOutput:
+        """The SARB loss of class features ``(B, C, d)`` and their ``logits`` ``(B, C)`` against
+        ``targets`` ``(B, C)`` int8, its parts in ``logs`` (``index`` and ``step`` as the main
+        loss needs them)."""
         main = self.loss(logits, targets, index, step)
         contrastive = contrastive_loss(features, targets)
         ramp = step.epoch_fraction if step is not None and step.epoch == 0 else 1.0

@@ -19,14 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mlrkit.methods.base import (
-    Method,
-    MethodOutput,
-    StepInfo,
-    TaskSpec,
-    register_method,
-    require_label_embeddings,
-)
+from mlrkit.methods.base import Method, register_method, require_label_embeddings
 from mlrkit.methods.layers import (
     ElementWiseClassifier,
     GatedGNN,
@@ -35,6 +28,7 @@ from mlrkit.methods.layers import (
     cooccurrence_adjacency,
 )
 from mlrkit.methods.losses import create_loss
+from mlrkit.methods.task import MethodOutput, StepInfo, TaskSpec
 
 
 @register_method("ssgrl")
@@ -104,18 +98,19 @@ class SemanticGraphHead(Method):
         """Logits ``(B, C)`` from node states ``H`` and class features ``F``, both ``(B, C, d)``."""
         return self.classifier(torch.tanh(self.fc(torch.cat((states, features), dim=-1))))
 
-    def forward(
-        self,
-        inputs: Tensor,
-        targets: Tensor | None = None,
-        index: Tensor | None = None,
-        step: StepInfo | None = None,
-    ) -> MethodOutput:
+    def forward(self, inputs: Tensor, targets: Tensor | None = None, index: Tensor | None = None,
+                step: StepInfo | None = None) -> MethodOutput:
         """``inputs`` ``(B, D, h, w)`` → logits ``(B, C)``; with ``targets`` ``(B, C)`` the loss
-        (``index`` and ``step`` as the loss needs them) and its ``logs``."""
+        of :meth:`training_loss` and its ``logs``."""
         features = self.decouple(inputs)
         logits = self.classify(self.propagate(features), features)
         if targets is None:
             return MethodOutput(logits)
+        return self.training_loss(features, logits, targets, index, step)
+
+    def training_loss(self, features: Tensor, logits: Tensor, targets: Tensor,
+                      index: Tensor | None, step: StepInfo | None) -> MethodOutput:
+        """The output with the loss of ``logits`` ``(B, C)`` (class features ``(B, C, d)`` unused
+        here; ``index`` and ``step`` as the loss needs them)."""
         out = self.loss(logits, targets, index, step)
         return MethodOutput(logits, out.loss, out.logs)

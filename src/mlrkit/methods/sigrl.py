@@ -67,13 +67,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mlrkit.methods.base import (
-    OpenVocabularyMethod,
-    TaskSpec,
-    register_method,
-)
+from mlrkit.methods.base import OpenVocabularyMethod, register_method
 from mlrkit.methods.losses import create_loss
 from mlrkit.methods.open_vocabulary import conse_embedding
+from mlrkit.methods.task import TaskSpec
 
 BRANCHES = ("both", "global", "local")
 MIXING_NORMS = ("image", "batch")

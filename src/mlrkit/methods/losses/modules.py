@@ -25,6 +25,7 @@ name                function                                     needs
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from mlrkit.distributed import gather_across_ranks
+from mlrkit.methods.losses import single_positive as sp
 from mlrkit.methods.losses.partial_label import (
     assume_negative_bce,
     asymmetric_loss,
@@ -40,133 +42,88 @@ from mlrkit.methods.losses.partial_label import (
 )
 from mlrkit.methods.losses.ranking import rank_loss
 from mlrkit.methods.losses.registry import Loss, LossOutput, register_loss
-from mlrkit.methods.losses.single_positive import (
-    LargeLossOutput,
-    an_loss,
-    an_ls_loss,
-    apl_counts,
-    apl_pick,
-    em_apl_loss,
-    em_loss,
-    em_pl_asl_loss,
-    em_pl_loss,
-    epr_loss,
-    ll_loss,
-    resolve_expected_positives,
-    role_initial_logits,
-    role_loss,
-    wan_loss,
-)
 from mlrkit.methods.task import StepInfo, TaskSpec
 
 
-class _FunctionLoss(Loss):
-    """A loss without state: ``function(logits, targets, **options)``."""
+class FunctionLoss(Loss):
+    """A loss without state: ``function(logits, targets, **options)``; its options are the
+    function's keyword parameters after ``targets`` (less ``internal`` ones), checked and
+    converted by ``prepare`` (e.g. EPR's ``"voc"`` → 1.5). Made by :func:`register_function_loss`."""
 
     function: ClassVar[Callable[..., Tensor]]
+    internal: ClassVar[tuple[str, ...]] = ()
+    prepare: ClassVar[Callable[[dict], dict]]
 
     def __init__(self, spec: TaskSpec, **options) -> None:
         super().__init__(spec)
-        self.options = options
+        defaults = {k: p.default for k, p in self.option_parameters().items()
+                    if p.default is not p.empty}
+        self.options = type(self).prepare({**defaults, **options})
 
-    def forward(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        index: Tensor | None = None,
-        step: StepInfo | None = None,
-    ) -> LossOutput:
+    @classmethod
+    def options_signature(cls) -> tuple[Callable, int]:
+        return cls.function, 2
+
+    @classmethod
+    def option_parameters(cls) -> dict[str, inspect.Parameter]:
+        return {k: p for k, p in super().option_parameters().items() if k not in cls.internal}
+
+    def forward(self, logits, targets, index=None, step=None) -> LossOutput:
         return LossOutput(self.function(logits, targets, **self.options))
 
 
-@register_loss("partial_bce")
-class PartialBCE(_FunctionLoss):
-    """BCE-with-logits over the known entries: :func:`partial_bce`; soft targets allowed."""
-
-    function = staticmethod(partial_bce)
-
-
-@register_loss("assume_negative")
-class AssumeNegativeBCE(_FunctionLoss):
-    """BCE-with-logits over all entries, unknown as negative: :func:`assume_negative_bce`."""
-
-    function = staticmethod(assume_negative_bce)
-
-
-@register_loss("an")
-class AssumeNegative(_FunctionLoss):
-    """Cole et al.'s AN (``docs/methods.md`` §6.2): :func:`an_loss`."""
-
-    function = staticmethod(an_loss)
+def register_function_loss(
+    name: str,
+    function: Callable[..., Tensor],
+    summary: str,
+    internal: tuple[str, ...] = (),
+    prepare: Callable[[dict], dict] = dict,
+) -> type[FunctionLoss]:
+    """Register ``function`` as the stateless loss ``name`` (``summary`` is its docstring)."""
+    cls = type(f"FunctionLoss_{name}", (FunctionLoss,), {
+        "__doc__": summary, "function": staticmethod(function), "internal": internal,
+        "prepare": staticmethod(prepare),
+    })
+    return register_loss(name)(cls)
 
 
-@register_loss("an_ls")
-class AssumeNegativeSmoothed(_FunctionLoss):
-    """AN with label smoothing ``ls_coef`` (reference 0.1): :func:`an_ls_loss`."""
-
-    function = staticmethod(an_ls_loss)
-
-    def __init__(self, spec: TaskSpec, ls_coef: float = 0.1) -> None:
-        super().__init__(spec, ls_coef=ls_coef)
+def _resolve_k(options: dict) -> dict:
+    return {**options, "expected_positives": sp.resolve_expected_positives(
+        options["expected_positives"])}
 
 
-@register_loss("wan")
-class WeakAssumeNegative(_FunctionLoss):
-    """AN with unknown entries weighted ``1 / (C - 1)``: :func:`wan_loss`."""
-
-    function = staticmethod(wan_loss)
+def _checked_asl(options: dict) -> dict:
+    check_asymmetric_options(**{k: v for k, v in options.items() if k != "focus_grad"})
+    return options
 
 
-@register_loss("epr")
-class ExpectedPositiveRegularized(_FunctionLoss):
-    """Known entries plus the expected-positive regulariser: :func:`epr_loss`.
-
-    ``expected_positives`` (required) is ``k``: a number or a key of
-    :data:`~mlrkit.methods.losses.single_positive.EXPECTED_POSITIVES` (``"voc"`` = 1.5, ...).
-    """
-
-    function = staticmethod(epr_loss)
-
-    def __init__(self, spec: TaskSpec, expected_positives: float | str) -> None:
-        super().__init__(spec, expected_positives=resolve_expected_positives(expected_positives))
-
-
-@register_loss("em")
-class EntropyMaximization(_FunctionLoss):
-    """Known entries plus ``-alpha`` times the entropy on unknowns (reference ``alpha``: VOC 0.2,
-    COCO and NUS-WIDE 0.1, CUB 0.01): :func:`em_loss`."""
-
-    function = staticmethod(em_loss)
-
-    def __init__(self, spec: TaskSpec, alpha: float = 0.1) -> None:
-        super().__init__(spec, alpha=alpha)
-
-
-@register_loss("asl")
-class AsymmetricLoss(_FunctionLoss):
-    """ASL over the known entries: :func:`asymmetric_loss` (its docstring gives the formula, the
-    reference's and CLSL's settings). Defaults are the ASL paper's; soft targets allowed."""
-
-    function = staticmethod(asymmetric_loss)
-
-    def __init__(
-        self,
-        spec: TaskSpec,
-        gamma_neg: float = 4.0,
-        gamma_pos: float = 1.0,
-        clip: float = 0.05,
-        eps: float = 1e-8,
-        focus_grad: bool = False,
-        reduction: str = "mean",
-    ) -> None:
-        check_asymmetric_options(gamma_neg, gamma_pos, clip, eps, reduction)
-        super().__init__(spec, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, eps=eps,
-                         focus_grad=focus_grad, reduction=reduction)
+register_function_loss("partial_bce", partial_bce,
+                       "BCE-with-logits over the known entries; soft targets allowed.",
+                       internal=("weights",))
+register_function_loss("assume_negative", assume_negative_bce,
+                       "BCE-with-logits over all entries, unknown as negative.")
+register_function_loss("an", sp.an_loss, "Cole et al.'s AN (``docs/methods.md`` §6.2).")
+register_function_loss("an_ls", sp.an_ls_loss,
+                       "AN with label smoothing ``ls_coef`` (reference 0.1).")
+register_function_loss("wan", sp.wan_loss, "AN with unknown entries weighted ``1 / (C - 1)``.")
+register_function_loss(
+    "epr", sp.epr_loss, "Known entries plus the expected-positive regulariser; "
+    "``expected_positives`` (required) is ``k``: a number or a key of "
+    ":data:`~mlrkit.methods.losses.single_positive.EXPECTED_POSITIVES` (``\"voc\"`` = 1.5, ...).",
+    prepare=_resolve_k)
+register_function_loss("em", sp.em_loss, "Known entries plus ``-alpha`` times the entropy on "
+                       "unknowns (reference ``alpha``: VOC 0.2, COCO and NUS-WIDE 0.1, CUB 0.01).")
+register_function_loss("asl", asymmetric_loss, "ASL over the known entries (the function's "
+                       "docstring gives the formula, the reference's and CLSL's settings); "
+                       "defaults are the ASL paper's; soft targets allowed.",
+                       prepare=_checked_asl)
+register_function_loss("rank", rank_loss, "The pairwise ranking hinge of BiAM / MKT / SigRL over "
+                       "the known entries (``margin`` 1 as released).")
 
 
 @register_loss("role")
 class ROLE(Loss):
-    """ROLE (``docs/methods.md`` §6.2): :func:`role_loss` with a trainable label estimator.
+    """ROLE (``docs/methods.md`` §6.2): :func:`~mlrkit.methods.losses.single_positive.role_loss` with a trainable label estimator.
 
     Args:
         spec: ``train_targets`` ``(N, C)`` sizes and initialises the estimator.
@@ -183,9 +140,9 @@ class ROLE(Loss):
         self, spec: TaskSpec, expected_positives: float | str, estimator_lr_mult: float = 10.0
     ) -> None:
         super().__init__(spec)
-        self.expected_positives = resolve_expected_positives(expected_positives)
+        self.expected_positives = sp.resolve_expected_positives(expected_positives)
         self.estimator_lr_mult = estimator_lr_mult
-        self.label_logits = nn.Parameter(role_initial_logits(torch.as_tensor(spec.train_targets)))
+        self.label_logits = nn.Parameter(sp.role_initial_logits(torch.as_tensor(spec.train_targets)))
 
     def param_groups(self) -> list[dict]:
         return [{
@@ -194,21 +151,15 @@ class ROLE(Loss):
             "weight_decay": 0.0,
         }]
 
-    def forward(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        index: Tensor | None = None,
-        step: StepInfo | None = None,
-    ) -> LossOutput:
+    def forward(self, logits, targets, index=None, step=None) -> LossOutput:
         estimates = torch.sigmoid(self.label_logits[self.require_index(index)])
-        return LossOutput(role_loss(logits, estimates, targets, self.expected_positives))
+        return LossOutput(sp.role_loss(logits, estimates, targets, self.expected_positives))
 
 
 class _LargeLoss(Loss):
-    """Large Loss Matters (``docs/methods.md`` §6.3): :func:`ll_loss` in mode :attr:`mode`.
+    """Large Loss Matters (``docs/methods.md`` §6.3): :func:`~mlrkit.methods.losses.single_positive.ll_loss` in mode :attr:`mode`.
 
-    ``delta_rel``: growth of the handled share per epoch, in percent (see :func:`ll_loss`).
+    ``delta_rel``: growth of the handled share per epoch, in percent (see :func:`~mlrkit.methods.losses.single_positive.ll_loss`).
     Logs ``ll_selected_share``, the share of the batch's entries rejected or corrected.
     """
 
@@ -222,21 +173,15 @@ class _LargeLoss(Loss):
 
     def _large_loss(
         self, logits: Tensor, targets: Tensor, step: StepInfo | None
-    ) -> LargeLossOutput:
+    ) -> sp.LargeLossOutput:
         epoch = self.require_step(step).epoch
-        return ll_loss(logits, targets, self.mode, epoch, self.delta_rel)
+        return sp.ll_loss(logits, targets, self.mode, epoch, self.delta_rel)
 
-    def forward(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        index: Tensor | None = None,
-        step: StepInfo | None = None,
-    ) -> LossOutput:
+    def forward(self, logits, targets, index=None, step=None) -> LossOutput:
         return _logged(self._large_loss(logits, targets, step))
 
 
-def _logged(out: LargeLossOutput) -> LossOutput:
+def _logged(out: sp.LargeLossOutput) -> LossOutput:
     return LossOutput(out.loss, {"ll_selected_share": out.selected.float().mean().item()})
 
 
@@ -269,13 +214,7 @@ class LargeLossPermanentCorrection(_LargeLoss):
         shape = spec.train_targets.shape
         self.register_buffer("corrected", torch.zeros(shape, dtype=torch.bool))
 
-    def forward(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        index: Tensor | None = None,
-        step: StepInfo | None = None,
-    ) -> LossOutput:
+    def forward(self, logits, targets, index=None, step=None) -> LossOutput:
         index = self.require_index(index)
         out = self._large_loss(logits, targets.masked_fill(self.corrected[index], 1), step)
         if self.training:
@@ -294,17 +233,6 @@ class LargeLossPermanentCorrection(_LargeLoss):
         pairs = gather_across_ranks(pairs)
         self.corrected[pairs[:, 0], pairs[:, 1]] = True
 
-
-
-@register_loss("rank")
-class RankLoss(_FunctionLoss):
-    """The pairwise ranking hinge of BiAM / MKT / SigRL over the known entries: :func:`rank_loss`
-    (``margin`` 1 as released)."""
-
-    function = staticmethod(rank_loss)
-
-    def __init__(self, spec: TaskSpec, margin: float = 1.0) -> None:
-        super().__init__(spec, margin=margin)
 
 
 class _PseudoLabelled(Loss):
@@ -329,13 +257,13 @@ class _PseudoLabelled(Loss):
 
     def forward(self, logits, targets, index=None, step=None) -> LossOutput:
         if self.require_step(step).epoch < self.warmup_epochs:
-            return LossOutput(em_loss(logits, targets, self.alpha))
+            return LossOutput(sp.em_loss(logits, targets, self.alpha))
         return LossOutput(self.pseudo_loss(logits, targets, self.batch_pseudo_labels(index)))
 
 
 @register_loss("em_pl")
 class EntropyMaximizationPseudoLabels(_PseudoLabelled):
-    """VLPL's default loss: :func:`em_pl_loss` (VOC: ``alpha`` 0.2, ``beta_pos`` 0.7)."""
+    """VLPL's default loss: :func:`~mlrkit.methods.losses.single_positive.em_pl_loss` (VOC: ``alpha`` 0.2, ``beta_pos`` 0.7)."""
 
     def __init__(self, spec: TaskSpec, alpha: float = 0.2, beta_pos: float = 0.7,
                  warmup_epochs: int = 0) -> None:
@@ -343,12 +271,12 @@ class EntropyMaximizationPseudoLabels(_PseudoLabelled):
         self.beta_pos = beta_pos
 
     def pseudo_loss(self, logits: Tensor, targets: Tensor, pseudo: Tensor) -> Tensor:
-        return em_pl_loss(logits, targets, pseudo, self.alpha, self.beta_pos)
+        return sp.em_pl_loss(logits, targets, pseudo, self.alpha, self.beta_pos)
 
 
 @register_loss("em_pl_asl")
 class EntropyMaximizationPseudoLabelsASL(_PseudoLabelled):
-    """VLPL's focal variant: :func:`em_pl_asl_loss` (``clip=0`` is the release's behaviour,
+    """VLPL's focal variant: :func:`~mlrkit.methods.losses.single_positive.em_pl_asl_loss` (``clip=0`` is the release's behaviour,
     see there); ``alpha`` is used only by the EM warm-up."""
 
     def __init__(self, spec: TaskSpec, gamma_pos: float = 2.0, gamma_unknown: float = 4.0,
@@ -359,7 +287,7 @@ class EntropyMaximizationPseudoLabelsASL(_PseudoLabelled):
         self.clip = clip
 
     def pseudo_loss(self, logits: Tensor, targets: Tensor, pseudo: Tensor) -> Tensor:
-        return em_pl_asl_loss(logits, targets, pseudo, *self.gammas, clip=self.clip)
+        return sp.em_pl_asl_loss(logits, targets, pseudo, *self.gammas, clip=self.clip)
 
 
 @register_loss("em_apl")
@@ -370,8 +298,8 @@ class EntropyMaximizationAPL(Loss):
     Before each epoch ``e >= warmup_epochs`` (``e`` epochs done, 0-based: the release labels after
     its 1-based epoch ``e``), the head's eval-mode predictions on every training image pick, per
     class, ``n_c = floor(neg_proportion * U_c / (epochs - warmup_epochs))`` more unknown entries
-    with the lowest ``p`` (:func:`apl_pick`, :func:`apl_counts`; ``U_c`` the class's unknowns at
-    the start), stored as soft labels ``p_old``; :func:`em_apl_loss` then applies. An entry is
+    with the lowest ``p`` (:func:`~mlrkit.methods.losses.single_positive.apl_pick`, :func:`~mlrkit.methods.losses.single_positive.apl_counts`; ``U_c`` the class's unknowns at
+    the start), stored as soft labels ``p_old``; :func:`~mlrkit.methods.losses.single_positive.em_apl_loss` then applies. An entry is
     picked once. The release's last step, after the final epoch, changes nothing it trains on and
     is not run. VOC values: ``alpha`` 0.2, ``beta`` 0.02, ``warmup_epochs`` 5, ``neg_proportion``
     0.9.
@@ -399,9 +327,9 @@ class EntropyMaximizationAPL(Loss):
             return
         if epochs is None:
             raise ValueError("em_apl needs the number of training epochs at each epoch start")
-        counts = apl_counts(self.targets, epochs, self.warmup_epochs, self.neg_proportion)
+        counts = sp.apl_counts(self.targets, epochs, self.warmup_epochs, self.neg_proportion)
         probs = predictions().to(self.soft_negatives)
-        new = apl_pick(probs, self.targets.to(probs.device),
+        new = sp.apl_pick(probs, self.targets.to(probs.device),
                        ~torch.isnan(self.soft_negatives), counts)
         self.soft_negatives[new] = probs[new]
         self.labelled_epoch.fill_(epoch)
@@ -409,5 +337,5 @@ class EntropyMaximizationAPL(Loss):
     def forward(self, logits, targets, index=None, step=None) -> LossOutput:
         soft = self.soft_negatives[self.require_index(index)]
         picked = int((~torch.isnan(self.soft_negatives)).sum())
-        return LossOutput(em_apl_loss(logits, targets, soft, self.alpha, self.beta),
+        return LossOutput(sp.em_apl_loss(logits, targets, soft, self.alpha, self.beta),
                           {"apl_picked": float(picked)})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -39,13 +40,8 @@ class Loss(nn.Module):
     def __init__(self, spec: TaskSpec) -> None:
         super().__init__()
 
-    def forward(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        index: Tensor | None = None,
-        step: StepInfo | None = None,
-    ) -> LossOutput:
+    def forward(self, logits: Tensor, targets: Tensor, index: Tensor | None = None,
+                step: StepInfo | None = None) -> LossOutput:
         """Loss of ``logits`` ``(B, C)`` against ``targets`` ``(B, C)``: int8 1 / 0 / -1, or float
         soft targets in ``[0, 1]`` with ``-1`` unknown. ``index`` ``(B,)`` gives the batch's rows
         of ``spec.train_targets``; ``step`` where training stands."""
@@ -64,51 +60,48 @@ class Loss(nn.Module):
 
     def require_index(self, index: Tensor | None) -> Tensor:
         """``index``, or a ``ValueError`` saying this loss needs it."""
-        if index is None:
-            raise ValueError(
-                f"loss {self.registered_name!r} keeps per-sample state and needs the batch's "
-                "training-row index (forward(..., index=...))"
-            )
-        return index
+        return self._required(index, "keeps per-sample state and needs the batch's training-row "
+                                     "index (forward(..., index=...))")
 
     def require_step(self, step: StepInfo | None) -> StepInfo:
         """``step``, or a ``ValueError`` saying this loss needs it."""
-        if step is None:
-            raise ValueError(
-                f"loss {self.registered_name!r} follows a schedule and needs the StepInfo "
-                "(forward(..., step=...))"
-            )
-        return step
+        return self._required(step, "follows a schedule and needs the StepInfo "
+                                    "(forward(..., step=...))")
+
+    def _required(self, value: Any, need: str) -> Any:
+        if value is None:
+            raise ValueError(f"loss {self.registered_name!r} {need}")
+        return value
+
+    @classmethod
+    def options_signature(cls) -> tuple[Callable, int]:
+        """The callable whose parameters after the first ``skip`` are the loss's options (the
+        recipe's ``loss_options``): ``(__init__, 2)``, the parameters after ``spec``."""
+        return cls.__init__, 2
+
+    @classmethod
+    def option_parameters(cls) -> dict[str, inspect.Parameter]:
+        """The loss's options by name (``Parameter.default`` is ``empty`` if required)."""
+        fn, skip = cls.options_signature()
+        params = list(inspect.signature(fn).parameters.values())[skip:]
+        variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        return {param.name: param for param in params if param.kind not in variadic}
 
 
 LOSSES: Registry[type[Loss]] = Registry("loss")
 
 
-def register_loss(name: str) -> Callable[[type[Loss]], type[Loss]]:
-    """Class decorator that registers a :class:`Loss` under ``name``."""
-
-    def decorate(cls: type[Loss]) -> type[Loss]:
-        cls.registered_name = name
-        return LOSSES.register(name)(cls)
-
-    return decorate
-
-
-def list_losses() -> list[str]:
-    return LOSSES.names()
-
-
-def loss_class(name: str) -> type[Loss]:
-    """The class registered as ``name``."""
-    return LOSSES.get(name)
+#: Class decorator that registers a :class:`Loss` under a name (``@register_loss("an")``).
+register_loss = LOSSES.register_class
+#: The registered loss names, sorted.
+list_losses = LOSSES.names
+#: The class registered under a name; an unknown name is a ``ValueError`` listing the known ones.
+loss_class = LOSSES.get
 
 
 def loss_options(name: str) -> dict[str, inspect.Parameter]:
     """The options loss ``name`` takes, by name (``Parameter.default`` is ``empty`` if required)."""
-    params = inspect.signature(loss_class(name).__init__).parameters
-    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    return {key: param for key, param in params.items()
-            if key not in ("self", "spec") and param.kind not in variadic}
+    return loss_class(name).option_parameters()
 
 
 def create_loss(name: str, spec: TaskSpec, **options) -> Loss:
