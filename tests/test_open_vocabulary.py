@@ -173,7 +173,7 @@ def test_zero_shot_recipes_are_validated(tmp_path):
 
 def test_conse_head_on_cached_features_equals_conse_scores(tmp_path):
     from mlrkit.encoders import create_image_encoder
-    from mlrkit.zero_shot import CLASSIFIER
+    from mlrkit.encoders.imagenet import CLASSIFIER
 
     photos = real_data("coco2014-6k") / "images"
     images = sorted(photos.glob("*.jpg"))[:3]

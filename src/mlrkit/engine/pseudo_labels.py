@@ -120,7 +120,8 @@ def teacher_scores(section: dict, class_names: Sequence[str], images: Sequence[P
 
 def _conse_scores(section: dict, class_names: Sequence[str], images: Sequence[Path],
                   pooled: np.ndarray | None) -> np.ndarray:
-    from mlrkit.zero_shot import conse_scores, imagenet_classifier
+    from mlrkit.encoders.imagenet import imagenet_classifier
+    from mlrkit.zero_shot import conse_scores
 
     options = {k: section[k] for k in ("top_t", "source", "templates")}
     if pooled is None:

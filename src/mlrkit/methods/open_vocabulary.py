@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mlrkit.encoders.imagenet import ConseEmbedding
 from mlrkit.methods.base import OpenVocabularyMethod, register_method
 from mlrkit.methods.losses import create_loss
 from mlrkit.methods.task import TaskSpec
@@ -100,48 +101,6 @@ class LabelProjection(OpenVocabularyMethod):
         image = F.normalize(projected, dim=-1)
         logits = self.log_scale.exp() * image @ F.normalize(embeddings, dim=-1).T
         return logits, projected, inputs
-
-
-class ConseEmbedding(nn.Module):
-    """ConSE's image embedding ``f(x)`` ``(B, E)`` from pooled ``tf_efficientnet_lite0``
-    features ``(B, 1280)``: the ImageNet classifier's top-``T`` classes, their name embeddings
-    weighted by probability and divided by the sum of those probabilities. Nothing is learned;
-    the classifier and the class-name vectors are rebuilt from the package weights (not saved).
-
-    Args:
-        feature_dim: ``D`` of the inputs (checked against the classifier's input).
-        top_t: ``T`` (ConSE(10) by default).
-        source, templates: how the ImageNet class names are embedded
-            (:func:`~mlrkit.zero_shot.imagenet_class_embeddings`).
-    """
-
-    def __init__(self, feature_dim: int, top_t: int = 10, source: str = "minilm",
-                 templates: list[str] | None = None) -> None:
-        from mlrkit.zero_shot import CLASSIFIER, imagenet_class_embeddings, imagenet_classifier
-
-        super().__init__()
-        if top_t < 1:
-            raise ValueError(f"top_t is {top_t}; give at least 1 (ConSE's T, default 10)")
-        self.top_t, self.source = top_t, source
-        head = imagenet_classifier().model.get_classifier()
-        if head.in_features != feature_dim:
-            raise ValueError(f"ConSE needs the pooled {head.in_features}-d features of {CLASSIFIER} "
-                             f"(its ImageNet classifier's input), got {feature_dim}-d features")
-        vectors = torch.as_tensor(imagenet_class_embeddings(source, templates))
-        self.register_buffer("classifier_weight", head.weight.detach().clone(), persistent=False)
-        self.register_buffer("classifier_bias", head.bias.detach().clone(), persistent=False)
-        self.register_buffer("imagenet_vectors", vectors, persistent=False)
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.imagenet_vectors.shape[1]
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        """``f(x)`` ``(B, E)`` for pooled features ``(B, D)``."""
-        probs = F.linear(inputs.float(), self.classifier_weight, self.classifier_bias).softmax(-1)
-        top = probs.topk(min(self.top_t, probs.shape[1]), dim=1)
-        weights = torch.zeros_like(probs).scatter_(1, top.indices, top.values)
-        return weights @ self.imagenet_vectors / top.values.sum(dim=1, keepdim=True)
 
 
 def conse_embedding(feature_dim: int, width: int, top_t: int = 10, source: str = "minilm",

