@@ -7,6 +7,7 @@ import pytest
 
 from mlrkit.data import list_datasets
 from mlrkit.engine.recipe import load_recipe
+from mlrkit.engine.recipe_schema import Recipe
 from mlrkit.engine.trainer import TrainConfig
 from mlrkit.methods import method_class
 
@@ -83,15 +84,16 @@ def test_nus_wide_clip_recipe_builds_and_trains_a_step_with_a_random_tower():
                          / "sigrl_nus-wide_zero-shot-clip.yaml")
     assert recipe["protocol"]["unseen"] == "dataset"
     assert recipe["data"]["options"]["label_set"] == "tags1006"
-    encoder = create_encoder({**recipe["encoder"], "weights": None})  # no CLIP weights here
+    section = Recipe.from_dict(recipe).encoder
+    encoder = create_encoder(section.model_copy(update={"weights": None}))  # no CLIP weights here
     assert encoder.name == "clip:ViT-B-16-quickgelu" and encoder.input_size == (3, 224, 224)
     generator = torch.Generator().manual_seed(0)
     assert (2 + encoder.num_patches, encoder.feature_dim) == (2 + 196, 512)  # the teacher's row
     spec = TaskSpec(5, (2 + 196, 512), np.zeros((2, 5), dtype=np.int8),
                     torch.randn(5, 512, generator=generator), tuple("abcde"))
     hparams = {k: v for k, v in recipe["method"].items() if k != "name"}
-    head = EncoderHead.from_section(encoder, create_method("sigrl", spec, **hparams),
-                                    recipe["encoder"])
+    head = EncoderHead(encoder, create_method("sigrl", spec, **hparams), lr_mult=section.lr_mult,
+                       trainable=section.trainable, lr_decay=section.lr_decay)
     cfg = TrainConfig(**recipe["train"])
     optimizer = build_optimizer(head, cfg)
     lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}

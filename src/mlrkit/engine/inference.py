@@ -21,6 +21,7 @@ from mlrkit.distributed import resolve_device
 from mlrkit.engine.batches import FeatureBatches, ImageBatches
 from mlrkit.engine.checkpoint import load_checkpoint
 from mlrkit.engine.recipe import load_recipe
+from mlrkit.engine.recipe_schema import Recipe
 from mlrkit.engine.run_files import CHECKPOINTS_DIR, CONFIG_FILE, EVAL_CACHE_DIR
 from mlrkit.engine.run_folder import (
     placeholder_spec,
@@ -192,8 +193,9 @@ def prepare_from_run(run: LoadedRun) -> PreparedData:
     if info["mask"] is not None:
         recipe["protocol"]["mask_file"] = str(run.run_dir / info["mask"])
     if info.get("zero_shot") is not None:
-        recipe["protocol"]["split_file"] = str(run.run_dir / info["zero_shot"]["split"])
-    prepared = prepare_data(recipe)
+        recipe["protocol"] = {"name": "zero_shot",  # the saved split replaces unseen / fraction
+                              "split_file": str(run.run_dir / info["zero_shot"]["split"])}
+    prepared = prepare_data(Recipe.from_dict(recipe))
     if prepared.class_split is None:
         run.check_classes(prepared.data)
         return prepared

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
 from mlrkit.data import MultiLabelData
+from mlrkit.encoders.imagenet import CLASSIFIER
 from mlrkit.engine.pseudo_labels import (
     PseudoLabels,
     pseudo_label_quality,
-    pseudo_labels_section,
     teacher_scores,
     vlpl_pseudo_labels,
 )
+from mlrkit.engine.recipe_schema import FeaturesSection, PseudoLabelsSection, Recipe
 from mlrkit.engine.run_folder import run_info, zero_shot_info
 from mlrkit.engine.sources import PreparedData, label_source, prepare_data, section_label_embeddings
 from mlrkit.methods import Method, TaskSpec, create_method
@@ -36,15 +38,16 @@ class PreparedRun(PreparedData):
     pseudo_labels: PseudoLabels | None = None
 
 
-def prepare(recipe: dict) -> PreparedRun:
+def prepare(recipe: Recipe) -> PreparedRun:
     """Read the data, draw the mask, get features (cache) or image sources, build the method."""
     part = prepare_data(recipe)
     data, split = part.data, part.class_split
-    embeddings = section_label_embeddings(recipe["label_embeddings"], data.class_names)
+    written = _as_written(recipe.label_embeddings)
+    embeddings = section_label_embeddings(written, data.class_names)
     classes = np.arange(data.num_classes) if split is None else split.seen
-    teacher = pseudo_labels_section(recipe) if recipe.get("pseudo_labels") else None
+    teacher = recipe.pseudo_labels
     pseudo = None if teacher is None else _pseudo_labels(
-        teacher, recipe["features"], data, part.rows["train"], part.class_names, part.cache)
+        teacher, recipe.features, data, part.rows["train"], part.class_names, part.cache)
     spec = TaskSpec(
         num_classes=len(classes),
         feature_shape=part.feature_shape,
@@ -53,19 +56,19 @@ def prepare(recipe: dict) -> PreparedRun:
         class_names=part.class_names,
         pseudo_labels=None if pseudo is None else pseudo.labels,
     )
-    torch.manual_seed(recipe["train"].get("seed", 0))
-    hparams = {k: v for k, v in recipe["method"].items() if k != "name"}
-    method = create_method(recipe["method"]["name"], spec, **hparams)
-    if recipe["encoder"] is not None:
-        method = EncoderHead.from_section(part.encoder, method, recipe["encoder"])
-    description = run_info(recipe, spec, hparams, part.encoder, part.cache,
-                           masked=part.mask is not None)
-    description["label_source"] = label_source(recipe["label_embeddings"])
+    torch.manual_seed(recipe.train.seed)
+    method = create_method(recipe.method_name, spec, **recipe.method_hparams)
+    if recipe.encoder is not None:
+        section = recipe.encoder
+        method = EncoderHead(part.encoder, method, lr_mult=section.lr_mult,
+                             trainable=section.trainable, lr_decay=section.lr_decay)
+    description = run_info(recipe, spec, part.encoder, part.cache, masked=part.mask is not None)
+    description["label_source"] = label_source(written)
     if split is not None:
         description["zero_shot"] = zero_shot_info(split, part.dropped_train_images)
     if pseudo is not None:
         description["pseudo_labels"] = {
-            **{k: teacher[k] for k in ("teacher", "tau", "theta", "negatives")},
+            **teacher.model_dump(include={"teacher", "tau", "theta", "negatives"}),
             **pseudo_label_quality(pseudo.labels, part.labels["train"]),
         }
     data_fields = {f.name: getattr(part, f.name) for f in fields(PreparedData)}
@@ -73,16 +76,21 @@ def prepare(recipe: dict) -> PreparedRun:
                        run_info=description, pseudo_labels=pseudo)
 
 
-def _pseudo_labels(section: dict, features: dict | None, data: MultiLabelData,
-                   train_rows: np.ndarray, class_names: Sequence[str], cache) -> PseudoLabels:
-    """The teacher pseudo-labels of the training rows (``section``: the recipe's
-    ``pseudo_labels`` with its defaults); the ConSE teacher reads cached pooled ImageNet
-    ``tf_efficientnet_lite0`` features when the recipe's ``features`` are exactly those."""
-    feat = features or {}
+def _as_written(section: BaseModel | None) -> dict | None:
+    """A recipe section with only the keys the recipe wrote (what ``run.json`` records)."""
+    return None if section is None else section.model_dump(exclude_unset=True)
+
+
+def _pseudo_labels(section: PseudoLabelsSection, features: FeaturesSection | None,
+                   data: MultiLabelData, train_rows: np.ndarray, class_names: Sequence[str],
+                   cache) -> PseudoLabels:
+    """The teacher pseudo-labels of the training rows; the ConSE teacher reads cached pooled
+    ImageNet ``tf_efficientnet_lite0`` features when the recipe's ``features`` are exactly
+    those."""
     pooled = None
-    if (section["teacher"] == "conse" and cache is not None
-            and feat.get("encoder") == "tf_efficientnet_lite0" and feat.get("weights") == "imagenet"):
+    if (section.teacher == "conse" and cache is not None and features is not None
+            and (features.encoder, features.weights) == (CLASSIFIER, "imagenet")):
         pooled = np.asarray(cache.pooled[train_rows])
     images = [Path(p) for p in np.asarray(data.image_paths, dtype=object)[train_rows]]
     scores = teacher_scores(section, class_names, images, pooled)
-    return vlpl_pseudo_labels(scores, section["tau"], section["theta"], section["negatives"])
+    return vlpl_pseudo_labels(scores, section.tau, section.theta, section.negatives)

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlrkit.engine.recipe_schema import PseudoLabelsSection
+
 
 @dataclass(frozen=True)
 class PseudoLabels:
@@ -45,14 +47,6 @@ class PseudoLabels:
 
         with atomic_write(path, "wb") as f:
             np.savez(f, labels=self.labels, q=self.q)
-
-
-def pseudo_labels_section(recipe: dict) -> dict:
-    """The recipe's ``pseudo_labels`` section with its defaults filled in (the recipe keeps only
-    what was written, see :mod:`mlrkit.engine.recipe_schema`)."""
-    from mlrkit.engine.recipe_schema import PseudoLabelsSection
-
-    return PseudoLabelsSection.model_validate(recipe["pseudo_labels"]).model_dump()
 
 
 def vlpl_pseudo_labels(scores: np.ndarray, tau: float = 0.01, theta: float = 0.3,
@@ -90,40 +84,40 @@ def pseudo_label_quality(labels: np.ndarray, truth: np.ndarray) -> dict[str, flo
             "recall": hits / max(float(actual.sum()), 1.0)}
 
 
-def teacher_scores(section: dict, class_names: Sequence[str], images: Sequence[Path],
+def teacher_scores(section: PseudoLabelsSection, class_names: Sequence[str], images: Sequence[Path],
                    pooled_lite0: np.ndarray | None = None) -> np.ndarray:
     """``(N, C)`` float32 scores of the ``teacher`` of a ``pseudo_labels`` recipe section for
     ``N`` training images and the ``C`` class names.
 
     Args:
-        section: the recipe section with its defaults (:func:`pseudo_labels_section`).
+        section: the recipe's ``pseudo_labels`` section.
         class_names: the classes the run trains on.
         images: the training images' files, in training-row order.
         pooled_lite0: ``(N, 1280)`` cached pooled ImageNet ``tf_efficientnet_lite0`` features of
             the same images, used by the ConSE teacher instead of the files when given.
     """
-    teacher = section["teacher"]
+    teacher = section.teacher
     if teacher == "conse":
         return _conse_scores(section, class_names, images, pooled_lite0)
     if teacher == "run":
         from mlrkit.engine.inference import score_label_names
 
-        return score_label_names(section["run"], list(images), list(class_names),
-                                 batch_size=section["batch_size"])
+        return score_label_names(section.run, list(images), list(class_names),
+                                 batch_size=section.batch_size)
     from mlrkit.encoders import clip as clip_encoders
     from mlrkit.zero_shot import clip_scores
 
-    clip = clip_encoders.create_clip(section["clip_model"], weights=section["weights"])
+    clip = clip_encoders.create_clip(section.clip_model, weights=section.weights)
     return clip_scores(list(images), list(class_names), clip.eval(),
-                       templates=section["templates"], batch_size=section["batch_size"])
+                       templates=section.templates, batch_size=section.batch_size)
 
 
-def _conse_scores(section: dict, class_names: Sequence[str], images: Sequence[Path],
+def _conse_scores(section: PseudoLabelsSection, class_names: Sequence[str], images: Sequence[Path],
                   pooled: np.ndarray | None) -> np.ndarray:
     from mlrkit.encoders.imagenet import imagenet_classifier
     from mlrkit.zero_shot import conse_scores
 
-    options = {k: section[k] for k in ("top_t", "source", "templates")}
+    options = section.model_dump(include={"top_t", "source", "templates"})
     if pooled is None:
         return conse_scores(list(images), list(class_names), **options)
     head = imagenet_classifier().model.get_classifier()

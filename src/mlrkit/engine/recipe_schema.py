@@ -18,6 +18,10 @@ is an error naming the key. Numbers and booleans that YAML left as text (PyYAML 
 string) are read by the key's type and replace the text in the recipe. Every other value stays
 exactly as written and no default is added, so a well-typed recipe resolves to the same dict (and
 the same run fingerprint) as before these checks.
+
+:class:`Recipe` is the typed view of a checked recipe that ``prepare``, the trainer and ``run.json``
+read: the section models with their defaults (which live here and in ``TrainConfig`` only); the
+dict stays for ``config.yaml`` and the run fingerprint.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, dataclass, fields
 from dataclasses import Field as DataclassField
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +46,7 @@ from pydantic import (
 )
 
 from mlrkit.data.protocols import PARTIAL_MODES, SINGLE_POSITIVE_MODES
+from mlrkit.engine.trainer import TrainConfig
 
 
 class RecipeError(ValueError):
@@ -215,6 +220,45 @@ SECTIONS: dict[str, type[BaseModel]] = {
 OPTIONAL_SECTIONS: dict[str, type[BaseModel]] = {"pseudo_labels": PseudoLabelsSection}
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A checked recipe, typed, with every default filled in once (by the section models above
+    and :class:`~mlrkit.engine.trainer.TrainConfig`): what ``prepare``, the trainer and ``run.json``
+    read. ``raw`` is the resolved dict as written: what ``config.yaml`` and the run fingerprint
+    keep (no default added, see the module docstring).
+
+    ``method_hparams`` are the method's keyword arguments as written (the class's signature holds
+    their defaults).
+    """
+
+    raw: dict
+    name: str
+    run_dir: str | None
+    data: DataSection
+    features: FeaturesSection | None
+    encoder: EncoderSection | None
+    label_embeddings: LabelEmbeddingsSection | None
+    protocol: PartialProtocol | SinglePositiveProtocol | FullProtocol | ZeroShotProtocol
+    pseudo_labels: PseudoLabelsSection | None
+    train: TrainConfig
+    method_name: str
+    method_hparams: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, recipe: dict) -> Recipe:
+        """The typed view of a resolved, checked recipe (:func:`~mlrkit.engine.recipe.load_recipe`'s
+        result, possibly edited: it is validated again)."""
+        sections = {key: None if recipe.get(key) is None else model.model_validate(recipe[key])
+                    for key, model in {**SECTIONS, **OPTIONAL_SECTIONS}.items()}
+        protocol = recipe["protocol"]
+        return cls(
+            raw=recipe, name=recipe["name"], run_dir=recipe.get("run_dir"), **sections,
+            protocol=PROTOCOLS[protocol["name"]].model_validate(protocol),
+            train=TrainConfig(**recipe["train"]), method_name=recipe["method"]["name"],
+            method_hparams={k: v for k, v in recipe["method"].items() if k != "name"},
+        )
+
+
 def validate_recipe(recipe: dict, source: Path | str) -> dict:
     """``recipe`` (defaults and protocol filled in) checked section by section; returns it with
     text that means a number or boolean read as such (see the module docstring)."""
@@ -311,8 +355,6 @@ def _validate_reader_options(data: dict, source: Path | str) -> dict:
 
 def _validate_train(section: dict, source: Path | str) -> dict:
     """``train`` against :class:`TrainConfig`'s fields, then its own checks."""
-    from mlrkit.engine.trainer import TrainConfig
-
     hints = typing.get_type_hints(TrainConfig)
     model = create_model(
         "TrainSection", __base__=_Section,

@@ -217,7 +217,7 @@ def recover_run(
     thresholds = choose_thresholds(probs_of(prepared.sources["val"]), prepared.labels["val"],
                                    precision)
     if dataset is None:
-        data = prepared.data.subset(prepared.recipe["data"]["train_split"])
+        data = prepared.data.subset(prepared.recipe.data.train_split)
         source = prepared.sources["train"]
         observed = source.targets
     else:

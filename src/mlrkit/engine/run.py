@@ -31,6 +31,7 @@ from mlrkit.distributed import current_info, init_distributed, resolve_device
 from mlrkit.engine.inference import scores_report
 from mlrkit.engine.prepare import PreparedRun, prepare
 from mlrkit.engine.recipe import load_recipe, save_recipe
+from mlrkit.engine.recipe_schema import Recipe
 from mlrkit.engine.run_files import (
     CONFIG_FILE,
     MASK_FILE,
@@ -58,7 +59,7 @@ def train_run(recipe: dict, run_dir: str | Path, *, resume: bool = False,
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    cfg = TrainConfig(**recipe["train"])
+    cfg = Recipe.from_dict(recipe).train
     info = init_distributed(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
     with run_lock(run_dir) if info.is_main else nullcontext():
         if info.is_main:  # the other torchrun ranks follow rank 0's folder
@@ -69,7 +70,7 @@ def train_run(recipe: dict, run_dir: str | Path, *, resume: bool = False,
 def _train(recipe: dict, run_dir: Path, cfg: TrainConfig, resume: bool, started: float) -> dict:
     """The body of :func:`train_run`, once the folder is locked and checked."""
     info = current_info()
-    prepared = prepare(recipe)
+    prepared = prepare(Recipe.from_dict(recipe))
     if info.is_main:
         with naming_errors(run_dir / CONFIG_FILE):
             save_recipe(recipe, run_dir / CONFIG_FILE)
@@ -84,8 +85,8 @@ def _train(recipe: dict, run_dir: Path, cfg: TrainConfig, resume: bool, started:
     result = fit(prepared.method, prepared.sources["train"], prepared.sources.get("val"),
                  prepared.labels.get("val"), cfg, run_dir, resume=resume)
     results = {
-        "name": recipe["name"],
-        "method": recipe["method"]["name"],
+        "name": prepared.recipe.name,
+        "method": prepared.recipe.method_name,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
         "threads": torch.get_num_threads(),
@@ -126,7 +127,7 @@ def upgrade_run_folder(run_dir: str | Path) -> Path:
     recipe = load_recipe(run_dir / CONFIG_FILE)
     if (run_dir / MASK_FILE).is_file():
         recipe["protocol"]["mask_file"] = str(run_dir / MASK_FILE)
-    prepared = prepare(recipe)
+    prepared = prepare(Recipe.from_dict(recipe))
     with run_lock(run_dir):
         write_run_files(run_dir, prepared.run_info, prepared.spec.label_embeddings,
                         prepared.eval_embeddings if prepared.class_split is not None else None)

@@ -58,6 +58,7 @@ from mlrkit.data.protocols import ClassSplit
 from mlrkit.encoders.image import ImageEncoder, create_image_encoder
 from mlrkit.encoders.weights import WEIGHT_FILE_SUFFIXES
 from mlrkit.engine.recipe import load_recipe
+from mlrkit.engine.recipe_schema import EncoderSection, FeaturesSection, Recipe
 from mlrkit.engine.run_files import (
     CONFIG_FILE,
     EMBEDDINGS_FILE,
@@ -78,66 +79,61 @@ REWRITE_RUN_FILE = ("delete it and write it again from config.yaml and the data 
 
 
 def run_info(
-    recipe: dict,
+    recipe: Recipe,
     spec: TaskSpec,
-    hparams: dict,
     encoder: ImageEncoder,
     cache: FeatureCache | None,
     masked: bool,
 ) -> dict[str, Any]:
     """The ``run.json`` of a run prepared from ``recipe``: its task ``spec``, the method's
-    ``hparams``, the ``encoder`` (that computed ``cache``'s features, or trained end to end) and
-    whether a protocol mask is saved (``masked``)."""
-    end_to_end = recipe["encoder"]
-    section = end_to_end if end_to_end is not None else {
-        "name": recipe["features"]["encoder"], **recipe["features"]
-    }
+    hyperparameters, the ``encoder`` (that computed ``cache``'s features, or trained end to end)
+    and whether a protocol mask is saved (``masked``)."""
+    end_to_end = recipe.encoder
     return {
         "format": RUN_FORMAT,
         "mlrkit_version": mlrkit.__version__,
         "source_hash": source_hash(),
         "class_names": list(spec.class_names),
-        "method": {"name": recipe["method"]["name"], "hparams": hparams},
+        "method": {"name": recipe.method_name, "hparams": recipe.method_hparams},
         "spec": {"num_classes": spec.num_classes, "feature_shape": list(spec.feature_shape),
                  "num_train": spec.num_train},
         "label_embeddings": None if spec.label_embeddings is None else EMBEDDINGS_FILE,
-        "label_source": recipe["label_embeddings"],
+        "label_source": None,  # set by prepare: the section, a weights file's path resolved
         "zero_shot": None,
-        "encoder": _describe_encoder(section, encoder),
+        "encoder": _describe_encoder(end_to_end or recipe.features, encoder),
         "end_to_end": None if end_to_end is None else {
-            "lr_mult": end_to_end.get("lr_mult", 1.0), "trainable": end_to_end.get("trainable")
+            "lr_mult": end_to_end.lr_mult, "trainable": end_to_end.trainable
         },
-        "features": None if cache is None else _describe_features(recipe["features"], cache),
-        "data": {"dataset": recipe["data"]["dataset"],
-                 "root": str(Path(recipe["data"]["root"]).resolve()),
-                 "options": recipe["data"]["options"]},
+        "features": None if cache is None else _describe_features(recipe.features, cache),
+        "data": {"dataset": recipe.data.dataset, "root": str(Path(recipe.data.root).resolve()),
+                 "options": recipe.data.options},
         "mask": MASK_FILE if masked else None,
-        "inference": {"device": recipe["train"].get("device", "auto"),
-                      "batch_size": TrainConfig(**recipe["train"]).eval_batch_size},
+        "inference": {"device": recipe.train.device, "batch_size": recipe.train.eval_batch_size},
     }
 
 
-def _describe_encoder(section: dict, encoder: ImageEncoder) -> dict[str, Any]:
-    weights = section.get("weights")
+def _describe_encoder(section: EncoderSection | FeaturesSection,
+                      encoder: ImageEncoder) -> dict[str, Any]:
+    weights = section.weights
     if weights is not None and Path(str(weights)).suffix in WEIGHT_FILE_SUFFIXES:
         weights = str(Path(weights).resolve())
     return {
         "name": encoder.name,
         "weights": weights,
         "weights_id": encoder.weights_id,
-        "image_size": section.get("image_size"),
-        "seed": section.get("seed", 0),
+        "image_size": section.image_size,
+        "seed": section.seed,
         "data_config": json.loads(json.dumps(dict(encoder.data_config))),
     }
 
 
-def _describe_features(section: dict, cache: FeatureCache) -> dict[str, Any]:
+def _describe_features(section: FeaturesSection, cache: FeatureCache) -> dict[str, Any]:
     return {
         "cache": str(cache.path.resolve()),
         "spatial": cache.meta["features"]["spatial"],
         "spatial_dtype": cache.meta["features"]["spatial_dtype"],
-        "batch_size": section.get("batch_size", 32),
-        "num_workers": section.get("num_workers", 2),
+        "batch_size": section.batch_size,
+        "num_workers": section.num_workers,
     }
 
 

@@ -18,6 +18,7 @@ from mlrkit.data.protocols import ClassSplit, ProtocolMask, class_split, draw_ma
 from mlrkit.data.splits import apply_recipe_splits
 from mlrkit.distributed import current_info, resolve_device
 from mlrkit.engine.batches import FeatureBatches, ImageBatches
+from mlrkit.engine.recipe_schema import EncoderSection, FeaturesSection, Recipe
 from mlrkit.methods import method_class
 
 
@@ -33,7 +34,7 @@ class PreparedData:
     the test split is scored with; set by whoever built them: the run's or the recipe's).
     """
 
-    recipe: dict
+    recipe: Recipe
     data: MultiLabelData
     mask: ProtocolMask | None
     rows: dict[str, np.ndarray]
@@ -55,15 +56,15 @@ class PreparedData:
         return tuple(names[c] for c in self.class_split.seen)
 
 
-def create_encoder(section: dict) -> nn.Module:
-    """The image encoder of a resolved ``encoder`` or ``features`` section (a CLIP tower for
-    ``clip:ARCH`` names, with its frozen teacher when ``teacher`` is set)."""
+def create_encoder(section: EncoderSection | FeaturesSection) -> nn.Module:
+    """The image encoder of a recipe's ``encoder`` or ``features`` section (a CLIP tower for
+    ``clip:ARCH`` names, with its frozen teacher when ``encoder.teacher`` is set)."""
     from mlrkit.encoders import create_image_encoder
 
-    options = {"teacher": True} if section.get("teacher") else {}
-    return create_image_encoder(section["name"], weights=section.get("weights"),
-                                image_size=section.get("image_size"),
-                                seed=section.get("seed", 0), **options)
+    teacher = isinstance(section, EncoderSection) and section.teacher
+    name = section.name if isinstance(section, EncoderSection) else section.encoder
+    return create_image_encoder(name, weights=section.weights, image_size=section.image_size,
+                                seed=section.seed, **({"teacher": True} if teacher else {}))
 
 
 def section_label_embeddings(section: dict | None, class_names: list[str]) -> Tensor | None:
@@ -89,53 +90,53 @@ def label_source(section: dict | None) -> dict | None:
     return {**section, "weights": str(Path(section["weights"]).resolve())}
 
 
-def prepare_data(recipe: dict) -> PreparedData:
+def prepare_data(recipe: Recipe) -> PreparedData:
     """Read the data, split it, draw the mask, and get features (cache) or image sources."""
-    cfg_data = recipe["data"]
-    data = create_dataset(cfg_data["dataset"], cfg_data["root"], **cfg_data["options"])
-    data = apply_recipe_splits(data, cfg_data)
-    rows = {s: data.split_index(cfg_data[f"{s}_split"]) for s in ("train", "val", "test")
-            if cfg_data[f"{s}_split"] is not None}
+    section = recipe.data
+    data = create_dataset(section.dataset, section.root, **section.options)
+    data = apply_recipe_splits(data, section.model_dump(by_alias=True))
+    names = {"train": section.train_split, "val": section.val_split, "test": section.test_split}
+    rows = {s: data.split_index(name) for s, name in names.items() if name is not None}
     labels = {s: data.labels[i] for s, i in rows.items()}
     split, dropped = None, 0
-    if recipe["protocol"]["name"] == "zero_shot":
-        split = class_split(recipe["protocol"], data)
+    protocol = recipe.protocol.model_dump()
+    if recipe.protocol.name == "zero_shot":
+        split = class_split(protocol, data)
         keep = split.training_images(labels["train"])
         dropped = len(labels["train"]) - len(keep)
         rows["train"] = rows["train"][keep]
         labels["train"] = labels["train"][keep][:, split.seen]  # the unseen columns are gone
         if "val" in labels:
             labels["val"] = labels["val"][:, split.seen]
-    mask = draw_mask(recipe["protocol"], labels["train"])
+    mask = draw_mask(protocol, labels["train"])
     observed = labels["train"] if mask is None else mask.observed(labels["train"])
     targets = {s: observed if s == "train" else labels[s] for s in rows}
-    spatial = method_class(recipe["method"]["name"]).input_kind == "spatial"
-    if recipe["features"] is not None:
+    spatial = method_class(recipe.method_name).input_kind == "spatial"
+    if recipe.features is not None:
         encoder, cache, sources, shape = _feature_sources(recipe, data, rows, targets, spatial)
     else:
-        encoder, cache = create_encoder(recipe["encoder"]), None
+        encoder, cache = create_encoder(recipe.encoder), None
         sources, shape = _image_sources(encoder, data, rows, targets, spatial)
     return PreparedData(recipe=recipe, data=data, mask=mask, rows=rows, labels=labels,
                         sources=sources, feature_shape=shape, encoder=encoder, cache=cache,
                         class_split=split, dropped_train_images=dropped)
 
 
-def _feature_sources(recipe: dict, data: MultiLabelData, rows: dict[str, np.ndarray],
+def _feature_sources(recipe: Recipe, data: MultiLabelData, rows: dict[str, np.ndarray],
                      targets: dict[str, np.ndarray], spatial: bool):
     """The recipe's encoder, its feature cache (extracted where missing), the cached features of
     each split as batches, and the ``feature_shape`` of one image."""
-    feat = recipe["features"]
-    encoder = create_encoder({"name": feat["encoder"], **feat})
-    cache_dir = feat.get("cache") or f"runs/cache/{data.name}-{feat['encoder']}"
-    device = resolve_device(recipe["train"].get("device", "auto"), current_info().local_rank)
+    feat = recipe.features
+    encoder = create_encoder(feat)
+    cache_dir = feat.cache or f"runs/cache/{data.name}-{feat.encoder}"
+    device = resolve_device(recipe.train.device, current_info().local_rank)
     # under torchrun every rank computes its share of the images into the one cache
-    extract_features(data, encoder, cache_dir, spatial=bool(feat.get("spatial")),
-                     batch_size=feat.get("batch_size", 32),
-                     num_workers=feat.get("num_workers", 2), device=device)
+    extract_features(data, encoder, cache_dir, spatial=feat.spatial, batch_size=feat.batch_size,
+                     num_workers=feat.num_workers, device=device)
     cache = load_features(cache_dir, data=data, encoder=encoder)
     array = cache.spatial if spatial else cache.pooled
     if array is None:
-        raise ValueError(f"method {recipe['method']['name']} needs spatial features; set "
+        raise ValueError(f"method {recipe.method_name} needs spatial features; set "
                          f"features.spatial=true")
     sources = {s: FeatureBatches(array[i], targets[s]) for s, i in rows.items()}
     return encoder, cache, sources, tuple(array.shape[1:])

@@ -32,12 +32,6 @@ class EncoderHead(Method):
         for name, param in self.encoder.named_parameters():
             param.requires_grad_(self._is_trainable(name))
 
-    @classmethod
-    def from_section(cls, encoder: nn.Module, method: Method, section: dict) -> EncoderHead:
-        """The head a recipe's resolved ``encoder`` section describes."""
-        return cls(encoder, method, lr_mult=section.get("lr_mult", 1.0),
-                   trainable=section.get("trainable"), lr_decay=section.get("lr_decay"))
-
     def _check_trainable(self) -> None:
         """Each ``trainable`` prefix names encoder parameters, none of them frozen."""
         names = [n for n, _ in self.encoder.named_parameters()]
