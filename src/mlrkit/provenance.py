@@ -43,7 +43,8 @@ def _tree_hash(root: Path) -> str:
 
 def git_commit(folder: Path | None = None) -> str:
     """The commit checked out at ``folder`` (default: this package's checkout), with ``+changes``
-    when tracked files differ from it; ``unknown`` outside a git checkout."""
+    when tracked files other than the benchmark results (which benchmarks rewrite as they run)
+    differ from it; ``unknown`` outside a git checkout."""
     cwd = SOURCE_ROOT if folder is None else Path(folder)
 
     def git(*args: str) -> str:
@@ -52,7 +53,8 @@ def git_commit(folder: Path | None = None) -> str:
 
     try:
         commit = git("rev-parse", "--short=12", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":/",
+                         ":(exclude,top)benchmarks/results"))
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+changes" if dirty else "")
