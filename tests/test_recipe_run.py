@@ -197,3 +197,41 @@ def test_torchrun_cli_training_matches_one_process(recipe_file, tmp_path):
     assert two["test_classes_averaged"] == one["test_classes_averaged"] == 3
     assert two["best_epoch"] == one["best_epoch"] == 1
     assert two["test_mAP"] == pytest.approx(one["test_mAP"], abs=1e-6)
+
+
+def test_a_recipe_without_a_protocol_trains_on_every_label_the_user_gave(tmp_path, caplog):
+    """A user's own CSV with empty cells: no protocol section means the labels as given, none
+    hidden (run.json counts them); naming a simulated protocol hides some and says so."""
+    make_dataset(tmp_path / "data")
+    csv_file = tmp_path / "data" / "labels.csv"
+    lines = csv_file.read_text().splitlines()
+    rng = np.random.default_rng(1)
+    rows = [[cell if j == 0 or rng.random() > 0.6 else "" for j, cell in enumerate(line.split(","))]
+            for line in lines[1:]]  # 60% of the cells emptied: unknown
+    csv_file.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+    splits = [line.split(",")[1] for line in (tmp_path / "data" / "split.csv").read_text()
+              .splitlines()[1:]]
+    given = sum(cell != "" for row, split in zip(rows, splits, strict=True) if split == "train"
+                for cell in row[1:])
+    recipe = {
+        "name": "own", "data": {"dataset": "csv", "root": str(tmp_path / "data")},
+        "features": {"encoder": "resnet18", "weights": None, "image_size": 32,
+                     "cache": str(tmp_path / "cache"), "num_workers": 0},
+        "train": {"epochs": 1, "batch_size": 8, "progress": False, "device": "cpu"},
+    }
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(recipe))
+    resolved = load_recipe(tmp_path / "own.yaml")
+    assert resolved["protocol"] == {"name": "observed"}
+    train_run(resolved, tmp_path / "run")
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["train_labels"] == {"given": given, "used": given} and 0 < given
+    assert not (tmp_path / "run" / "mask.npz").exists()
+    caplog.set_level("INFO", logger="mlrkit.engine.prepare")
+    simulated = load_recipe(tmp_path / "own.yaml", ["protocol.name=partial"])
+    train_run(simulated, tmp_path / "run-partial")
+    info = json.loads((tmp_path / "run-partial" / "run.json").read_text())
+    assert info["train_labels"]["given"] == given > info["train_labels"]["used"]
+    hidden = given - info["train_labels"]["used"]
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and f"protocol partial hides {hidden:,} of the {given:,}" in (
+        warned[0].getMessage())

@@ -268,6 +268,12 @@ def create_dataset(
         (6168, 80)
     """
     reader = READERS.get(name)
+    accepted = reader_options(name)
+    unknown = sorted(set(kwargs) - set(accepted or kwargs))
+    if unknown:
+        raise ValueError(f"dataset {name!r} has no reader option {', '.join(unknown)}; its "
+                         f"options: {', '.join(accepted)} (recipe: data.options; command line: "
+                         f"-o KEY=VALUE)")
     root = Path(root)
     if not root.is_dir():
         raise DataFormatError(f"dataset root {root} does not exist or is not a folder")

@@ -262,6 +262,7 @@ def single_positive(labels: np.ndarray, seed: int = 1200, mode: str = "uniform")
 #: Each protocol's settings and their defaults, as a recipe's ``protocol`` section and
 #: ``mlrkit data summary --protocol`` give them.
 PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "observed": {},
     "partial": {"known": 0.1, "seed": 0, "mode": "bernoulli"},
     "single_positive": {"seed": 1200, "mode": "uniform"},
     "full": {},

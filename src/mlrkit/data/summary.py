@@ -61,6 +61,12 @@ def summarize(
     return summary
 
 
+def _known_share(s: DatasetSummary) -> str:
+    entries = s.images * s.classes
+    known = entries - s.unknown_entries
+    return f"{known:,} of {entries:,} ({known / max(entries, 1):.1%})"
+
+
 def rare_classes(positives_per_class: dict[str, int], images: int) -> dict[str, int]:
     """The classes with positives in very few of ``images`` (see :data:`RARE_CLASS_IMAGES`), by
     count; usually typos of another class name, or classes too rare to learn or evaluate."""
@@ -85,6 +91,7 @@ def format_summary(s: DatasetSummary) -> str:
         f"labels per image  {s.positives_per_image:.2f} positives on average",
         f"no positive       {s.images_without_positive:,} images",
         f"unknown entries   {s.unknown_entries:,}",
+        f"known entries     {_known_share(s)} (as given: what a recipe without a protocol uses)",
         "",
         "positives per class",
     ]

@@ -3,6 +3,7 @@ label embeddings, the teacher's pseudo-labels, the method and the run's descript
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -24,6 +25,8 @@ from mlrkit.engine.run_folder import run_info, zero_shot_info
 from mlrkit.engine.sources import PreparedData, label_source, prepare_data, section_label_embeddings
 from mlrkit.methods import Method, TaskSpec, create_method
 from mlrkit.methods.encoder_head import EncoderHead
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -64,6 +67,7 @@ def prepare(recipe: Recipe) -> PreparedRun:
                              trainable=section.trainable, lr_decay=section.lr_decay)
     description = run_info(recipe, spec, part.encoder, part.cache, masked=part.mask is not None)
     description["label_source"] = label_source(written)
+    description["train_labels"] = known_training_labels(part)
     if split is not None:
         description["zero_shot"] = zero_shot_info(split, part.dropped_train_images)
     if pseudo is not None:
@@ -74,6 +78,24 @@ def prepare(recipe: Recipe) -> PreparedRun:
     data_fields = {f.name: getattr(part, f.name) for f in fields(PreparedData)}
     return PreparedRun(**{**data_fields, "eval_embeddings": embeddings}, method=method, spec=spec,
                        run_info=description, pseudo_labels=pseudo)
+
+
+def known_training_labels(part: PreparedData) -> dict[str, int]:
+    """``run.json``'s ``train_labels``: the known entries of the training split as the data gives
+    them (``given``) and as the method sees them (``used``: after the protocol's mask). Logs how
+    many a simulated protocol hides: a warning when the data itself had unknown entries (a
+    user's own labels), else an info line (a benchmark simulating missing labels)."""
+    given_labels = part.labels["train"]
+    given = int((given_labels >= 0).sum())
+    used = int((part.sources["train"].targets >= 0).sum())
+    if used < given:
+        protocol = part.recipe.protocol.name
+        note = (f"protocol {protocol} hides {given - used:,} of the {given:,} known training "
+                f"labels the data gives ({used:,} used); a recipe without a protocol section "
+                f"trains on them all")
+        own_unknowns = bool((given_labels < 0).any())
+        logger.log(logging.WARNING if own_unknowns else logging.INFO, note)
+    return {"given": given, "used": used}
 
 
 def _as_written(section: BaseModel | None) -> dict | None:

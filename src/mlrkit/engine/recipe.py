@@ -39,7 +39,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "features": None,
     "encoder": None,
-    "protocol": {"name": "partial"},
+    "protocol": {"name": "observed"},  # the labels as given; a simulated protocol only if named
     "label_embeddings": None,
     "method": {"name": "linear"},
     "train": {},

@@ -154,8 +154,11 @@ class SinglePositiveProtocol(_Section):
     mask_file: str | None = None
 
 
-class FullProtocol(_Section):
-    name: Literal["full"]
+class ObservedProtocol(_Section):
+    """The labels as the data gives them (1 / 0 known, -1 unknown): the default. ``full`` is the
+    same, named for benchmarks on fully labelled data (where nothing is unknown)."""
+
+    name: Literal["observed", "full"]
     mask_file: str | None = None
 
 
@@ -208,7 +211,8 @@ class TopLevel(_Section):
 
 
 PROTOCOLS: dict[str, type[BaseModel]] = {
-    "partial": PartialProtocol, "single_positive": SinglePositiveProtocol, "full": FullProtocol,
+    "observed": ObservedProtocol, "partial": PartialProtocol,
+    "single_positive": SinglePositiveProtocol, "full": ObservedProtocol,
     "zero_shot": ZeroShotProtocol,
 }
 SECTIONS: dict[str, type[BaseModel]] = {
@@ -238,7 +242,7 @@ class Recipe:
     features: FeaturesSection | None
     encoder: EncoderSection | None
     label_embeddings: LabelEmbeddingsSection | None
-    protocol: PartialProtocol | SinglePositiveProtocol | FullProtocol | ZeroShotProtocol
+    protocol: ObservedProtocol | PartialProtocol | SinglePositiveProtocol | ZeroShotProtocol
     pseudo_labels: PseudoLabelsSection | None
     train: TrainConfig
     method_name: str
