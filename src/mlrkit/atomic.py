@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,8 +16,9 @@ from typing import IO
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``.
 
-    The parent folder is created. On an exception the temporary file is removed and ``path`` is
-    left as it was.
+    The parent folder is created. The file gets the mode of the file it replaces, or for a new
+    file ``0o666`` less the process's umask (``0o644`` under umask ``022``), as ``open`` would
+    give it. On an exception the temporary file is removed and ``path`` is left as it was.
 
     Example:
         >>> with atomic_write("runs/x/results.json", "w") as f:  # doctest: +SKIP
@@ -25,6 +28,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode(path))
         with naming_errors(path), os.fdopen(
             fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})
         ) as f:
@@ -34,6 +38,22 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _file_mode(path: Path) -> int:
+    """The permission bits of the existing ``path``, or those ``open`` gives a new file."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read once (reading it means setting it, briefly)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager

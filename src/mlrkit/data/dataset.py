@@ -276,7 +276,8 @@ def create_dataset(
                          f"-o KEY=VALUE)")
     root = Path(root)
     if not root.is_dir():
-        raise DataFormatError(f"dataset root {root} does not exist or is not a folder")
+        where = "" if root.is_absolute() else f" (resolved against the working folder {Path.cwd()})"
+        raise DataFormatError(f"dataset root {root} does not exist or is not a folder{where}")
     data = reader(root, **kwargs)
     split_file = root / "split.csv"
     if split_file.is_file():

@@ -142,6 +142,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
     recipe = _merge(DEFAULTS, raw, path)
     _fill_protocol(recipe, path)
     check_recipe(recipe, path)
+    _check_relative_root(recipe["data"]["root"], Path(path))
     return validate_recipe(recipe, path)
 
 
@@ -172,6 +173,20 @@ def check_recipe(recipe: dict, source: Path | str = "recipe") -> None:
             f"{source}: give exactly one of 'features' (train on cached features) or 'encoder' "
             f"(train end to end)"
         )
+
+
+def _check_relative_root(root: str, recipe_path: Path) -> None:
+    """A relative ``data.root`` missing from the working folder but present next to the recipe
+    is an error that says both (paths in a recipe are relative to the working folder)."""
+    relative = Path(root)
+    if relative.is_absolute() or relative.exists():
+        return
+    beside = recipe_path.parent / relative
+    if beside.is_dir():
+        raise RecipeError(f"{recipe_path}: data.root {root} does not exist relative to the working "
+                          f"folder {Path.cwd()} (recipe paths are relative to it); relative to the "
+                          f"recipe's folder it is {beside}, which exists: give that path, or run "
+                          f"from the recipe's folder")
 
 
 def save_recipe(recipe: dict, path: Path) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -35,6 +36,7 @@ from mlrkit.engine.recipe_schema import Recipe
 from mlrkit.engine.run_files import (
     CONFIG_FILE,
     MASK_FILE,
+    METRICS_FILE,
     PSEUDO_FILE,
     RESULTS_FILE,
     RUN_FILE,
@@ -54,17 +56,24 @@ def train_run(recipe: dict, run_dir: str | Path, *, resume: bool = False,
     :mod:`mlrkit.engine.run_lock`). ``resume`` continues the run of this same recipe in
     ``run_dir`` from its last finished epoch, or starts one where the folder has no config.yaml;
     a new run into a folder that holds one needs ``overwrite``, which removes the old run's files
-    first (:func:`~mlrkit.engine.run_folder.open_run_folder`).
+    first (:func:`~mlrkit.engine.run_folder.open_run_folder`). A run that fails before its
+    first epoch is logged removes the folder if this call created it.
     """
     run_dir = Path(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     cfg = Recipe.from_dict(recipe).train
     info = init_distributed(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
-    with run_lock(run_dir) if info.is_main else nullcontext():
-        if info.is_main:  # the other torchrun ranks follow rank 0's folder
-            resume = open_run_folder(run_dir, recipe, resume=resume, overwrite=overwrite)
-        return _train(recipe, run_dir, cfg, resume, started)
+    try:
+        with run_lock(run_dir) if info.is_main else nullcontext():
+            if info.is_main:  # the other torchrun ranks follow rank 0's folder
+                resume = open_run_folder(run_dir, recipe, resume=resume, overwrite=overwrite)
+            return _train(recipe, run_dir, cfg, resume, started)
+    except BaseException:
+        if created and info.is_main and not (run_dir / METRICS_FILE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # failed before its first epoch
+        raise
 
 
 def _train(recipe: dict, run_dir: Path, cfg: TrainConfig, resume: bool, started: float) -> dict:
