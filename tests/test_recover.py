@@ -9,7 +9,7 @@ import yaml
 from test_recipe_run import CLASSES, make_dataset
 
 from mlrkit.cli import main
-from mlrkit.engine.recover import DEFAULT_THRESHOLD, choose_thresholds, recover
+from mlrkit.engine.recover import MIN_VAL_POSITIVES, choose_thresholds, recover
 
 
 def test_f1_threshold_is_the_best_cut_and_ties_are_not_split():
@@ -20,7 +20,9 @@ def test_f1_threshold_is_the_best_cut_and_ties_are_not_split():
     out = choose_thresholds(probs, labels)
     assert out.values[0] == 0.2 and out.chosen[0]
     assert out.val_precision[0] == pytest.approx(0.6) and out.val_recall[0] == 1.0
-    tied = choose_thresholds(np.array([[0.5], [0.5], [0.1]]), np.array([[1], [0], [0]], np.int8))
+    assert out.negatives[0] == out.values[0]  # F1: every entry below the cut is a negative
+    tied = choose_thresholds(np.array([[0.5], [0.5], [0.1]]), np.array([[1], [0], [0]], np.int8),
+                             min_positives=1)
     assert tied.values[0] == 0.5 and tied.val_precision[0] == 0.5  # both 0.5s together
 
 
@@ -30,17 +32,50 @@ def test_precision_target_takes_the_lowest_threshold_reaching_it_and_unknowns_ar
     out = choose_thresholds(probs, labels, precision=0.75)
     # class 0: 0.9 P 1, 0.8 P 1, 0.7 P .67, 0.6 P .75 -> lowest reaching .75 is 0.6
     assert out.values[0] == 0.6 and out.chosen[0]
-    # class 1 has no known positive: default threshold, not chosen
-    assert out.values[1] == DEFAULT_THRESHOLD and not out.chosen[1]
-    never = choose_thresholds(np.array([[0.9], [0.1]]), np.array([[0], [1]], np.int8), 0.9)
-    assert never.values[0] == 1.0 and not never.chosen[0]
+    # class 1 has no known positive: no threshold at all, its unknown entries stay unknown
+    assert out.values[1] == np.inf and out.negatives[1] == -np.inf and not out.chosen[1]
+    never = choose_thresholds(np.array([[0.9], [0.1]]), np.array([[0], [1]], np.int8), 0.9,
+                              min_positives=1)
+    assert never.values[0] == np.inf and not never.chosen[0]
 
 
 def test_recover_keeps_known_entries_and_thresholds_the_unknown_ones():
     observed = np.array([[1, -1, 0], [-1, -1, 0]], dtype=np.int8)
     probs = np.array([[0.1, 0.7, 0.9], [0.6, 0.2, 0.9]])
-    thresholds = choose_thresholds(np.array([[0.6, 0.6, 0.6]]), np.array([[1, 1, 1]], np.int8))
+    thresholds = choose_thresholds(np.array([[0.6, 0.6, 0.6]]), np.array([[1, 1, 1]], np.int8),
+                                   min_positives=1)
     assert np.array_equal(recover(observed, probs, thresholds), [[1, 1, 0], [1, 0, 0]])
+
+
+def test_a_precision_target_decides_both_ways_and_leaves_the_band_between_unknown():
+    # one class, 10 validation entries high to low: 1 1 1 0 1 0 0 0 0 0
+    probs = np.linspace(0.95, 0.05, 10)[:, None]
+    labels = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 0], dtype=np.int8)[:, None]
+    out = choose_thresholds(probs, labels, precision=0.8)
+    # positive: the lowest cut with precision >= .8 is the 5th entry (4 of 5); negative: the
+    # highest cut below it under which >= 80% are negatives is that same cut (5 of 5 below)
+    assert out.values[0] == pytest.approx(0.55) and out.val_precision[0] == pytest.approx(0.8)
+    assert out.negatives[0] == pytest.approx(0.55) and out.val_npv[0] == 1.0
+    strict = choose_thresholds(probs, labels, precision=1.0)
+    # positives: only the top 3 (precision 1); negatives: below 0.45 (entries 6-10, all 0)
+    assert strict.values[0] == pytest.approx(0.75) and strict.negatives[0] == pytest.approx(0.55)
+    cells = np.array([[0.8], [0.6], [0.5], [0.2]])
+    observed = np.full((4, 1), -1, np.int8)
+    assert recover(observed, cells, strict).ravel().tolist() == [1, -1, 0, 0]
+    filled = choose_thresholds(probs, labels, precision=1.0, fill_negatives=True)
+    assert recover(observed, cells, filled).ravel().tolist() == [1, 0, 0, 0]
+    assert filled.rule == "precision>=1+fill-negatives"
+
+
+def test_a_class_with_too_few_validation_positives_is_left_unknown():
+    probs = np.array([[0.9, 0.9], [0.8, 0.1], [0.7, 0.2], [0.1, 0.3]])
+    labels = np.array([[1, 1], [1, 0], [1, 0], [0, 0]], dtype=np.int8)
+    out = choose_thresholds(probs, labels)
+    assert out.val_positives.tolist() == [3, 1] and MIN_VAL_POSITIVES == 3
+    assert out.chosen.tolist() == [True, False]
+    observed = np.full((2, 2), -1, np.int8)
+    recovered = recover(observed, np.array([[0.95, 0.95], [0.05, 0.05]]), out)
+    assert recovered.tolist() == [[1, -1], [0, -1]]
 
 
 def test_cli_recover_fills_the_empty_cells_of_a_csv(tmp_path, capsys):
@@ -93,6 +128,22 @@ def test_cli_recover_fills_the_empty_cells_of_a_csv(tmp_path, capsys):
         split_classes += bool(ones and zeros)
     assert split_classes >= 2
     assert len({e["probability"] for e in long_rows}) > 10
+    table = list(csv.DictReader((out / "thresholds.csv").open()))
+    assert [r["class"] for r in table] == CLASSES and {r["rule"] for r in table} == {"f1"}
+    for r in table:
+        chosen = r["chosen"] == "True"
+        assert chosen == (int(r["val_positives"]) >= 3)
+        if chosen:  # every recovered 1 is at or above the written threshold
+            ones = [float(e["probability"]) for e in long_rows
+                    if e["class"] == r["class"] and e["observed"] == "" and e["recovered"] == "1"]
+            assert all(p >= float(r["positive_threshold"]) - 1e-6 for p in ones)
+    banded = tmp_path / "banded"
+    assert main(["recover", "--checkpoint", str(tmp_path / "run"), "--dataset", "csv",
+                 "--root", str(sparse), "-o", "allow_outside_root=true", "--out", str(banded),
+                 "--precision", "0.99"]) == 0
+    said = capsys.readouterr().out
+    left = sum(e["recovered"] == "" for e in csv.DictReader((banded / "recovered_long.csv").open()))
+    assert left > 0 and f"{left:,} left unknown (thresholds: precision>=0.99" in said
 
 
 def test_recover_needs_a_dataset_for_root(tmp_path, capsys):

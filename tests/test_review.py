@@ -75,8 +75,9 @@ def make_dataset(folder: Path) -> Path:
     for k, name in enumerate("abcdef"):
         Image.new("RGB", (4, 4), (40 * k, 0, 0)).save(folder / f"{name}.png")
     data = create_dataset("csv", folder)
-    thresholds = Thresholds(np.full(3, 0.5), "f1", np.ones(3, bool), np.full(3, np.nan),
-                            np.full(3, np.nan))
+    nan = np.full(3, np.nan)
+    thresholds = Thresholds(np.full(3, 0.5), np.full(3, 0.5), "f1", np.ones(3, bool),
+                            np.full(3, 5), nan, nan, nan)
     recovered = recover(data.labels, PROBS, thresholds)
     write_long_table(folder / "recovered" / "recovered_long.csv", data, data.labels, recovered,
                      PROBS)

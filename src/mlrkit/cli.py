@@ -148,7 +148,8 @@ def _cmd_recover(args: argparse.Namespace) -> int:
         raise ValueError("--root, -o and --split describe a dataset: give --dataset too")
     recovery = recover_run(args.checkpoint, args.out, dataset=args.dataset, root=args.root,
                            options=dict(args.option), split=args.split,
-                           precision=args.precision, cache_dir=args.cache)
+                           precision=args.precision, fill_negatives=args.fill_negatives,
+                           cache_dir=args.cache)
     print(recovery.summary())
     return 0
 
@@ -401,12 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
         "recover", help="fill in the unknown labels of a dataset with a trained run")
     recover.add_argument("--checkpoint", required=True, help="run folder")
     recover.add_argument("--out", required=True,
-                         help="folder for completed.csv and recovered_long.csv")
+                         help="folder for completed.csv, recovered_long.csv and thresholds.csv")
     _add_dataset_args(recover, required=False)  # default: the run's own training split
     recover.add_argument("--split", default=None, help="with --dataset: only this split")
     recover.add_argument("--precision", type=float, default=None,
-                         help="per-class thresholds reaching this validation precision "
-                              "(default: maximal F1)")
+                         help="decide an unknown entry only where the validation precision of "
+                              "the decision reaches P, as a positive or as a negative; the "
+                              "entries in between stay unknown (default: maximal F1, every "
+                              "entry decided)")
+    recover.add_argument("--fill-negatives", action="store_true",
+                         help="with --precision: every entry below the positive threshold is a "
+                              "negative (none left unknown)")
     recover.add_argument("--cache", default=None,
                          help="feature cache of --dataset (default: under the run folder)")
     recover.set_defaults(run=_cmd_recover)

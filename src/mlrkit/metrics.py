@@ -743,3 +743,30 @@ def zero_shot_metrics(logits: Tensor, labels: np.ndarray, split,
     out["zsl_positives"] = {split.class_names[c]: int(n)
                             for c, n in zip(split.unseen, positives.tolist(), strict=True)}
     return {f"{prefix}{k}": v for k, v in out.items()}
+
+
+def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, bins: int = 15) -> float:
+    """Expected calibration error of probabilities ``(N, C)`` over the known entries, each entry
+    a binary prediction: the entries are grouped into ``bins`` equal-width bins of ``p`` and
+    ``ECE = sum_b n_b / n * |mean(y in b) - mean(p in b)|`` (Guo et al., ICML 2017, applied per
+    entry as in multi-label calibration work). A bin holds ``lo < p <= hi`` (the first also
+    ``p = 0``). NaN without a known entry.
+
+    Example:
+        >>> expected_calibration_error(np.array([[0.9, 0.2]]), np.array([[1, 0]]), bins=10)
+        0.15
+    """
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    probs_t, labels_t = _format(probs, labels)
+    if bool(((probs_t < 0) | (probs_t > 1)).any()):
+        raise ValueError("probabilities must lie in [0, 1]; apply a sigmoid or a calibration first")
+    known = labels_t >= 0
+    p, y = probs_t[known].double(), (labels_t[known] == 1).double()
+    if p.numel() == 0:
+        return float("nan")
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64, device=p.device)
+    which = torch.bucketize(p, edges[1:-1], right=False)  # (n,) bin of each entry
+    count = torch.bincount(which, minlength=bins).double()
+    gap = torch.bincount(which, weights=y - p, minlength=bins).abs()
+    return round(float(gap.sum() / count.sum()), 12)

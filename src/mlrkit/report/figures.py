@@ -73,7 +73,7 @@ def pr_curve(probabilities: np.ndarray, labels: np.ndarray,
     its distinct scores from the highest down to the first that reaches full recall (``G`` of
     them), led by the point at recall 0; drawn as steps (precision ``precision[g]`` on
     ``(recall[g - 1], recall[g]]``), whose area is the class's non-interpolated AP."""
-    _, precision, recall = precision_recall_steps(probabilities, labels, c)
+    _, precision, recall, _ = precision_recall_steps(probabilities, labels, c)
     end = int(np.argmax(recall >= recall[-1])) + 1  # lower scores add no recall, only negatives
     return np.r_[0.0, recall[:end]], np.r_[precision[0], precision[:end]]
 
