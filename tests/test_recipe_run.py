@@ -79,7 +79,39 @@ def test_run_folder_is_complete_and_reusable(recipe_file, tmp_path, capsys):
     assert predictions[0]["image"] == str(image) and len(predictions[0]["labels"]) == 2
     assert {e["label"] for e in predictions[0]["labels"]} <= set(CLASSES)
     assert main(["predict", "--checkpoint", str(run_dir), str(image), "--format", "csv"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == "image,rank,label,score"
+    assert capsys.readouterr().out.splitlines()[0] == "image,rank,label,score,on"
+
+
+def test_a_run_is_calibrated_on_validation_and_predict_marks_the_labels_on(recipe_file, tmp_path):
+    import torch
+
+    from mlrkit.calibration import fit_platt
+    from mlrkit.engine.inference import load_run, prepare_from_run
+    from mlrkit.engine.trainer import evaluate_logits
+
+    run_dir = tmp_path / "run"
+    train_run(load_recipe(recipe_file), run_dir)
+    saved = json.loads((run_dir / "calibration.json").read_text())
+    run = load_run(run_dir)
+    prepared = prepare_from_run(run)
+    logits = evaluate_logits(run.method, prepared.sources["val"], 64, torch.device("cpu"))
+    again = fit_platt(logits.numpy(), prepared.labels["val"])  # the same fit, done here
+    assert saved["calibration"]["a"] == pytest.approx(again.a, rel=1e-6)
+    assert saved["calibration"]["b"] == pytest.approx(again.b, abs=1e-6)
+    assert saved["calibration"]["ece_after"] <= saved["calibration"]["ece_before"]
+    assert [row["class"] for row in saved["thresholds"]] == CLASSES
+    image = tmp_path / "data" / "images" / "3.jpg"
+    [prediction] = predict_images(run_dir, [image], top_k=3)
+    bars = {r["class"]: r["positive_threshold"] if r["chosen"] else 0.5
+            for r in saved["thresholds"]}
+    for entry in prediction["labels"]:
+        assert entry["on"] == (entry["score"] >= round(bars[entry["label"]], 6) - 1e-6)
+    (run_dir / "calibration.json").unlink()  # a run trained before calibration existed
+    assert main(["calibrate", "--checkpoint", str(run_dir)]) == 0
+    assert json.loads((run_dir / "calibration.json").read_text()) == saved
+    model = run.image_model()  # eval mode: the same image scores the same twice
+    photo = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert not model.training and torch.equal(model(photo).logits, model(photo).logits)
 
 
 def _sklearn_test_map(run_dir: Path, tmp_path: Path) -> float:
@@ -232,6 +264,7 @@ def test_a_recipe_without_a_protocol_trains_on_every_label_the_user_gave(tmp_pat
     info = json.loads((tmp_path / "run-partial" / "run.json").read_text())
     assert info["train_labels"]["given"] == given > info["train_labels"]["used"]
     hidden = given - info["train_labels"]["used"]
-    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    warned = [r for r in caplog.records
+              if r.levelname == "WARNING" and r.name == "mlrkit.engine.prepare"]
     assert len(warned) == 1 and f"protocol partial hides {hidden:,} of the {given:,}" in (
         warned[0].getMessage())

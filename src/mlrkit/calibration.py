@@ -51,7 +51,7 @@ class Calibration:
         """Probabilities of ``scores`` (any shape), float64, of the same kind (tensor / array)."""
         tensor = torch.as_tensor(scores, dtype=torch.float64)
         probs = torch.sigmoid(self.a * tensor + self.b)
-        return probs if isinstance(scores, torch.Tensor) else probs.numpy()
+        return probs if isinstance(scores, torch.Tensor) else probs.detach().numpy()
 
     def save(self, path: str | Path) -> None:
         """Write it as JSON, atomically."""

@@ -125,6 +125,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from mlrkit.engine.inference import calibrate_run
+
+    fitted = calibrate_run(args.checkpoint)
+    c, chosen = fitted.calibration, fitted.thresholds.chosen
+    print(f"calibration p = sigmoid({c.a:.4g} * logit + {c.b:.4g}) on {c.entries:,} validation "
+          f"entries: expected calibration error {c.ece_before:.4f} -> {c.ece_after:.4f}; "
+          f"thresholds for {int(chosen.sum())} of {len(chosen)} classes (the others: 0.5)")
+    return 0
+
+
 def _cmd_upgrade_run(args: argparse.Namespace) -> int:
     from mlrkit.engine.run import upgrade_run_folder
 
@@ -416,6 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--cache", default=None,
                          help="feature cache of --dataset (default: under the run folder)")
     recover.set_defaults(run=_cmd_recover)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="fit a run's calibration and thresholds on its validation split again",
+        description="Training does this at its end; use it for a run trained before, or after "
+                    "changing the run's validation data. Writes calibration.json.")
+    calibrate.add_argument("--checkpoint", required=True, help="run folder")
+    calibrate.set_defaults(run=_cmd_calibrate)
 
     predict = commands.add_parser("predict", help="top labels of image files")
     predict.add_argument("--checkpoint", required=True, help="run folder")

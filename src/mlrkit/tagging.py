@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -68,28 +70,35 @@ def _folder_images(folder: Path, recursive: bool) -> list[Path]:
 
 
 def ranked_tags(images: Sequence[str | Path], labels: Sequence[str], scores, top_k: int,
-                threshold: float | None = None) -> list[dict]:
+                threshold: float | None = None, on=None) -> list[dict]:
     """``{"image", "labels": [{"label", "score"}, ...]}`` per image of ``scores`` ``(N, L)``:
     best first (equal scores in label order), at most ``top_k``, only scores of at least
-    ``threshold``; scores rounded to 6 decimals."""
+    ``threshold``; scores rounded to 6 decimals. With ``on`` (a number, or ``(L,)`` per label)
+    each entry also says whether its score reaches it (``"on"``)."""
+    bars = None if on is None else np.broadcast_to(np.asarray(on, dtype=float), (len(labels),))
     results = []
     for path, row in zip(images, scores, strict=True):
         order = sorted(range(len(labels)), key=lambda c: -row[c])[:top_k]
         kept = [c for c in order if threshold is None or row[c] >= threshold]
-        results.append({"image": str(path), "labels": [
-            {"label": labels[c], "score": round(float(row[c]), 6)} for c in kept]})
+        entries = [{"label": labels[c], "score": round(float(row[c]), 6)} for c in kept]
+        if bars is not None:
+            for entry, c in zip(entries, kept, strict=True):
+                entry["on"] = bool(row[c] >= bars[c])
+        results.append({"image": str(path), "labels": entries})
     return results
 
 
 def write_tags(results: list[dict], fmt: str, stream: TextIO | None = None) -> None:
     """Write ``results`` (:func:`ranked_tags`) to ``stream`` (default stdout) as JSON, or as CSV
-    with one ``image,rank,label,score`` row per label."""
+    with one ``image,rank,label,score`` row per label (and ``on``, 1 / 0, when marked)."""
     stream = sys.stdout if stream is None else stream
     if fmt == "json":
         print(json.dumps(results, indent=1), file=stream)
         return
     writer = csv.writer(stream)
-    writer.writerow(["image", "rank", "label", "score"])
+    marked = any("on" in entry for item in results for entry in item["labels"])
+    writer.writerow(["image", "rank", "label", "score", *(["on"] if marked else [])])
     for item in results:
         for rank, entry in enumerate(item["labels"], start=1):
-            writer.writerow([item["image"], rank, entry["label"], entry["score"]])
+            on = [int(entry["on"])] if marked else []
+            writer.writerow([item["image"], rank, entry["label"], entry["score"], *on])

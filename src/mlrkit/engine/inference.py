@@ -4,6 +4,7 @@ unless one is asked for (``evaluate_run``, ``prepare_from_run``)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from mlrkit.data.feature_cache import extract_features, load_features
 from mlrkit.data.protocols import ClassSplit
 from mlrkit.distributed import resolve_device
 from mlrkit.engine.batches import FeatureBatches, ImageBatches
+from mlrkit.engine.calibrate import DEFAULT_ON, RunCalibration, fit_run_calibration
 from mlrkit.engine.checkpoint import load_checkpoint
 from mlrkit.engine.recipe import load_recipe
 from mlrkit.engine.recipe_schema import Recipe
@@ -68,11 +70,33 @@ class LoadedRun:
         return resolve_device(self.info["inference"]["device"])
 
     def image_model(self) -> EncoderHead:
-        """Images ``(B, 3, H, W)`` → logits: the end-to-end model, or the encoder that computed
-        the training features (rebuilt, its weights checked) followed by the method."""
+        """Images ``(B, 3, H, W)`` → logits, in eval mode: the end-to-end model, or the encoder
+        that computed the training features (rebuilt, its weights checked) followed by the
+        method."""
         if isinstance(self.method, EncoderHead):
-            return self.method
-        return EncoderHead(rebuild_encoder(self.info["encoder"], pretrained=True), self.method)
+            return self.method.eval()
+        encoder = rebuild_encoder(self.info["encoder"], pretrained=True)
+        return EncoderHead(encoder, self.method).eval()
+
+    @functools.cached_property
+    def calibration(self) -> RunCalibration | None:
+        """The run's calibration and per-class thresholds (``calibration.json``), if it has them."""
+        return RunCalibration.load(self.run_dir)
+
+    def probabilities(self, logits: Tensor) -> np.ndarray:
+        """``(N, C)`` float64 probabilities of the run's logits: calibrated, or their sigmoid for
+        a run without a calibration."""
+        if self.calibration is None:
+            return torch.sigmoid(logits.detach().double().cpu()).numpy()
+        return self.calibration.probabilities(logits)
+
+    def on_thresholds(self, num_classes: int) -> np.ndarray:
+        """``(C,)`` the probability from which each class's label is on: the run's thresholds, or
+        :data:`~mlrkit.engine.calibrate.DEFAULT_ON` (for classes scored by name, or no
+        calibration)."""
+        if self.calibration is None or num_classes != len(self.class_names):
+            return np.full(num_classes, DEFAULT_ON)
+        return self.calibration.on_thresholds()
 
     @property
     def open_vocabulary(self) -> bool:
@@ -179,6 +203,22 @@ def evaluate_run(
     return score_report(logits, labels, prefix)
 
 
+def calibrate_run(run_dir: str | Path) -> RunCalibration:
+    """Fit a finished run's calibration and thresholds on its validation split again (as
+    training does at its end) and write ``calibration.json``; returns them."""
+    run = load_run(run_dir)
+    prepared = prepare_from_run(run)
+    if "val" not in prepared.sources:
+        raise ValueError(f"run {run.run_dir} has no validation split to calibrate on; train it "
+                         f"with data.val_split set (or data.holdout)")
+    model = run.method.to(run.device)
+    logits = evaluate_logits(model, prepared.sources["val"], run.info["inference"]["batch_size"],
+                             run.device)
+    fitted = fit_run_calibration(logits, prepared.labels["val"], list(prepared.class_names))
+    fitted.save(run.run_dir)
+    return fitted
+
+
 def prepare_from_run(run: LoadedRun) -> PreparedData:
     """The run's recipe's data prepared again (data, saved mask, features; no method, no
     teacher), read through the paths of run.json (absolute, or in the run folder) from any
@@ -244,8 +284,10 @@ def predict_images(
     """Class probabilities of a finished run for image files, best first; needs only the run
     folder (and, for a run on cached features, the encoder's weights).
 
-    Returns one ``{"image", "labels": [{"label", "score"}, ...]}`` per image, with the ``top_k``
-    classes by probability (all of them when ``top_k`` exceeds the number of classes).
+    Returns one ``{"image", "labels": [{"label", "score", "on"}, ...]}`` per image, with the
+    ``top_k`` classes by probability (all of them when ``top_k`` exceeds the number of classes):
+    the calibrated probability (``calibration.json``; the sigmoid for a run without one) and
+    whether it reaches the class's threshold.
 
     Raises:
         ValueError: ``top_k`` is below 1.
@@ -256,8 +298,9 @@ def predict_images(
     run = load_run(run_dir)
     model = run.image_model().to(run.device)
     source = _image_source(model, images, len(run.class_names))
-    probs = torch.sigmoid(evaluate_logits(model, source, batch_size, run.device))
-    return ranked_tags(list(images), run.class_names, probs.numpy(), top_k)
+    probs = run.probabilities(evaluate_logits(model, source, batch_size, run.device))
+    return ranked_tags(list(images), run.class_names, probs, top_k,
+                       on=run.on_thresholds(len(run.class_names)))
 
 
 def score_label_names(

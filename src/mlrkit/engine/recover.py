@@ -1,7 +1,9 @@
 """Fill in missing labels with a trained run: per-class thresholds chosen on validation, then the
-unknown entries of a label matrix become 1 / 0, each with the model's probability.
+unknown entries of a label matrix become 1 / 0 (or stay unknown where the run is not sure
+enough), each with the model's probability.
 
-Works for every method: it needs only probabilities, from :func:`run_probabilities`.
+Works for every method: it needs only probabilities, the run's calibrated ones
+(:meth:`~mlrkit.engine.inference.LoadedRun.probabilities`).
 
 Shapes: ``N`` images, ``C`` classes. Labels follow the mlrkit convention (1 / 0 / -1 unknown).
 """
@@ -13,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mlrkit.atomic import atomic_write
 from mlrkit.data import MultiLabelData
@@ -202,11 +203,6 @@ def write_completed_csv(path: Path, data: MultiLabelData, recovered: np.ndarray,
                 writer.writerow([image, *("" if v < 0 else v for v in row.tolist())])
 
 
-def probabilities(logits: torch.Tensor) -> np.ndarray:
-    """``(N, C)`` float64 sigmoid probabilities of logits."""
-    return torch.sigmoid(logits.double()).numpy()
-
-
 @dataclass(frozen=True)
 class Recovery:
     """What :func:`recover_run` wrote and decided.
@@ -285,8 +281,8 @@ def recover_run(
     device, batch = run.device, run.info["inference"]["batch_size"]
     model = run.method.to(device)
 
-    def probs_of(source) -> np.ndarray:
-        return probabilities(evaluate_logits(model, source, batch, device))
+    def probs_of(source) -> np.ndarray:  # calibrated (the run's calibration.json), (N, C)
+        return run.probabilities(evaluate_logits(model, source, batch, device))
 
     thresholds = choose_thresholds(probs_of(prepared.sources["val"]), prepared.labels["val"],
                                    precision, fill_negatives)

@@ -19,6 +19,7 @@ One process trains into a folder at a time, and a folder holds one run (see
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -29,6 +30,7 @@ import torch
 
 from mlrkit.atomic import atomic_write, naming_errors
 from mlrkit.distributed import current_info, init_distributed, resolve_device
+from mlrkit.engine.calibrate import fit_run_calibration
 from mlrkit.engine.inference import scores_report
 from mlrkit.engine.prepare import PreparedRun, prepare
 from mlrkit.engine.recipe import load_recipe, save_recipe
@@ -44,8 +46,10 @@ from mlrkit.engine.run_files import (
 )
 from mlrkit.engine.run_folder import open_run_folder, write_run_files
 from mlrkit.engine.run_lock import run_lock
-from mlrkit.engine.trainer import TrainConfig, fit
+from mlrkit.engine.trainer import TrainConfig, evaluate_logits, fit
 from mlrkit.provenance import source_hash
+
+logger = logging.getLogger(__name__)
 
 
 def train_run(recipe: dict, run_dir: str | Path, *, resume: bool = False,
@@ -104,6 +108,8 @@ def _train(recipe: dict, run_dir: Path, cfg: TrainConfig, resume: bool, started:
     }
     if prepared.class_split is not None:
         results["dropped_train_images"] = prepared.dropped_train_images
+    if "val" in prepared.sources:
+        _calibrate(prepared, cfg, run_dir)
     if "test" in prepared.sources:
         results.update(_evaluate(prepared, "test", cfg))
     results["seconds"] = time.perf_counter() - started
@@ -120,6 +126,21 @@ def _evaluate(prepared: PreparedRun, split: str, cfg: TrainConfig) -> dict[str, 
     return scores_report(prepared.method, prepared.sources[split], prepared.labels[split],
                           cfg.eval_batch_size, device, f"{split}_", prepared.class_split,
                           prepared.eval_embeddings)
+
+
+def _calibrate(prepared: PreparedRun, cfg: TrainConfig, run_dir: Path) -> None:
+    """Fit the run's calibration and thresholds on its validation split and save them
+    (:mod:`mlrkit.engine.calibrate`); a split that cannot be fitted on is logged and skipped."""
+    device = resolve_device(cfg.device, current_info().local_rank)
+    logits = evaluate_logits(prepared.method, prepared.sources["val"], cfg.eval_batch_size, device)
+    if not current_info().is_main:
+        return
+    try:
+        fitted = fit_run_calibration(logits, prepared.labels["val"], list(prepared.class_names))
+    except ValueError as err:
+        logger.warning("%s: no calibration (%s); predict and recover use the sigmoid", run_dir, err)
+        return
+    fitted.save(run_dir)
 
 
 def upgrade_run_folder(run_dir: str | Path) -> Path:

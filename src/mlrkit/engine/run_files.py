@@ -9,6 +9,7 @@ SPLIT_FILE = "class_split.json"
 PSEUDO_FILE = "pseudo_labels.npz"
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
+CALIBRATION_FILE = "calibration.json"
 CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 EVAL_CACHE_DIR = "eval-cache"
@@ -17,4 +18,5 @@ LOCK_FILE = "train.lock"
 #: What mlrkit writes into a run folder besides the lock: a folder holding any of them holds a
 #: run, and ``overwrite`` removes exactly these (nothing else the folder may contain).
 RUN_ARTIFACTS = (CONFIG_FILE, RUN_FILE, EMBEDDINGS_FILE, MASK_FILE, SPLIT_FILE, PSEUDO_FILE,
-                 METRICS_FILE, RESULTS_FILE, CHECKPOINTS_DIR, TENSORBOARD_DIR, EVAL_CACHE_DIR)
+                 METRICS_FILE, RESULTS_FILE, CALIBRATION_FILE, CHECKPOINTS_DIR, TENSORBOARD_DIR,
+                 EVAL_CACHE_DIR)

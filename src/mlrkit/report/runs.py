@@ -20,7 +20,7 @@ import yaml
 
 from mlrkit import metrics
 from mlrkit.engine.inference import LoadedRun, load_run, prepare_from_run
-from mlrkit.engine.recover import Thresholds, choose_thresholds, probabilities, recover
+from mlrkit.engine.recover import Thresholds, choose_thresholds, recover
 from mlrkit.engine.run_files import CONFIG_FILE, METRICS_FILE, RESULTS_FILE
 from mlrkit.engine.run_folder import RESUMABLE_CHANGES, flatten_sections
 from mlrkit.engine.sources import PreparedData
@@ -143,7 +143,7 @@ def read_run(run_dir: str | Path) -> RunData:
         results=results,
         history=read_history(run_dir / METRICS_FILE),
         class_names=names,
-        probabilities=probabilities(_logits(run, prepared, "test")),
+        probabilities=run.probabilities(_logits(run, prepared, "test")),
         labels=prepared.labels["test"],
         mask_stats=None if mask is None else mask.stats(prepared.labels["train"]),
         recovered=_recovered(run, prepared),
@@ -168,9 +168,9 @@ def _recovered(run: LoadedRun, prepared: PreparedData) -> Recovered | None:
     observed = prepared.sources["train"].targets
     if prepared.mask is None or "val" not in prepared.sources or not (observed < 0).any():
         return None
-    thresholds = choose_thresholds(probabilities(_logits(run, prepared, "val")),
+    thresholds = choose_thresholds(run.probabilities(_logits(run, prepared, "val")),
                                    prepared.labels["val"])
-    probs = probabilities(_logits(run, prepared, "train"))
+    probs = run.probabilities(_logits(run, prepared, "train"))
     return Recovered(probs, observed, prepared.labels["train"],
                      recover(observed, probs, thresholds), thresholds)
 
