@@ -61,10 +61,12 @@ def test_csv_top_k_and_threshold(capsys, photos):
     code, out, _ = tag(capsys, photos / CAT_1, photos / DOG, "--labels", "cat, aeroplane, dog",
                        "--format", "csv", "--top-k", "2", "--no-progress")
     rows = list(csv.reader(io.StringIO(out)))
-    assert code == 0 and rows[0] == ["image", "rank", "label", "score"]
-    assert [(Path(r[0]).name, r[1], r[2]) for r in rows[1:]] == [
-        (CAT_1, "1", "cat"), (CAT_1, "2", "dog"), (DOG, "1", "dog"), (DOG, "2", "cat")]
-    # the cat photo: cat 0.88, dog 0.55, aeroplane 0.45 (MiniLM, "a photo of a {}", T = 10)
+    assert code == 0 and rows[0] == ["image", "rank", "label", "score", "on"]
+    assert [(Path(r[0]).name, r[1], r[2], r[4]) for r in rows[1:]] == [
+        (CAT_1, "1", "cat", "1"), (CAT_1, "2", "dog", "0"), (DOG, "1", "dog", "1"),
+        (DOG, "2", "cat", "0")]  # calibrated probabilities: on from 0.5
+    # the cat photo: cosines cat 0.88, dog 0.55, aeroplane 0.45 (MiniLM, "a photo of a {}",
+    # T = 10), through the shipped calibration about 0.93, 0.04 and 0.01
     code, out, _ = tag(capsys, photos / CAT_1, "--labels", "cat, aeroplane, dog",
                        "--threshold", "0.7", "--no-progress")
     assert [e["label"] for e in json.loads(out)[0]["labels"]] == ["cat"]
@@ -140,3 +142,12 @@ def test_checkpoint_of_a_closed_set_run_is_refused_listing_its_classes(capsys, p
             f"3 classes it was trained on (red, green, blue)") in err
     code, _, err = tag(capsys, photos / CAT_1, "--labels", "cat", "--checkpoint", tmp_path)
     assert code == 2 and "not a run folder" in err
+
+
+def test_uncalibrated_settings_say_so_and_mark_no_label_on(capsys, photos):
+    code, out, err = tag(capsys, photos / CAT_1, "--labels", "cat, dog", "--embeddings", "glove",
+                         "--no-progress")
+    assert code == 0 and "no calibration ships for these settings: scores are cosines" in err
+    assert [e["on"] for e in json.loads(out)[0]["labels"]] == [False, False]
+    code, _, err = tag(capsys, photos / CAT_1, "--labels", "cat", "--threshold", "1.5")
+    assert code == 2 and "--threshold 1.5: give a probability, 0 .. 1" in err

@@ -141,7 +141,10 @@ def test_tag_with_the_checkpoint_scores_unseen_labels(zero_shot_run, capsys):
                           model.encoder.transform(train=False))
     new = torch.as_tensor(label_embeddings(["blue", "red"], "glove"))
     run.method.set_classes(new, ["blue", "red"])
-    expected = evaluate_logits(model, source, 16, torch.device("cpu"))
+    logits = evaluate_logits(model, source, 16, torch.device("cpu"))
+    expected = run.probabilities(logits)  # the run's calibration (fitted on its seen classes)
+    assert run.calibration is not None and np.allclose(
+        expected, run.calibration.calibration(logits.double().numpy()))
     for entry, row in zip(printed, expected.tolist(), strict=True):
         order = sorted(range(2), key=lambda c: -row[c])
         assert [e["label"] for e in entry["labels"]] == [["blue", "red"][c] for c in order]

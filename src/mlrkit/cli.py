@@ -25,6 +25,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from math import inf
 from pathlib import Path
 
 import yaml
@@ -33,7 +34,7 @@ from mlrkit.data import create_dataset, list_datasets
 from mlrkit.data.protocols import PARTIAL_MODES, PROTOCOL_DEFAULTS, SINGLE_POSITIVE_MODES, draw_mask
 from mlrkit.data.summary import format_summary, summarize
 from mlrkit.engine.recipe import load_recipe, parse_override
-from mlrkit.tagging import image_files, parse_labels, ranked_tags, write_tags
+from mlrkit.tagging import DEFAULT_ON, image_files, parse_labels, ranked_tags, write_tags
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -191,14 +192,23 @@ def _cmd_tag(args: argparse.Namespace) -> int:
     scorer = _clip_tags if args.zero_shot == "clip" else _conse_tags
     if args.checkpoint is not None:
         scorer = _checkpoint_tags
-    images, labels, scores = scorer(args)
-    write_tags(ranked_tags(images, labels, scores, args.top_k, args.threshold), args.format)
+    images, labels, scores, calibrated = scorer(args)
+    low, high = (0.0, 1.0) if calibrated else (-1.0, 1.0)
+    if args.threshold is not None and not low <= args.threshold <= high:
+        unit = "a probability" if calibrated else "a cosine (these scores are not calibrated)"
+        raise ValueError(f"--threshold {args.threshold}: give {unit}, {low:g} .. {high:g}")
+    if not calibrated:
+        print("mlrkit: no calibration ships for these settings: scores are cosines (a ranking), "
+              "'on' marks none", file=sys.stderr)
+    on = args.threshold if args.threshold is not None else (DEFAULT_ON if calibrated else inf)
+    write_tags(ranked_tags(images, labels, scores, args.top_k, args.threshold, on), args.format)
     return 0
 
 
-def _conse_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object]:
-    """The images, labels and ``(N, L)`` ConSE scores of ``mlrkit tag --zero-shot conse``."""
-    from mlrkit.zero_shot import conse_scores, embed_labels
+def _conse_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object, bool]:
+    """The images, labels and ``(N, L)`` ConSE scores of ``mlrkit tag --zero-shot conse``
+    (probabilities through the shipped calibration, where one ships), and whether calibrated."""
+    from mlrkit.zero_shot import conse_calibration, conse_scores, embed_labels
 
     for option, value in (("--weights", args.weights), ("--clip-model", args.clip_model)):
         if value is not None:
@@ -220,11 +230,15 @@ def _conse_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object
         label_vectors=vectors, batch_size=args.batch_size, device=args.device,
         progress=not args.no_progress,
     )  # fmt: skip
-    return images, labels, scores
+    calibration = conse_calibration(embeddings, templates, args.top_t)
+    if calibration is None:
+        return images, labels, scores, False
+    return images, labels, calibration(scores), True
 
 
-def _clip_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object]:
-    """The images, labels and ``(N, L)`` CLIP scores of ``mlrkit tag --zero-shot clip``."""
+def _clip_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object, bool]:
+    """The images, labels and ``(N, L)`` CLIP cosines of ``mlrkit tag --zero-shot clip`` (no
+    calibration ships: no CLIP weights do), and ``False``."""
     import open_clip
 
     from mlrkit.encoders.clip import create_clip
@@ -256,12 +270,13 @@ def _clip_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object]
         images, labels, clip, templates=None if args.template is None else [args.template],
         batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
     )  # fmt: skip
-    return images, labels, scores
+    return images, labels, scores, False
 
 
-def _checkpoint_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object]:
+def _checkpoint_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object, bool]:
     """The images, labels and ``(N, L)`` scores of ``mlrkit tag --checkpoint RUN`` (an
     open-vocabulary run; its logits)."""
+    from mlrkit.engine.calibrate import RunCalibration
     from mlrkit.engine.inference import score_label_names
 
     for option, value in (("--weights", args.weights), ("--clip-model", args.clip_model),
@@ -271,7 +286,11 @@ def _checkpoint_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], o
                              f"with its own label-embedding source; remove it")
     labels = parse_labels(args.labels, args.labels_file)
     images = image_files(args.images, args.recursive)
-    return images, labels, score_label_names(args.checkpoint, images, labels, args.batch_size)
+    logits = score_label_names(args.checkpoint, images, labels, args.batch_size)
+    calibration = RunCalibration.load(Path(args.checkpoint))
+    if calibration is None:
+        return images, labels, logits, False
+    return images, labels, calibration.probabilities(logits), True
 
 
 def _require_open_vocabulary_run(run_dir: Path) -> None:
@@ -494,7 +513,10 @@ def _add_tag_parser(commands: argparse._SubParsersAction) -> None:
     tag.add_argument("--top-k", type=int, default=5,
                      help="most labels listed per image (default 5)")
     tag.add_argument("--threshold", type=float, default=None,
-                     help="list only labels scoring at least this cosine (-1 .. 1)")
+                     help="list only labels scoring at least this, and mark them on: a "
+                          "probability (0 .. 1; default: on from 0.5) where the scores are "
+                          "calibrated (ConSE with MiniLM and T 10, a run with a calibration), "
+                          "else a cosine (-1 .. 1)")
     tag.add_argument("--format", choices=["json", "csv"], default="json")
     tag.add_argument("--recursive", action="store_true", help="also the images in subfolders")
     tag.add_argument("--embeddings", choices=["minilm", "glove"], default=None,

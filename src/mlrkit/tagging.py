@@ -15,6 +15,8 @@ from typing import TextIO
 
 import numpy as np
 
+#: The probability from which a calibrated label is on, where no threshold of its own is known.
+DEFAULT_ON = 0.5
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -90,7 +92,8 @@ def ranked_tags(images: Sequence[str | Path], labels: Sequence[str], scores, top
 
 def write_tags(results: list[dict], fmt: str, stream: TextIO | None = None) -> None:
     """Write ``results`` (:func:`ranked_tags`) to ``stream`` (default stdout) as JSON, or as CSV
-    with one ``image,rank,label,score`` row per label (and ``on``, 1 / 0, when marked)."""
+    with one ``image,rank,label,score`` row per label (and ``on``, 1 / 0, when marked) and one
+    row with empty fields for an image with no label listed."""
     stream = sys.stdout if stream is None else stream
     if fmt == "json":
         print(json.dumps(results, indent=1), file=stream)
@@ -99,6 +102,8 @@ def write_tags(results: list[dict], fmt: str, stream: TextIO | None = None) -> N
     marked = any("on" in entry for item in results for entry in item["labels"])
     writer.writerow(["image", "rank", "label", "score", *(["on"] if marked else [])])
     for item in results:
+        if not item["labels"]:  # kept, as in JSON: the image was scored, no label listed
+            writer.writerow([item["image"], "", "", "", *([""] if marked else [])])
         for rank, entry in enumerate(item["labels"], start=1):
             on = [int(entry["on"])] if marked else []
             writer.writerow([item["image"], rank, entry["label"], entry["score"], *on])

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mlrkit.calibration import Calibration
 from mlrkit.encoders.imagenet import (
     conse_embed,
     conse_templates,
@@ -55,6 +56,10 @@ from mlrkit.encoders.imagenet import (
 from mlrkit.prompts import CLIP_ENSEMBLE
 
 DEFAULT_TOP_T = 10
+#: Calibrations of ConSE's cosines that ship with mlrkit, by label-embedding source: fitted with
+#: the default templates and ``T`` by ``benchmarks/calibration.py --write-shipped`` (on VOC 2007's
+#: training photos; its table gives the error measured on COCO-6k's other label names).
+SHIPPED_CALIBRATIONS = {"minilm": Path(__file__).parent / "calibrations" / "conse_minilm.json"}
 ImageInput = str | Path | Image.Image
 
 
@@ -148,6 +153,15 @@ def imagenet_probabilities(
                        model.transform(train=False), batch_size=batch_size, device=device,
                        desc="ConSE", progress=progress)
     return probs.numpy()
+
+
+def conse_calibration(source: str = "minilm", templates: Sequence[str] | None = None,
+                      top_t: int = DEFAULT_TOP_T) -> Calibration | None:
+    """The shipped calibration of ConSE's cosines for these settings, or ``None`` when none
+    ships (another source, templates or ``T``: the scores stay cosines)."""
+    if source not in SHIPPED_CALIBRATIONS or templates is not None or top_t != DEFAULT_TOP_T:
+        return None
+    return Calibration.load(SHIPPED_CALIBRATIONS[source])
 
 
 def clip_scores(

@@ -23,9 +23,7 @@ from mlrkit.calibration import Calibration, fit_platt
 from mlrkit.engine.recover import Thresholds, choose_thresholds
 from mlrkit.engine.run_files import CALIBRATION_FILE
 from mlrkit.loaders import read_json
-
-#: The probability at which a label is on when its class has no threshold of its own.
-DEFAULT_ON = 0.5
+from mlrkit.tagging import DEFAULT_ON
 
 
 @dataclass(frozen=True)
