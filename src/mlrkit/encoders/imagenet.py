@@ -50,8 +50,9 @@ def conse_embed(probs: Tensor | np.ndarray, class_vectors: Tensor | np.ndarray, 
     if check and not bool((torch.isfinite(probs) & (probs >= 0)).all()):
         raise ValueError("probabilities must be finite and non-negative (softmax outputs)")
     top = probs.sort(dim=1, descending=True, stable=True).indices[:, : min(top_t, probs.shape[1])]
-    weights = torch.zeros_like(probs).scatter_(1, top, probs.gather(1, top))  # (N, K)
-    z = weights.sum(dim=1, keepdim=True)  # (N, 1)
+    top_probs = probs.gather(1, top)  # (N, T), high to low
+    weights = torch.zeros_like(probs).scatter_(1, top, top_probs)  # (N, K)
+    z = top_probs.sum(dim=1, keepdim=True)  # (N, 1)
     if check and not bool((z > 0).all()):
         raise ValueError(f"images {torch.nonzero(z[:, 0] <= 0).flatten().tolist()} have zero "
                          f"probability on their top-{top_t} classes; ConSE needs a positive Z")
