@@ -151,3 +151,25 @@ def test_uncalibrated_settings_say_so_and_mark_no_label_on(capsys, photos):
     assert [e["on"] for e in json.loads(out)[0]["labels"]] == [False, False]
     code, _, err = tag(capsys, photos / CAT_1, "--labels", "cat", "--threshold", "1.5")
     assert code == 2 and "--threshold 1.5: give a probability, 0 .. 1" in err
+
+
+def test_a_truncated_photo_is_listed_and_skipped_unless_strict(capsys, photos, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(photos / CAT_1, folder / "a.jpg")
+    data = (photos / DOG).read_bytes()
+    (folder / "b.jpg").write_bytes(data[: len(data) // 2])  # a header, half the pixels
+    out = tmp_path / "tags.csv"
+    code, printed, err = tag(capsys, folder, "--labels", "cat, dog", "--format", "csv",
+                             "--out", out, "--no-progress")
+    assert code == 0 and printed == "" and "skipped 1 unreadable image(s)" in err
+    assert str(folder / "b.jpg") in err
+    rows = list(csv.reader(out.open()))
+    assert {Path(r[0]).name for r in rows[1:]} == {"a.jpg"}
+    code, _, err = tag(capsys, folder, "--labels", "cat", "--out", out, "--no-progress")
+    assert code == 2 and "exists; give another --out or add --overwrite" in err
+    code, _, err = tag(capsys, folder, "--labels", "cat", "--strict", "--no-progress")
+    assert code == 2 and "1 image(s) could not be read; fix or remove them" in err
+    with pytest.raises(SystemExit) as stop:  # argparse's usage error
+        tag(capsys, folder, "--labels", "cat", "--batch-size", "0")
+    assert stop.value.code == 2 and "--batch-size: 0: give at least 1" in capsys.readouterr().err

@@ -109,6 +109,11 @@ def test_a_run_is_calibrated_on_validation_and_predict_marks_the_labels_on(recip
     (run_dir / "calibration.json").unlink()  # a run trained before calibration existed
     assert main(["calibrate", "--checkpoint", str(run_dir)]) == 0
     assert json.loads((run_dir / "calibration.json").read_text()) == saved
+    out = tmp_path / "predictions.json"  # a folder of photos, written to a file
+    assert main(["predict", "--checkpoint", str(run_dir), str(tmp_path / "data" / "images"),
+                 "--out", str(out), "--top-k", "1"]) == 0
+    written = json.loads(out.read_text())
+    assert len(written) == 48 and all(len(r["labels"]) == 1 for r in written)
     model = run.image_model()  # eval mode: the same image scores the same twice
     photo = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert not model.training and torch.equal(model(photo).logits, model(photo).logits)

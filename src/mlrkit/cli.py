@@ -34,7 +34,14 @@ from mlrkit.data import create_dataset, list_datasets
 from mlrkit.data.protocols import PARTIAL_MODES, PROTOCOL_DEFAULTS, SINGLE_POSITIVE_MODES, draw_mask
 from mlrkit.data.summary import format_summary, summarize
 from mlrkit.engine.recipe import load_recipe, parse_override
-from mlrkit.tagging import DEFAULT_ON, image_files, parse_labels, ranked_tags, write_tags
+from mlrkit.tagging import (
+    DEFAULT_ON,
+    image_files,
+    parse_labels,
+    ranked_tags,
+    readable_images,
+    save_tags,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -48,6 +55,17 @@ def _parse_option(text: str) -> tuple[str, object]:
     except yaml.YAMLError as err:
         raise argparse.ArgumentTypeError(f"{text}: {_yaml_problem(err)}") from None
     return ".".join(keys), value
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give at least 1")
+    return value
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
@@ -65,6 +83,15 @@ def _checked_overrides(texts: list[str]) -> list[str]:
         except yaml.YAMLError as err:
             raise ValueError(f"--set {text}: {_yaml_problem(err)}") from None
     return texts
+
+
+def _add_output_args(parser: argparse.ArgumentParser) -> None:
+    """``--out``, ``--overwrite`` and ``--strict`` of the commands that tag image files."""
+    parser.add_argument("--out", default=None,
+                        help="write the JSON or CSV to this file (default: print it)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at an unreadable image (default: list it and go on)")
 
 
 def _add_dataset_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -170,12 +197,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from mlrkit.engine.inference import predict_images
 
     top_k = 5 if args.top_k is None else args.top_k
-    predictions = predict_images(args.checkpoint, args.images, top_k=top_k)
+    images = readable_images(image_files(args.images, args.recursive), args.strict)
+    predictions = predict_images(args.checkpoint, images, top_k=top_k, batch_size=args.batch_size)
     shown = len(predictions[0]["labels"])
     if args.top_k is not None and shown < args.top_k:
         print(f"mlrkit: note: --top-k {args.top_k} is more than the run's {shown} classes; "
               f"listing all of them", file=sys.stderr)
-    write_tags(predictions, args.format)
+    save_tags(predictions, args.format, args.out, args.overwrite)
     return 0
 
 
@@ -201,7 +229,8 @@ def _cmd_tag(args: argparse.Namespace) -> int:
         print("mlrkit: no calibration ships for these settings: scores are cosines (a ranking), "
               "'on' marks none", file=sys.stderr)
     on = args.threshold if args.threshold is not None else (DEFAULT_ON if calibrated else inf)
-    write_tags(ranked_tags(images, labels, scores, args.top_k, args.threshold, on), args.format)
+    save_tags(ranked_tags(images, labels, scores, args.top_k, args.threshold, on), args.format,
+              args.out, args.overwrite)
     return 0
 
 
@@ -224,7 +253,7 @@ def _conse_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object
         vectors = embed_labels(labels, embeddings, templates)
     except ValueError as err:
         raise ValueError(f"--labels with --embeddings {embeddings}: {err}") from None
-    images = image_files(args.images, args.recursive)
+    images = readable_images(image_files(args.images, args.recursive), args.strict)
     scores = conse_scores(
         images, labels, top_t=args.top_t, source=embeddings, templates=templates,
         label_vectors=vectors, batch_size=args.batch_size, device=args.device,
@@ -259,7 +288,7 @@ def _clip_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object,
         raise ValueError(f"--clip-model {name}: not an open_clip architecture; give one of "
                          f"open_clip.list_models(), e.g. ViT-B-32 or ViT-B-16-quickgelu")
     labels = parse_labels(args.labels, args.labels_file)
-    images = image_files(args.images, args.recursive)
+    images = readable_images(image_files(args.images, args.recursive), args.strict)
     try:
         clip = create_clip(name, weights=weights)
     except RuntimeError as err:  # load_state_dict: missing, unexpected or misshapen tensors
@@ -285,7 +314,7 @@ def _checkpoint_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], o
             raise ValueError(f"{option} does not apply to --checkpoint: the run embeds labels "
                              f"with its own label-embedding source; remove it")
     labels = parse_labels(args.labels, args.labels_file)
-    images = image_files(args.images, args.recursive)
+    images = readable_images(image_files(args.images, args.recursive), args.strict)
     logits = score_label_names(args.checkpoint, images, labels, args.batch_size)
     calibration = RunCalibration.load(Path(args.checkpoint))
     if calibration is None:
@@ -456,10 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="top labels of image files")
     predict.add_argument("--checkpoint", required=True, help="run folder")
-    predict.add_argument("images", nargs="+")
+    predict.add_argument("images", nargs="+", help="image files or folders of them")
     predict.add_argument("--top-k", type=int, default=None,
                          help="labels per image, at least 1 (default 5; at most all classes)")
     predict.add_argument("--format", choices=["json", "csv"], default="json")
+    predict.add_argument("--recursive", action="store_true", help="also the images in subfolders")
+    predict.add_argument("--batch-size", type=_positive_int, default=16)
+    _add_output_args(predict)
     predict.set_defaults(run=_cmd_predict)
     _add_tag_parser(commands)
     _add_report_parser(commands)
@@ -476,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--split", nargs="+", default=None, help="only these splits")
     extract.add_argument("--spatial", action="store_true", help="also store feature maps")
     extract.add_argument("--spatial-dtype", choices=["float16", "float32"], default="float16")
-    extract.add_argument("--batch-size", type=int, default=32)
+    extract.add_argument("--batch-size", type=_positive_int, default=32)
     extract.add_argument("--workers", type=int, default=2, help="decoding processes")
     extract.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
     extract.add_argument("--overwrite", action="store_true", help="rebuild an existing cache")
@@ -518,6 +550,7 @@ def _add_tag_parser(commands: argparse._SubParsersAction) -> None:
                           "calibrated (ConSE with MiniLM and T 10, a run with a calibration), "
                           "else a cosine (-1 .. 1)")
     tag.add_argument("--format", choices=["json", "csv"], default="json")
+    _add_output_args(tag)
     tag.add_argument("--recursive", action="store_true", help="also the images in subfolders")
     tag.add_argument("--embeddings", choices=["minilm", "glove"], default=None,
                      help="conse: label and class-name embeddings (default minilm)")
@@ -526,7 +559,7 @@ def _add_tag_parser(commands: argparse._SubParsersAction) -> None:
                           'clip one replacing its 7-prompt ensemble')
     tag.add_argument("--top-t", type=int, default=10,
                      help="ImageNet classes combined per image (ConSE's T, default 10)")
-    tag.add_argument("--batch-size", type=int, default=16)
+    tag.add_argument("--batch-size", type=_positive_int, default=16)
     tag.add_argument("--device", default="cpu", help="e.g. cuda (default: cpu)")
     tag.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     tag.set_defaults(run=_cmd_tag)

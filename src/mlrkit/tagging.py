@@ -71,6 +71,32 @@ def _folder_images(folder: Path, recursive: bool) -> list[Path]:
     return images
 
 
+def readable_images(images: Sequence[Path], strict: bool = False) -> list[Path]:
+    """The images that decode, in order. Each file is decoded once here (a truncated JPEG only
+    shows then), which costs about one more decode per image. Unreadable ones are listed on
+    stderr and skipped; with ``strict``, or when none is readable, they are an
+    :class:`~mlrkit.data.images.UnreadableImagesError` naming all of them."""
+    from PIL import Image
+
+    from mlrkit.data.images import IMAGE_ERRORS, UnreadableImagesError, describe_error
+
+    problems = {}
+    for path in images:
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except IMAGE_ERRORS as err:
+            problems[str(path)] = describe_error(err)
+    if problems and (strict or len(problems) == len(images)):
+        advice = "fix or remove them" if strict else "none of the images could be read"
+        raise UnreadableImagesError(problems, advice + ("" if strict else "; check the paths"))
+    if problems:
+        listing = "; ".join(f"{image} ({why})" for image, why in problems.items())
+        print(f"mlrkit: skipped {len(problems)} unreadable image(s) (--strict: stop instead): "
+              f"{listing}", file=sys.stderr)
+    return [path for path in images if str(path) not in problems]
+
+
 def ranked_tags(images: Sequence[str | Path], labels: Sequence[str], scores, top_k: int,
                 threshold: float | None = None, on=None) -> list[dict]:
     """``{"image", "labels": [{"label", "score"}, ...]}`` per image of ``scores`` ``(N, L)``:
@@ -88,6 +114,23 @@ def ranked_tags(images: Sequence[str | Path], labels: Sequence[str], scores, top
                 entry["on"] = bool(row[c] >= bars[c])
         results.append({"image": str(path), "labels": entries})
     return results
+
+
+def save_tags(results: list[dict], fmt: str, out: str | None, overwrite: bool = False) -> None:
+    """Write ``results`` as :func:`write_tags` does, to stdout, or to the file ``out``
+    (atomically; an existing file only with ``overwrite``)."""
+    if out is None:
+        write_tags(results, fmt)
+        return
+    from mlrkit.atomic import atomic_write
+
+    path = Path(out)
+    if path.exists() and not overwrite:
+        raise FileExistsError(errno.EEXIST, "exists; give another --out or add --overwrite",
+                              str(path))
+    with atomic_write(path, "w") as f:
+        write_tags(results, fmt, f)
+    print(f"mlrkit: {len(results)} image(s) written to {path}", file=sys.stderr)
 
 
 def write_tags(results: list[dict], fmt: str, stream: TextIO | None = None) -> None:

@@ -9,20 +9,26 @@
   vectors and names, :func:`read_embedding_file`).
 """
 
-from mlrkit.encoders.clip import (
-    ClipEncoder,
-    ClipImageEncoder,
-    ClipImageOutput,
-    create_clip,
-    create_clip_image_encoder,
-)
-from mlrkit.encoders.image import EncoderOutput, ImageEncoder, create_image_encoder
-from mlrkit.encoders.label_embeddings import label_embeddings, read_embedding_file
-from mlrkit.encoders.weights import (
-    PYPI_WEIGHTS,
-    WeightsMismatchError,
-    WeightsUnavailableError,
-)
+import importlib
+from typing import Any
+
+#: Where each public name lives; a submodule is imported on first use (PEP 562), so that
+#: ``import mlrkit.encoders.imagenet`` does not load open_clip, nor ``create_image_encoder`` CLIP.
+_HOMES = {
+    "ClipEncoder": "clip", "ClipImageEncoder": "clip", "ClipImageOutput": "clip",
+    "create_clip": "clip", "create_clip_image_encoder": "clip",
+    "EncoderOutput": "image", "ImageEncoder": "image", "create_image_encoder": "image",
+    "label_embeddings": "label_embeddings", "read_embedding_file": "label_embeddings",
+    "PYPI_WEIGHTS": "weights", "WeightsMismatchError": "weights",
+    "WeightsUnavailableError": "weights",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'mlrkit.encoders' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"mlrkit.encoders.{_HOMES[name]}"), name)
+
 
 __all__ = [
     "PYPI_WEIGHTS",

@@ -44,11 +44,10 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
+from mlrkit.encoders.image import CLIP_PREFIX
 from mlrkit.encoders.weights import file_sha256
 from mlrkit.prompts import CLIP_PROMPT
 
-#: Encoder names with this prefix are CLIP image towers (``"clip:" + open_clip architecture``).
-CLIP_PREFIX = "clip:"
 #: Parameters of a ViT image tower before its residual blocks (layer 0 of layer-wise lr decay).
 _STEM = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "patchnorm_pre_ln")
 _BLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.")

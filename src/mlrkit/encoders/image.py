@@ -16,7 +16,7 @@ layout ``(B, R, E)``).
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import timm
 import torch
@@ -25,7 +25,6 @@ from timm.data import create_transform, resolve_model_data_config
 from timm.models import get_pretrained_cfg, split_model_name_tag
 from torch import Tensor, nn
 
-from mlrkit.encoders.clip import CLIP_PREFIX, ClipImageEncoder, create_clip_image_encoder
 from mlrkit.encoders.weights import (
     PYPI_WEIGHTS,
     PypiWeights,
@@ -41,7 +40,12 @@ from mlrkit.encoders.weights import (
     split_head,
 )
 
+if TYPE_CHECKING:
+    from mlrkit.encoders.clip import ClipImageEncoder
+
 logger = logging.getLogger(__name__)
+#: The name prefix of CLIP image towers (``"clip:ViT-B-16-quickgelu"``).
+CLIP_PREFIX = "clip:"
 
 
 class EncoderOutput(NamedTuple):
@@ -177,6 +181,8 @@ def create_image_encoder(
         WeightsMismatchError: a state dict that does not fit the model (the first bad key named).
     """
     if name.startswith(CLIP_PREFIX):
+        from mlrkit.encoders.clip import create_clip_image_encoder  # open_clip only when asked
+
         return create_clip_image_encoder(name.removeprefix(CLIP_PREFIX), weights,
                                          image_size=image_size, seed=seed, **timm_kwargs)
     arch = split_model_name_tag(name)[0]

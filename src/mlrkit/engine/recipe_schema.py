@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
 from dataclasses import Field as DataclassField
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -46,7 +46,9 @@ from pydantic import (
 )
 
 from mlrkit.data.protocols import PARTIAL_MODES, SINGLE_POSITIVE_MODES
-from mlrkit.engine.trainer import TrainConfig
+
+if TYPE_CHECKING:  # the trainer imports torch: loaded when a recipe is typed, not to read one
+    from mlrkit.engine.trainer import TrainConfig
 
 
 class RecipeError(ValueError):
@@ -252,6 +254,8 @@ class Recipe:
     def from_dict(cls, recipe: dict) -> Recipe:
         """The typed view of a resolved, checked recipe (:func:`~mlrkit.engine.recipe.load_recipe`'s
         result, possibly edited: it is validated again)."""
+        from mlrkit.engine.trainer import TrainConfig
+
         sections = {key: None if recipe.get(key) is None else model.model_validate(recipe[key])
                     for key, model in {**SECTIONS, **OPTIONAL_SECTIONS}.items()}
         protocol = recipe["protocol"]
@@ -359,6 +363,8 @@ def _validate_reader_options(data: dict, source: Path | str) -> dict:
 
 def _validate_train(section: dict, source: Path | str) -> dict:
     """``train`` against :class:`TrainConfig`'s fields, then its own checks."""
+    from mlrkit.engine.trainer import TrainConfig
+
     hints = typing.get_type_hints(TrainConfig)
     model = create_model(
         "TrainSection", __base__=_Section,
