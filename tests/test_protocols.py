@@ -1,10 +1,12 @@
 """Label protocols: reproduce the published generators exactly, save/reload, report gaps."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import real_data
 
-from mlrkit.data import DataFormatError, create_dataset
+from mlrkit.data import DataFormatError, MultiLabelData, create_dataset
 from mlrkit.data.protocols import (
     ClassSplit,
     ProtocolMask,
@@ -174,3 +176,15 @@ def test_split_from_reader_groups():
     np.testing.assert_array_equal(split.seen, [0, 2])
     with pytest.raises(DataFormatError, match="seen/unseen"):
         split_from_groups(names, {"concepts81": np.array([0])})
+
+
+def test_data_and_masks_print_as_one_line():
+    labels = np.array([[1, 0, -1], [0, 1, 1], [1, -1, 0], [0, 0, 1]], dtype=np.int8)
+    data = MultiLabelData("toy", Path("."), ["a", "b", "c"], [Path(f"{i}.jpg") for i in range(4)],
+                          labels, splits=np.array(["train", "train", "val", "test"]))
+    assert repr(data) == ("MultiLabelData(name='toy', images=4, classes=3, splits={train: 2, "
+                          "val: 1, test: 1}, known=83.3%)")
+    mask = partial_labels(labels, known=0.5, seed=0)
+    text = repr(mask)
+    assert "\n" not in text and text.startswith("ProtocolMask(protocol='partial', shape=(4, 3), ")
+    assert f"known={mask.known.mean():.1%}" in text and "seed=0" in text

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -273,3 +274,27 @@ def test_a_recipe_without_a_protocol_trains_on_every_label_the_user_gave(tmp_pat
               if r.levelname == "WARNING" and r.name == "mlrkit.engine.prepare"]
     assert len(warned) == 1 and f"protocol partial hides {hidden:,} of the {given:,}" in (
         warned[0].getMessage())
+
+
+def test_the_readme_python_example_runs_on_a_trained_run(recipe_file, tmp_path, monkeypatch,
+                                                        capsys):
+    """The README's Python example, executed as written with its two photos and run folder in
+    place (the working folder is a scratch one holding them)."""
+    import re
+    import shutil
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r"<!-- python-api-example -->\n```python\n(.*?)```", readme,
+                        re.DOTALL)[1]
+    train_run(load_recipe(recipe_file), tmp_path / "work" / "runs" / "my_run")
+    for name, source in (("a.jpg", "1.jpg"), ("b.jpg", "2.jpg")):
+        shutil.copy(tmp_path / "data" / "images" / source, tmp_path / "work" / name)
+    monkeypatch.chdir(tmp_path / "work")
+    scope: dict = {}
+    exec(compile(example, "README.md", "exec"), scope)  # noqa: S102 (the project's own README)
+    run, probs, on = scope["run"], scope["probs"], scope["on"]
+    assert tuple(probs.shape) == (2, 3) and probs.dtype == torch.float64
+    assert ((probs >= 0) & (probs <= 1)).all()
+    assert np.array_equal(on, probs.numpy() >= run.thresholds) and run.thresholds.shape == (3,)
+    assert run.class_names == CLASSES and not run.image_model().training
+    assert "'on':" in capsys.readouterr().out

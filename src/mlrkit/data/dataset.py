@@ -52,6 +52,13 @@ class MultiLabelData:
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     class_groups: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        splits = "" if self.splits is None else ", splits={" + ", ".join(
+            f"{name}: {int((self.splits == name).sum())}" for name in self.split_names()) + "}"
+        known = float((self.labels >= 0).mean()) if self.labels.size else 1.0
+        return (f"MultiLabelData(name={self.name!r}, images={self.num_images}, "
+                f"classes={self.num_classes}{splits}, known={known:.1%})")
+
     def __post_init__(self) -> None:
         labels = self.labels
         where = f"dataset {self.name!r} at {self.root}"

@@ -77,6 +77,11 @@ class ProtocolMask:
     labels_checksum: str
     no_positive: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
+    def __repr__(self) -> str:
+        return (f"ProtocolMask(protocol={self.protocol!r}, shape={self.shape}, "
+                f"known={float(self.known.mean()) if self.known.size else 0.0:.1%}, "
+                f"seed={self.seed}, params={self.params})")
+
     @property
     def shape(self) -> tuple[int, int]:
         return self.known.shape

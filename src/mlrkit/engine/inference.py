@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,12 +72,15 @@ class LoadedRun:
 
     def image_model(self) -> EncoderHead:
         """Images ``(B, 3, H, W)`` → logits, in eval mode: the end-to-end model, or the encoder
-        that computed the training features (rebuilt, its weights checked) followed by the
+        that computed the training features (rebuilt once, its weights checked) followed by the
         method."""
+        return self._image_model.eval()
+
+    @functools.cached_property
+    def _image_model(self) -> EncoderHead:
         if isinstance(self.method, EncoderHead):
-            return self.method.eval()
-        encoder = rebuild_encoder(self.info["encoder"], pretrained=True)
-        return EncoderHead(encoder, self.method).eval()
+            return self.method
+        return EncoderHead(rebuild_encoder(self.info["encoder"], pretrained=True), self.method)
 
     @functools.cached_property
     def calibration(self) -> RunCalibration | None:
@@ -89,6 +93,32 @@ class LoadedRun:
         if self.calibration is None:
             return torch.sigmoid(logits.detach().double().cpu()).numpy()
         return self.calibration.probabilities(logits)
+
+    @property
+    def transform(self) -> Any:
+        """The evaluation transform of the run's images (PIL image → ``(3, H, W)`` tensor)."""
+        return self.image_model().encoder.transform(train=False)
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """``(C,)`` the probability from which each class's label is on."""
+        return self.on_thresholds(len(self.class_names))
+
+    def predict(self, images: Sequence[str | Path], batch_size: int = 16) -> Tensor:
+        """``(N, C)`` float64 probabilities of the run's classes for image files (calibrated;
+        the sigmoid for a run without a calibration). A file that cannot be decoded is an error
+        naming it."""
+        model = self.image_model().to(self.device)
+        source = _image_source(model, images, len(self.class_names))
+        logits = evaluate_logits(model, source, batch_size, self.device)
+        return torch.from_numpy(self.probabilities(logits))
+
+    def tags(self, images: Sequence[str | Path], top_k: int = 5,
+             batch_size: int = 16) -> list[dict]:
+        """``[{"image", "labels": [{"label", "score", "on"}, ...]}, ...]``: each image's
+        ``top_k`` classes by probability, marked on where they reach :attr:`thresholds`."""
+        probs = self.predict(images, batch_size).numpy()
+        return ranked_tags(list(images), self.class_names, probs, top_k, on=self.thresholds)
 
     def on_thresholds(self, num_classes: int) -> np.ndarray:
         """``(C,)`` the probability from which each class's label is on: the run's thresholds, or
@@ -287,7 +317,7 @@ def predict_images(
     Returns one ``{"image", "labels": [{"label", "score", "on"}, ...]}`` per image, with the
     ``top_k`` classes by probability (all of them when ``top_k`` exceeds the number of classes):
     the calibrated probability (``calibration.json``; the sigmoid for a run without one) and
-    whether it reaches the class's threshold.
+    whether it reaches the class's threshold (:meth:`LoadedRun.tags`).
 
     Raises:
         ValueError: ``top_k`` is below 1.
@@ -295,12 +325,7 @@ def predict_images(
     if top_k < 1:
         raise ValueError(f"top_k (--top-k) is {top_k}; give at least 1, the number of labels "
                          f"listed per image")
-    run = load_run(run_dir)
-    model = run.image_model().to(run.device)
-    source = _image_source(model, images, len(run.class_names))
-    probs = run.probabilities(evaluate_logits(model, source, batch_size, run.device))
-    return ranked_tags(list(images), run.class_names, probs, top_k,
-                       on=run.on_thresholds(len(run.class_names)))
+    return load_run(run_dir).tags(images, top_k, batch_size)
 
 
 def score_label_names(
