@@ -25,7 +25,7 @@ def tiny_recipe(tmp_path: Path, epochs: int) -> tuple[dict, Path]:
         "name": "tiny", "data": {"dataset": "csv", "root": str(tmp_path / "data")},
         "features": {"encoder": "resnet18", "weights": None, "image_size": 32,
                      "cache": str(tmp_path / "cache"), "num_workers": 0},
-        "method": {"name": "linear"},
+        "method": {"name": "linear"}, "protocol": {"name": "partial"},
         "train": {"epochs": epochs, "batch_size": 8, "lr": 0.01, "device": "cpu"},
     }
     path = tmp_path / "tiny.yaml"

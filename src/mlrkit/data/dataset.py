@@ -248,6 +248,7 @@ def fixed_options(reader: DatasetReader, **fixed) -> DatasetReader:
         parameters=[p for p in signature.parameters.values() if p.name not in fixed]
     )
     read.__doc__ = f":func:`{reader.__name__}` with {fixed}."
+    read.fixed_options = dict(fixed)  # refused by ``read`` itself, with its own message
     return read
 
 
@@ -276,7 +277,8 @@ def create_dataset(
     """
     reader = READERS.get(name)
     accepted = reader_options(name)
-    unknown = sorted(set(kwargs) - set(accepted or kwargs))
+    fixed = getattr(reader, "fixed_options", {})  # refused by the reader, naming the fixed value
+    unknown = sorted(set(kwargs) - set(accepted or kwargs) - set(fixed))
     if unknown:
         raise ValueError(f"dataset {name!r} has no reader option {', '.join(unknown)}; its "
                          f"options: {', '.join(accepted)} (recipe: data.options; command line: "

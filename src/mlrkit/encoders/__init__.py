@@ -12,13 +12,15 @@
 import importlib
 from typing import Any
 
+# eager: the submodule of the same name would otherwise shadow the function once imported
+from mlrkit.encoders.label_embeddings import label_embeddings, read_embedding_file
+
 #: Where each public name lives; a submodule is imported on first use (PEP 562), so that
 #: ``import mlrkit.encoders.imagenet`` does not load open_clip, nor ``create_image_encoder`` CLIP.
 _HOMES = {
     "ClipEncoder": "clip", "ClipImageEncoder": "clip", "ClipImageOutput": "clip",
     "create_clip": "clip", "create_clip_image_encoder": "clip",
     "EncoderOutput": "image", "ImageEncoder": "image", "create_image_encoder": "image",
-    "label_embeddings": "label_embeddings", "read_embedding_file": "label_embeddings",
     "PYPI_WEIGHTS": "weights", "WeightsMismatchError": "weights",
     "WeightsUnavailableError": "weights",
 }
