@@ -5,7 +5,9 @@
   embeddings come from the on-disk cache, filled by a first, untimed call);
 - ``predict``: ``mlrkit predict --checkpoint RUN PHOTO`` with a linear head trained on cached
   EfficientNet-Lite0 features of VOC 2007 (the 10%-known recipe of ``calibration.py``; trained or
-  reused first, untimed).
+  reused first, untimed);
+- the floor under both: ``python -c "import torch"`` and ``"import torch, timm"`` (timm imports
+  torchvision, whose ops import ``torch._dynamo``).
 
 Each figure is wall time of a new process from start to exit, on VOC 2007 photo 000077 (a cat).
 
@@ -31,14 +33,14 @@ PHOTO = ROOT.parent / "shared" / "data" / "voc2007" / "VOCdevkit" / "VOC2007" / 
 MLRKIT = [sys.executable, "-m", "mlrkit.cli"]
 
 
-def wall_times(args: list[str], repeats: int) -> list[float]:
-    """Seconds of ``repeats`` fresh runs of ``mlrkit ARGS`` (after one untimed warm-up run that
+def wall_times(command: list[str], repeats: int) -> list[float]:
+    """Seconds of ``repeats`` fresh runs of ``command`` (after one untimed warm-up run that
     fills the caches); a failing run stops the benchmark with its error."""
-    subprocess.run([*MLRKIT, *args], check=True, capture_output=True, cwd=ROOT)
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run([*MLRKIT, *args], check=True, capture_output=True, cwd=ROOT)
+        subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
         times.append(time.perf_counter() - start)
     return times
 
@@ -50,18 +52,23 @@ def main() -> None:
     run = run_recipe("linear_voc2007_partial", ["protocol.known=0.1"],
                      ROOT / "runs" / "bench" / "calibration")["run_dir"]
     commands = {
-        "help": ["--help"],
-        "tag": ["tag", str(PHOTO), "--labels", "cat, dog, sofa", "--no-progress"],
-        "predict": ["predict", "--checkpoint", str(run), str(PHOTO)],
+        "help": [*MLRKIT, "--help"],
+        "tag": [*MLRKIT, "tag", str(PHOTO), "--labels", "cat, dog, sofa", "--no-progress"],
+        "predict": [*MLRKIT, "predict", "--checkpoint", str(run), str(PHOTO)],
+        # the floor of any command that runs a model: the libraries it cannot do without
+        "import_torch": [sys.executable, "-c", "import torch"],
+        "import_torch_timm": [sys.executable, "-c", "import torch, timm"],
     }
     load = os.getloadavg()[0]
     rows, data = [], {}
     for name, command in commands.items():
         times = wall_times(command, args.repeats)
         median = statistics.median(times)
-        data[name] = {"median_s": median, "times_s": times, "command": ["mlrkit", *command]}
+        shown = " ".join(["mlrkit", *command[3:]] if command[:3] == MLRKIT else
+                         ["python", *command[1:]])
+        data[name] = {"median_s": median, "times_s": times, "command": shown}
         rows.append([name, f"{median:.2f}", " ".join(f"{t:.2f}" for t in times),
-                     f"`mlrkit {' '.join(command[:1])} ...`"])
+                     f"`{shown[:60]}`"])
         print(f"{name}: median {median:.2f} s", flush=True)
     body = [
         (f"Wall time of fresh `mlrkit` processes, median of {args.repeats} after one untimed run "
@@ -71,7 +78,7 @@ def main() -> None:
         "",
         *markdown_table(["command", "median s", "runs s", "what"], rows),
         "",
-        *(f"startup_{name}_s={row['median_s']:.2f}" for name, row in data.items()),
+        *(f"startup_{name}_s={data[name]['median_s']:.2f}" for name in ("help", "tag", "predict")),
     ]
     print(write_result(ROOT / "benchmarks" / "results", "startup",
                        "Start-up time of the mlrkit command", body, data))
