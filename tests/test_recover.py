@@ -9,7 +9,8 @@ import yaml
 from test_recipe_run import CLASSES, make_dataset
 
 from mlrkit.cli import main
-from mlrkit.engine.recover import MIN_VAL_POSITIVES, choose_thresholds, recover
+from mlrkit.engine.recover import recover
+from mlrkit.engine.thresholds import MIN_VAL_POSITIVES, choose_thresholds
 
 
 def test_f1_threshold_is_the_best_cut_and_ties_are_not_split():

@@ -26,7 +26,8 @@ from PIL import Image
 from mlrkit.cli import main
 from mlrkit.data import create_dataset, csv_edit
 from mlrkit.data.csv_edit import read_label_file
-from mlrkit.engine.recover import Thresholds, recover, write_long_table
+from mlrkit.engine.recover import recover, write_long_table
+from mlrkit.engine.thresholds import Thresholds
 from mlrkit.review import (
     Proposal,
     export_tasks,

@@ -8,7 +8,9 @@
 
 from typing import Any
 
-__version__ = "0.1.0"
+from mlrkit._version import __version__
+
+__all__ = ["LoadedRun", "__version__", "load_run"]
 
 
 def __getattr__(name: str) -> Any:

@@ -63,7 +63,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import mlrkit
+from mlrkit._version import __version__
 from mlrkit.atomic import atomic_write
 from mlrkit.data.dataset import DataFormatError, MultiLabelData
 from mlrkit.data.images import ImageFiles, UnreadableImagesError, check_image_files
@@ -585,7 +585,7 @@ def _create_cache(
     )
     meta = {
         "format": CACHE_FORMAT,
-        "mlrkit_version": mlrkit.__version__,
+        "mlrkit_version": __version__,
         "encoder": wanted["encoder"],
         "features": features,
         "dataset": _annotation_meta(data),

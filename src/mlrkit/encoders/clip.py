@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
-from mlrkit.encoders.image import CLIP_PREFIX
+from mlrkit.encoders.names import CLIP_PREFIX
 from mlrkit.encoders.weights import file_sha256
 from mlrkit.prompts import CLIP_PROMPT
 

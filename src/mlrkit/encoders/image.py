@@ -25,6 +25,7 @@ from timm.data import create_transform, resolve_model_data_config
 from timm.models import get_pretrained_cfg, split_model_name_tag
 from torch import Tensor, nn
 
+from mlrkit.encoders.names import CLIP_PREFIX
 from mlrkit.encoders.weights import (
     PYPI_WEIGHTS,
     PypiWeights,
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
     from mlrkit.encoders.clip import ClipImageEncoder
 
 logger = logging.getLogger(__name__)
-#: The name prefix of CLIP image towers (``"clip:ViT-B-16-quickgelu"``).
-CLIP_PREFIX = "clip:"
 
 
 class EncoderOutput(NamedTuple):

@@ -2,7 +2,7 @@
 
 After training, the run's validation logits give a Platt calibration (:mod:`mlrkit.calibration`:
 one scale and shift for all classes, so rankings and mAP are unchanged) and, on the calibrated
-probabilities, one F1-maximising threshold per class (:func:`~mlrkit.engine.recover.
+probabilities, one F1-maximising threshold per class (:func:`~mlrkit.engine.thresholds.
 choose_thresholds`; a class with too few validation positives gets none and uses
 :data:`DEFAULT_ON`). Both are saved in the run folder (``calibration.json``) and used by
 ``predict``, ``recover`` and ``export``. ``mlrkit calibrate RUN`` fits them again, e.g. for a run
@@ -20,8 +20,8 @@ import torch
 
 from mlrkit.atomic import atomic_write
 from mlrkit.calibration import Calibration, fit_platt
-from mlrkit.engine.recover import Thresholds, choose_thresholds
 from mlrkit.engine.run_files import CALIBRATION_FILE
+from mlrkit.engine.thresholds import Thresholds, choose_thresholds
 from mlrkit.loaders import read_json
 from mlrkit.tagging import DEFAULT_ON
 

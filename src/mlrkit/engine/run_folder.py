@@ -51,7 +51,7 @@ import numpy as np
 from safetensors.torch import save
 from torch import Tensor
 
-import mlrkit
+from mlrkit._version import __version__
 from mlrkit.atomic import atomic_write
 from mlrkit.data.feature_cache import FeatureCache
 from mlrkit.data.protocols import ClassSplit
@@ -91,7 +91,7 @@ def run_info(
     end_to_end = recipe.encoder
     return {
         "format": RUN_FORMAT,
-        "mlrkit_version": mlrkit.__version__,
+        "mlrkit_version": __version__,
         "source_hash": source_hash(),
         "class_names": list(spec.class_names),
         "method": {"name": recipe.method_name, "hparams": recipe.method_hparams},

@@ -18,7 +18,7 @@ from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mlrkit.engine.recover import precision_recall_steps
+from mlrkit.engine.thresholds import precision_recall_steps
 
 #: Where a probability counts as a predicted positive (the threshold of CF1 / OF1 in results.json).
 PREDICTED_THRESHOLD = 0.5

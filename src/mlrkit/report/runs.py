@@ -20,10 +20,11 @@ import yaml
 
 from mlrkit import metrics
 from mlrkit.engine.inference import LoadedRun, load_run, prepare_from_run
-from mlrkit.engine.recover import Thresholds, choose_thresholds, recover
+from mlrkit.engine.recover import recover
 from mlrkit.engine.run_files import CONFIG_FILE, METRICS_FILE, RESULTS_FILE
 from mlrkit.engine.run_folder import RESUMABLE_CHANGES, flatten_sections
 from mlrkit.engine.sources import PreparedData
+from mlrkit.engine.thresholds import Thresholds, choose_thresholds
 from mlrkit.engine.trainer import evaluate_logits, metrics_log_records
 from mlrkit.loaders import read_json
 from mlrkit.methods.base import scoring_classes
