@@ -152,3 +152,17 @@ def test_file_labels_need_class_vectors_of_their_space():
     path = real_data("clip-text") / "zegclip_voc12_single.npy"
     with pytest.raises(ValueError, match="class_vectors"):
         conse_scores(PROBS, ["cat"], source="file", path=path)
+
+
+def test_conse_embed_on_softmax_outputs_is_bitwise_the_top_k_formula():
+    """The one torch ConSE gives the distillation teacher exactly the embeddings of the formula it
+    replaced (top-k, Z the sum of the k probabilities high to low): trained runs do not move."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    probs = (3 * torch.randn(64, 1000, generator=generator)).softmax(-1)
+    vectors = torch.randn(1000, 384, generator=generator)
+    top = probs.topk(10, dim=1)
+    weights = torch.zeros_like(probs).scatter_(1, top.indices, top.values)
+    expected = weights @ vectors / top.values.sum(dim=1, keepdim=True)
+    assert torch.equal(conse_embed(probs, vectors, 10, check=False), expected)
