@@ -211,6 +211,15 @@ def test_overwrite_removes_the_old_runs_files_and_only_those(work, run, capsys):
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0]
 
 
+def test_overwrite_with_data_that_cannot_be_read_leaves_the_old_run_whole(work, run, capsys):
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, err = cli(capsys, *train_args(work, run, "--overwrite", "--set",
+                                        f"data.root={work / 'no-such-folder'}"))
+    assert_error_line(code, err, "no-such-folder does not exist")
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before  # nothing removed, nothing rewritten
+
+
 def test_resume_into_a_folder_without_config_starts_a_new_run(work, tmp_path, capsys):
     code, err = cli(capsys, *train_args(work, tmp_path / "new", "--resume",
                                         "--set", "train.epochs=1"))
@@ -399,3 +408,43 @@ def test_missing_real_data_skips_locally_but_fails_under_ci(monkeypatch):
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="no-such-data-set"):
         real_data("no-such-data-set")
+
+
+def test_an_unfinished_run_is_refused_unless_allowed_saying_how_far_it_got(work, run, capsys):
+    (run / "results.json").unlink()  # as if training were still going on
+    code, err = cli(capsys, "eval", "--checkpoint", run)
+    assert_error_line(code, err, f"run {run} has not finished (", "epoch(s) logged",
+                      "--allow-unfinished")
+    code, err = cli(capsys, "predict", "--checkpoint", run, work / "data" / "images" / "0.jpg")
+    assert code == 2 and "has not finished" in err
+    code = main(["eval", "--checkpoint", str(run), "--allow-unfinished"])
+    captured = capsys.readouterr()
+    assert code == 0 and "has not finished" in captured.err and "test_mAP" in captured.out
+
+
+def test_training_with_no_known_label_is_refused_before_it_starts(work, tmp_path, capsys):
+    data = Path(shutil.copytree(work / "data", tmp_path / "data"))  # the shared data stays
+    lines = (data / "labels.csv").read_text().splitlines()
+    (data / "labels.csv").write_text(
+        "\n".join([lines[0], *(line.split(",")[0] + ",,," for line in lines[1:])]) + "\n")
+    code, err = cli(capsys, *train_args(work, tmp_path / "none", "--set", "protocol.name=observed",
+                                        "--set", f"data.root={data}",
+                                        "--set", f"features.cache={tmp_path / 'cache'}"))
+    last = err.splitlines()[-1]  # after the feature extraction's progress bar
+    assert code == 2 and last.startswith("mlrkit: error: ") and "has no known label" in last
+    assert "give some labels" in last and not (tmp_path / "none").exists()
+
+
+def test_equal_or_zero_label_vectors_are_refused_before_training(work, tmp_path, capsys):
+    vectors = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32)  # red = green
+    np.save(tmp_path / "vec.npy", vectors)
+    (tmp_path / "vec.names.txt").write_text("red\ngreen\nblue\n")
+    args = train_args(work, tmp_path / "emb", "--set", "label_embeddings.source=file",
+                      "--set", f"label_embeddings.path={tmp_path / 'vec.npy'}",
+                      "--set", "method.name=devise")
+    code, err = cli(capsys, *args)
+    assert_error_line(code, err, "classes ['red', 'green'] have the same vector")
+    vectors[1] = 0
+    np.save(tmp_path / "vec.npy", vectors)
+    code, err = cli(capsys, *args)
+    assert_error_line(code, err, "the vector of ['green'] is all zeros")

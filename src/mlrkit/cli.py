@@ -85,6 +85,11 @@ def _checked_overrides(texts: list[str]) -> list[str]:
     return texts
 
 
+def _add_unfinished_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-unfinished", action="store_true",
+                        help="use a run that has not finished (its best checkpoint so far)")
+
+
 def _add_output_args(parser: argparse.ArgumentParser) -> None:
     """``--out``, ``--overwrite`` and ``--strict`` of the commands that tag image files."""
     parser.add_argument("--out", default=None,
@@ -156,7 +161,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from mlrkit.engine.inference import calibrate_run
 
-    fitted = calibrate_run(args.checkpoint)
+    fitted = calibrate_run(args.checkpoint, args.allow_unfinished)
     c, chosen = fitted.calibration, fitted.thresholds.chosen
     print(f"calibration p = sigmoid({c.a:.4g} * logit + {c.b:.4g}) on {c.entries:,} validation "
           f"entries: expected calibration error {c.ece_before:.4f} -> {c.ece_after:.4f}; "
@@ -175,6 +180,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from mlrkit.engine.inference import evaluate_run
 
     results = evaluate_run(args.checkpoint, split=args.split, dataset=args.dataset,
+                           allow_unfinished=args.allow_unfinished,
                            root=args.root, options=dict(args.option), cache_dir=args.cache)
     print(_format_metrics(results))
     return 0
@@ -186,6 +192,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     if args.dataset is None and (args.root is not None or args.option or args.split):
         raise ValueError("--root, -o and --split describe a dataset: give --dataset too")
     recovery = recover_run(args.checkpoint, args.out, dataset=args.dataset, root=args.root,
+                           allow_unfinished=args.allow_unfinished,
                            options=dict(args.option), split=args.split,
                            precision=args.precision, fill_negatives=args.fill_negatives,
                            cache_dir=args.cache)
@@ -198,7 +205,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     top_k = 5 if args.top_k is None else args.top_k
     images = readable_images(image_files(args.images, args.recursive), args.strict)
-    predictions = predict_images(args.checkpoint, images, top_k=top_k, batch_size=args.batch_size)
+    predictions = predict_images(args.checkpoint, images, top_k=top_k, batch_size=args.batch_size,
+                                 allow_unfinished=args.allow_unfinished)
     shown = len(predictions[0]["labels"])
     if args.top_k is not None and shown < args.top_k:
         print(f"mlrkit: note: --top-k {args.top_k} is more than the run's {shown} classes; "
@@ -315,7 +323,8 @@ def _checkpoint_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], o
                              f"with its own label-embedding source; remove it")
     labels = parse_labels(args.labels, args.labels_file)
     images = readable_images(image_files(args.images, args.recursive), args.strict)
-    logits = score_label_names(args.checkpoint, images, labels, args.batch_size)
+    logits = score_label_names(args.checkpoint, images, labels, args.batch_size,
+                               args.allow_unfinished)
     calibration = RunCalibration.load(Path(args.checkpoint))
     if calibration is None:
         return images, labels, logits, False
@@ -447,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="metrics of a run's best checkpoint")
     evaluate.add_argument("--checkpoint", required=True, help="run folder")
+    _add_unfinished_arg(evaluate)
     evaluate.add_argument(
         "--split", default=None,
         help="train, val or test of the recipe (default test); with --dataset, a split of that "
@@ -460,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     recover = commands.add_parser(
         "recover", help="fill in the unknown labels of a dataset with a trained run")
     recover.add_argument("--checkpoint", required=True, help="run folder")
+    _add_unfinished_arg(recover)
     recover.add_argument("--out", required=True,
                          help="folder for completed.csv, recovered_long.csv and thresholds.csv")
     _add_dataset_args(recover, required=False)  # default: the run's own training split
@@ -481,10 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Training does this at its end; use it for a run trained before, or after "
                     "changing the run's validation data. Writes calibration.json.")
     calibrate.add_argument("--checkpoint", required=True, help="run folder")
+    _add_unfinished_arg(calibrate)
     calibrate.set_defaults(run=_cmd_calibrate)
 
     predict = commands.add_parser("predict", help="top labels of image files")
     predict.add_argument("--checkpoint", required=True, help="run folder")
+    _add_unfinished_arg(predict)
     predict.add_argument("images", nargs="+", help="image files or folders of them")
     predict.add_argument("--top-k", type=int, default=None,
                          help="labels per image, at least 1 (default 5; at most all classes)")
@@ -539,6 +552,7 @@ def _add_tag_parser(commands: argparse._SubParsersAction) -> None:
                      help=f"clip: the open_clip architecture of --weights (default "
                           f"{DEFAULT_CLIP_MODEL}); for OpenAI's weights the -quickgelu one, "
                           f"e.g. ViT-B-32-quickgelu")
+    _add_unfinished_arg(tag)
     tag.add_argument("--checkpoint", default=None,
                      help="score with an open-vocabulary run folder (e.g. devise trained on "
                           "seen classes) instead of a zero-shot scorer")

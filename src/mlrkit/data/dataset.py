@@ -286,7 +286,8 @@ def create_dataset(
     root = Path(root)
     if not root.is_dir():
         where = "" if root.is_absolute() else f" (resolved against the working folder {Path.cwd()})"
-        raise DataFormatError(f"dataset root {root} does not exist or is not a folder{where}")
+        raise DataFormatError(f"dataset root {root} does not exist or is not a folder{where}; "
+                              f"check the path (recipe: data.root; command line: --root)")
     data = reader(root, **kwargs)
     split_file = root / "split.csv"
     if split_file.is_file():

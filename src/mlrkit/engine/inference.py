@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,13 @@ from mlrkit.engine.calibrate import DEFAULT_ON, RunCalibration, fit_run_calibrat
 from mlrkit.engine.checkpoint import load_checkpoint
 from mlrkit.engine.recipe import load_recipe
 from mlrkit.engine.recipe_schema import Recipe
-from mlrkit.engine.run_files import CHECKPOINTS_DIR, CONFIG_FILE, EVAL_CACHE_DIR
+from mlrkit.engine.run_files import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    EVAL_CACHE_DIR,
+    METRICS_FILE,
+    RESULTS_FILE,
+)
 from mlrkit.engine.run_folder import (
     placeholder_spec,
     read_run_info,
@@ -156,9 +163,15 @@ class LoadedRun:
         )
 
 
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """Rebuild a finished run from its folder alone, with its best weights (no data needed)."""
+def load_run(run_dir: str | Path, allow_unfinished: bool = False) -> LoadedRun:
+    """Rebuild a finished run from its folder alone, with its best weights (no data needed).
+
+    A run that has not finished (no ``results.json``: still training, killed or failed) is a
+    ``ValueError`` saying how far it got, unless ``allow_unfinished`` (then its best checkpoint so
+    far is used, and a note on stderr says which epoch).
+    """
     run_dir = Path(run_dir)
+    check_finished(run_dir, allow_unfinished)
     info = read_run_info(run_dir)
     method = create_method(info["method"]["name"], placeholder_spec(run_dir, info),
                            **info["method"]["hparams"])
@@ -169,6 +182,27 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     return LoadedRun(run_dir, info, method)
 
 
+def check_finished(run_dir: Path, allow_unfinished: bool) -> None:
+    """Refuse (or, with ``allow_unfinished``, note on stderr) a run without ``results.json``."""
+    if (run_dir / RESULTS_FILE).is_file():
+        return
+    epochs = _epochs_logged(run_dir / METRICS_FILE)
+    state = f"{epochs} epoch(s) logged" if epochs else "no epoch logged"
+    if not allow_unfinished:
+        raise ValueError(f"run {run_dir} has not finished ({state}, no {RESULTS_FILE}); wait for "
+                         f"it, resume it with 'mlrkit train --resume', or use its best checkpoint "
+                         f"so far with --allow-unfinished")
+    print(f"mlrkit: note: run {run_dir} has not finished ({state}); using its best checkpoint so "
+          f"far", file=sys.stderr)
+
+
+def _epochs_logged(path: Path) -> int:
+    try:
+        return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
 def evaluate_run(
     run_dir: str | Path,
     split: str | None = None,
@@ -177,6 +211,7 @@ def evaluate_run(
     root: str | Path | None = None,
     options: dict | None = None,
     cache_dir: str | Path | None = None,
+    allow_unfinished: bool = False,
 ) -> dict[str, float]:
     """Metrics of a finished run's best checkpoint, named after the split (``test_mAP``, ...).
 
@@ -198,7 +233,7 @@ def evaluate_run(
     Raises:
         ValueError: the dataset's class names differ from a closed-set run's.
     """
-    run = load_run(run_dir)
+    run = load_run(run_dir, allow_unfinished)
     class_split, embeddings, names = None, None, None
     if dataset is None:
         if root is not None or options:
@@ -233,10 +268,10 @@ def evaluate_run(
     return score_report(logits, labels, prefix)
 
 
-def calibrate_run(run_dir: str | Path) -> RunCalibration:
+def calibrate_run(run_dir: str | Path, allow_unfinished: bool = False) -> RunCalibration:
     """Fit a finished run's calibration and thresholds on its validation split again (as
     training does at its end) and write ``calibration.json``; returns them."""
-    run = load_run(run_dir)
+    run = load_run(run_dir, allow_unfinished)
     prepared = prepare_from_run(run)
     if "val" not in prepared.sources:
         raise ValueError(f"run {run.run_dir} has no validation split to calibrate on; train it "
@@ -309,7 +344,8 @@ def _image_source(model: EncoderHead, images: Sequence[str | Path],
 
 
 def predict_images(
-    run_dir: str | Path, images: list[str | Path], top_k: int = 5, batch_size: int = 16
+    run_dir: str | Path, images: list[str | Path], top_k: int = 5, batch_size: int = 16,
+    allow_unfinished: bool = False,
 ) -> list[dict]:
     """Class probabilities of a finished run for image files, best first; needs only the run
     folder (and, for a run on cached features, the encoder's weights).
@@ -325,12 +361,13 @@ def predict_images(
     if top_k < 1:
         raise ValueError(f"top_k (--top-k) is {top_k}; give at least 1, the number of labels "
                          f"listed per image")
-    return load_run(run_dir).tags(images, top_k, batch_size)
+    return load_run(run_dir, allow_unfinished).tags(images, top_k, batch_size)
 
 
 def score_label_names(
     run_dir: str | Path, images: list[str | Path], label_names: Sequence[str],
     batch_size: int = 16,
+    allow_unfinished: bool = False,
 ) -> np.ndarray:
     """``(N, L)`` scores of an open-vocabulary run for image files and any label names.
 
@@ -341,7 +378,7 @@ def score_label_names(
     Raises:
         ValueError: the run is closed-set, or a name cannot be embedded.
     """
-    run = load_run(run_dir)
+    run = load_run(run_dir, allow_unfinished)
     if not run.open_vocabulary:
         raise ValueError(f"run {run.run_dir} ({run.info['method']['name']}) is closed-set: it "
                          f"scores only its {len(run.class_names)} classes")

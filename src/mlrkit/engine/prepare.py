@@ -48,6 +48,7 @@ def prepare(recipe: Recipe) -> PreparedRun:
     written = _as_written(recipe.label_embeddings)
     embeddings = section_label_embeddings(written, data.class_names)
     classes = np.arange(data.num_classes) if split is None else split.seen
+    check_trainable(part, None if embeddings is None else embeddings[classes])
     teacher = recipe.pseudo_labels
     pseudo = None if teacher is None else _pseudo_labels(
         teacher, recipe.features, data, part.rows["train"], part.class_names, part.cache)
@@ -78,6 +79,28 @@ def prepare(recipe: Recipe) -> PreparedRun:
     data_fields = {f.name: getattr(part, f.name) for f in fields(PreparedData)}
     return PreparedRun(**{**data_fields, "eval_embeddings": embeddings}, method=method, spec=spec,
                        run_info=description, pseudo_labels=pseudo)
+
+
+def check_trainable(part: PreparedData, embeddings: torch.Tensor | None) -> None:
+    """Refuse, before training, data a method cannot learn from: no known training label, or
+    label embeddings ``(C, E)`` with an all-zero row (nothing to score) or two equal rows (two
+    classes the method cannot tell apart)."""
+    if not (part.sources["train"].targets >= 0).any():
+        raise ValueError(f"the training split of {part.data.name!r} has no known label (every "
+                         f"entry is unknown after the protocol {part.recipe.protocol.name!r}); "
+                         f"give some labels, or a protocol that keeps some")
+    if embeddings is None:
+        return
+    names = part.class_names
+    zero = [names[c] for c in torch.nonzero(~embeddings.any(dim=1)).flatten().tolist()]
+    if zero:
+        raise ValueError(f"label_embeddings: the vector of {zero} is all zeros (e.g. GloVe knows "
+                         f"none of the words); rename the class or use source: minilm")
+    _, first, counts = torch.unique(embeddings, dim=0, return_inverse=True, return_counts=True)
+    same = [names[c] for c in range(len(names)) if counts[first[c]] > 1]
+    if same:
+        raise ValueError(f"label_embeddings: classes {same} have the same vector, so no method "
+                         f"can tell them apart; rename one of them or use another source")
 
 
 def known_training_labels(part: PreparedData) -> dict[str, int]:

@@ -135,6 +135,7 @@ def recover_run(
     precision: float | None = None,
     fill_negatives: bool = False,
     cache_dir: str | Path | None = None,
+    allow_unfinished: bool = False,
 ) -> Recovery:
     """Complete a label matrix with a trained run and write the results to ``out_dir``.
 
@@ -152,7 +153,7 @@ def recover_run(
     from mlrkit.engine.inference import eval_cache_dir, load_run, prepare_from_run, source_for
     from mlrkit.engine.trainer import evaluate_logits
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, allow_unfinished)
     prepared = prepare_from_run(run)
     if "val" not in prepared.sources:
         raise ValueError(f"run {run.run_dir} has no validation split to choose thresholds on; "

@@ -44,7 +44,7 @@ from mlrkit.engine.run_files import (
     RUN_FILE,
     SPLIT_FILE,
 )
-from mlrkit.engine.run_folder import open_run_folder, write_run_files
+from mlrkit.engine.run_folder import open_run_folder, remove_run_files, write_run_files
 from mlrkit.engine.run_lock import run_lock
 from mlrkit.engine.trainer import TrainConfig, evaluate_logits, fit
 from mlrkit.provenance import source_hash
@@ -60,7 +60,8 @@ def train_run(recipe: dict, run_dir: str | Path, *, resume: bool = False,
     :mod:`mlrkit.engine.run_lock`). ``resume`` continues the run of this same recipe in
     ``run_dir`` from its last finished epoch, or starts one where the folder has no config.yaml;
     a new run into a folder that holds one needs ``overwrite``, which removes the old run's files
-    first (:func:`~mlrkit.engine.run_folder.open_run_folder`). A run that fails before its
+    once the new recipe's data has been read (:func:`~mlrkit.engine.run_folder.open_run_folder`):
+    a recipe or data error leaves the old run as it was. A run that fails before its
     first epoch is logged removes the folder if this call created it.
     """
     run_dir = Path(run_dir)
@@ -71,20 +72,25 @@ def train_run(recipe: dict, run_dir: str | Path, *, resume: bool = False,
     info = init_distributed(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0"))))
     try:
         with run_lock(run_dir) if info.is_main else nullcontext():
+            replaced: list[str] = []
             if info.is_main:  # the other torchrun ranks follow rank 0's folder
-                resume = open_run_folder(run_dir, recipe, resume=resume, overwrite=overwrite)
-            return _train(recipe, run_dir, cfg, resume, started)
+                resume, replaced = open_run_folder(run_dir, recipe, resume=resume,
+                                                   overwrite=overwrite)
+            return _train(recipe, run_dir, cfg, resume, started, replaced)
     except BaseException:
         if created and info.is_main and not (run_dir / METRICS_FILE).exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # failed before its first epoch
         raise
 
 
-def _train(recipe: dict, run_dir: Path, cfg: TrainConfig, resume: bool, started: float) -> dict:
-    """The body of :func:`train_run`, once the folder is locked and checked."""
+def _train(recipe: dict, run_dir: Path, cfg: TrainConfig, resume: bool, started: float,
+           replaced: list[str]) -> dict:
+    """The body of :func:`train_run`, once the folder is locked and checked; the old run's files
+    ``replaced`` go once the new run's data has been read."""
     info = current_info()
     prepared = prepare(Recipe.from_dict(recipe))
     if info.is_main:
+        remove_run_files(run_dir, replaced)
         with naming_errors(run_dir / CONFIG_FILE):
             save_recipe(recipe, run_dir / CONFIG_FILE)
         if prepared.mask is not None:

@@ -239,13 +239,16 @@ RESUMABLE_CHANGES = ("run_dir", "train.progress", "train.num_workers", "train.de
 _UNSET = "<unset>"
 
 
-def open_run_folder(run_dir: Path, recipe: dict, *, resume: bool, overwrite: bool) -> bool:
-    """Make ``run_dir`` ready for training ``recipe``; returns whether the run resumes.
+def open_run_folder(run_dir: Path, recipe: dict, *, resume: bool,
+                    overwrite: bool) -> tuple[bool, list[str]]:
+    """Check that ``run_dir`` can take a run of ``recipe``; returns whether the run resumes and
+    the old run's files that ``overwrite`` replaces (removed by the caller with
+    :func:`remove_run_files` once the new run's data has been read and it starts writing, so that
+    a recipe or data error leaves the old run as it was).
 
     ``resume`` continues the run in the folder when its ``config.yaml`` is this recipe (up to
     :data:`RESUMABLE_CHANGES`); a folder without ``config.yaml`` starts a new run. Otherwise the
-    folder must hold no run, unless ``overwrite``: then the old run's files go first, so that a
-    folder never mixes two runs.
+    folder must hold no run, unless ``overwrite``, so that a folder never mixes two runs.
 
     Raises:
         ValueError: ``resume`` with another recipe, or ``resume`` together with ``overwrite``.
@@ -257,7 +260,7 @@ def open_run_folder(run_dir: Path, recipe: dict, *, resume: bool, overwrite: boo
     saved = run_dir / CONFIG_FILE
     if resume and saved.is_file():
         check_same_recipe(saved, recipe)
-        return True
+        return True, []
     existing = [name for name in RUN_ARTIFACTS if (run_dir / name).exists()]
     if existing and not overwrite:
         what = "files of a run but no config.yaml to resume from" if resume else "a run"
@@ -266,9 +269,13 @@ def open_run_folder(run_dir: Path, recipe: dict, *, resume: bool, overwrite: boo
             f"{'' if resume else 'continue it with --resume, '}replace it with --overwrite, or "
             f"train into another --run-dir"
         )
-    for name in existing:
+    return False, existing
+
+
+def remove_run_files(run_dir: Path, names: list[str]) -> None:
+    """Remove the run files ``names`` (:data:`RUN_ARTIFACTS`) from ``run_dir``."""
+    for name in names:
         _remove(run_dir / name)
-    return False
 
 
 def check_same_recipe(saved: Path, recipe: dict) -> None:
