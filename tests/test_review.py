@@ -519,3 +519,32 @@ def test_round_trip_through_a_real_label_studio_server(label_studio, tmp_path, c
         "conflict: f.png, cat: known 0, reviewed 1 (overwritten)"
     assert cell_diff(REVIEWED_CSV, labels) == [("f.png", "cat", "0", "1")]
     assert len(list(photos.glob("labels.csv.bak-*"))) == 2
+
+
+def _import_in_a_process(args: tuple[str, str]) -> str:
+    from mlrkit.review import import_labels
+
+    return import_labels(args[0], args[1]).summary()
+
+
+def test_two_imports_at_once_into_one_file_both_land_every_time(tmp_path):
+    """Two processes import at the same moment (forked, started together), 20 times: the second
+    waits for the first's lock and merges into its result, so every change of both is there."""
+    import multiprocessing
+
+    first = tmp_path / "first.json"   # a: dog -> 1, c: person -> 0
+    second = tmp_path / "second.json"  # b: cat and dog -> 0, e: cat -> 1, dog and person -> 0
+    first.write_text(json.dumps([task(1, "a.png", annotation(1, ["cat", "dog"], "2026-05-01")),
+                                 task(2, "c.png", annotation(2, ["dog"], "2026-05-01"))]))
+    second.write_text(json.dumps([task(3, "b.png", annotation(3, ["person"], "2026-05-01")),
+                                  task(4, "e.png", annotation(4, ["cat"], "2026-05-01"))]))
+    expected = (LABELS_CSV.replace("a.png,1,,0", "a.png,1,1,0")
+                .replace("c.png,0,1,\n", "c.png,0,1,0\n").replace("b.png,,,1", "b.png,0,0,1")
+                .replace("e.png,,,", "e.png,1,0,0"))
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        for round_ in range(20):
+            labels = tmp_path / f"labels-{round_}.csv"
+            labels.write_text(LABELS_CSV, encoding="utf-8")
+            pool.map(_import_in_a_process, [(str(first), str(labels)), (str(second), str(labels))])
+            assert labels.read_text(encoding="utf-8") == expected, round_
+            assert not labels.with_name(f".{labels.name}.lock").exists()

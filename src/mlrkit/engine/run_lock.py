@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,8 +33,28 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
     Raises:
         RunLockedError: a live process (or one on another host) holds the lock.
     """
-    path = Path(run_dir) / LOCK_FILE
-    token = _acquire(path)
+    with file_lock(Path(run_dir) / LOCK_FILE) as path:
+        yield path
+
+
+@contextmanager
+def file_lock(path: str | Path, wait_s: float = 0.0) -> Iterator[Path]:
+    """Hold the lock file ``path`` for the duration of the block (the rules above), waiting up to
+    ``wait_s`` seconds for another holder to release it; yields ``path``.
+
+    Raises:
+        RunLockedError: the lock is still held after ``wait_s``.
+    """
+    path = Path(path)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            token = _acquire(path)
+            break
+        except RunLockedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
     try:
         yield path
     finally:

@@ -12,6 +12,7 @@ import numpy as np
 
 from mlrkit.atomic import atomic_write
 from mlrkit.data.csv_edit import read_label_file, replace_keeping_backup, rewrite_cells
+from mlrkit.engine.run_lock import file_lock
 from mlrkit.review.label_studio import (
     Merge,
     export_tasks,
@@ -117,6 +118,10 @@ def _counted(n: int, one: str, many: str) -> str:
     return f"{n:,} {one if n == 1 else many}"
 
 
+#: How long an import waits for another import into the same label file to finish.
+IMPORT_LOCK_WAIT_S = 120.0
+
+
 def import_labels(export: str | Path, into: str | Path,
                   overwrite_conflicts: bool = False) -> ImportReport:
     """Merge the reviewed labels of the Label Studio JSON export ``export`` into the label CSV
@@ -124,16 +129,20 @@ def import_labels(export: str | Path, into: str | Path,
     previous file is kept as a backup and ``into`` is replaced atomically, only the records of
     changed images rewritten."""
     export = Path(export)
-    labels = read_label_file(into)
     try:
         tasks = json.loads(export.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{export}: not JSON ({err}); give the project's JSON export") from None
-    reviewed = reviewed_labels(tasks, labels.class_names, labels.image_names, str(export),
-                               str(labels.path))
-    merge = merge_reviewed(labels.labels, reviewed, overwrite_conflicts)
-    backup = None
-    if merge.changes:
-        backup = replace_keeping_backup(labels.path, rewrite_cells(labels.path, merge.changes))
+    into = Path(into)
+    # one import at a time per label file: read, merge and replace it under its lock, so that two
+    # imports at once both land (the second waits for the first and reads its result)
+    with file_lock(into.with_name(f".{into.name}.lock"), wait_s=IMPORT_LOCK_WAIT_S):
+        labels = read_label_file(into)
+        reviewed = reviewed_labels(tasks, labels.class_names, labels.image_names, str(export),
+                                   str(labels.path))
+        merge = merge_reviewed(labels.labels, reviewed, overwrite_conflicts)
+        backup = None
+        if merge.changes:
+            backup = replace_keeping_backup(labels.path, rewrite_cells(labels.path, merge.changes))
     return ImportReport(labels.path, labels.image_names, labels.class_names, labels.labels, merge,
                         len(reviewed), backup)
