@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -24,7 +25,7 @@ import pytest
 from PIL import Image
 
 from mlrkit.cli import main
-from mlrkit.data import create_dataset, csv_edit
+from mlrkit.data import DataFormatError, create_dataset, csv_edit
 from mlrkit.data.csv_edit import read_label_file
 from mlrkit.engine.recover import recover, write_long_table
 from mlrkit.engine.thresholds import Thresholds
@@ -548,3 +549,29 @@ def test_two_imports_at_once_into_one_file_both_land_every_time(tmp_path):
             pool.map(_import_in_a_process, [(str(first), str(labels)), (str(second), str(labels))])
             assert labels.read_text(encoding="utf-8") == expected, round_
             assert not labels.with_name(f".{labels.name}.lock").exists()
+
+
+@pytest.mark.parametrize(("annotations", "message"), [
+    ([{"id": 1, "was_cancelled": False, "created_at": "2026-05-01"}],
+     "annotation 1 has no result"),
+    ([{"id": 2, "result": [{"from_name": "labels", "value": {"choices": ["cat"]}}],
+       "created_at": "2026-05-01"}], "a result of type None"),
+    ([{"id": 3, "result": [{"from_name": "labels", "type": "Choices",
+                            "value": {"choices": ["cat"]}}], "created_at": "2026-05-01"}],
+     "a result of type 'Choices'"),
+    ([{**annotation(4, ["cat"], "2026-05-01"), "was_cancelled": "false"}],
+     "was_cancelled is 'false', not true or false"),
+])
+def test_an_annotation_that_cannot_be_read_is_an_error_naming_the_task(annotations, message):
+    with pytest.raises(DataFormatError, match=re.escape(message)) as error:
+        reviewed_labels([task(5, "a.png", *annotations)], CLASSES, ["a.png"], "export.json")
+    assert "export.json: task 5" in str(error.value)
+
+
+def test_two_tasks_reviewing_one_image_differently_are_an_error_naming_both():
+    tasks = [task(1, "a.png", annotation(1, ["cat"], "2026-05-01")),
+             task(2, "a.png", annotation(2, ["dog"], "2026-05-02"))]
+    with pytest.raises(DataFormatError, match="task 2 and export.json: task 1 review the same"):
+        reviewed_labels(tasks, CLASSES, ["a.png"], "export.json")
+    tasks[1] = task(2, "a.png", annotation(2, ["cat"], "2026-05-02"))  # the same review: fine
+    assert reviewed_labels(tasks, CLASSES, ["a.png"])[0].tolist() == [1, 0, 0]

@@ -30,6 +30,9 @@ from mlrkit.data.dataset import DataFormatError
 from mlrkit.review.sources import Proposal
 
 FROM_NAME, TO_NAME = "labels", "image"
+#: Label Studio result types that carry a reviewer's note or score, not class labels: ignored.
+#: Any other type than ``choices`` (a typo such as ``Choices``, a region control) is an error.
+NOTE_RESULT_TYPES = ("textarea", "rating", "number", "datetime")
 ID_FIELD = "image_id"
 MODEL_VERSION = "mlrkit"
 LOCAL_FILES = "/data/local-files/?d="
@@ -133,12 +136,24 @@ def reviewed_labels(export: object, class_names: Sequence[str], ids: Sequence[st
     row_of = {name: r for r, name in enumerate(ids)}
     column = {name: c for c, name in enumerate(class_names)}
     latest: dict[int, tuple[tuple[datetime, int], np.ndarray]] = {}
+    task_of: dict[int, tuple[str, np.ndarray]] = {}  # row -> (task, its latest labels)
     for task in export:
         where, row = _task_row(task, row_of, source, target)
+        chosen = None
         for annotation in _submitted(task, where):
             when = _annotation_time(annotation, where)
-            if row not in latest or when >= latest[row][0]:
-                latest[row] = (when, _annotation_labels(annotation, column, where, target))
+            labels = _annotation_labels(annotation, column, where, target)
+            if chosen is None or when >= chosen[0]:
+                chosen = (when, labels)
+        if chosen is None:
+            continue
+        if row in task_of and not np.array_equal(task_of[row][1], chosen[1]):
+            raise DataFormatError(f"{where} and {task_of[row][0]} review the same image "
+                                  f"{ids[row]!r} differently; keep one of the two tasks (delete "
+                                  f"the other in Label Studio) and export again")
+        task_of[row] = (where, chosen[1])
+        if row not in latest or chosen[0] >= latest[row][0]:
+            latest[row] = chosen
     return {row: labels for row, (_, labels) in latest.items()}
 
 
@@ -163,6 +178,11 @@ def _submitted(task: dict, where: str) -> list[dict]:
     if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
         raise DataFormatError(f"{where}: annotations is not a list of annotations; give a "
                               f"Label Studio JSON export")
+    for annotation in annotations:
+        if not isinstance(annotation.get("was_cancelled", False), bool):
+            raise DataFormatError(f"{where}: annotation {annotation.get('id')}: was_cancelled is "
+                                  f"{annotation['was_cancelled']!r}, not true or false; give the "
+                                  f"export as Label Studio wrote it")
     return [a for a in annotations if not a.get("was_cancelled", False)]
 
 
@@ -181,10 +201,19 @@ def _annotation_labels(annotation: dict, column: dict[str, int], where: str,
                        target: str) -> np.ndarray:
     """``(C,)`` int8: 1 for the classes the annotation's ``choices`` results chose, 0 else."""
     labels = np.zeros(len(column), dtype=np.int8)
-    results = annotation.get("result", [])
+    if "result" not in annotation:
+        raise DataFormatError(f"{where}: annotation {annotation.get('id')} has no result; give "
+                              f"the export as Label Studio wrote it (an empty result: no class)")
+    results = annotation["result"]
     for result in results if isinstance(results, list) else [results]:
-        if not isinstance(result, dict) or result.get("type") != "choices":
-            continue  # other controls carry no class labels
+        kind = result.get("type") if isinstance(result, dict) else None
+        if kind in NOTE_RESULT_TYPES:
+            continue  # a reviewer's note or score: no class labels
+        if kind != "choices":
+            raise DataFormatError(f"{where}: annotation {annotation.get('id')}: a result of type "
+                                  f"{kind!r}, which carries no choices mlrkit can read; label "
+                                  f"with the config mlrkit exported (one Choices control named "
+                                  f"{FROM_NAME!r}; notes such as textarea are ignored)")
         if result.get("from_name") != FROM_NAME:
             raise DataFormatError(f"{where}: a choices result of control "
                                   f"{result.get('from_name')!r}, not {FROM_NAME!r}; label with "
