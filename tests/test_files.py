@@ -75,3 +75,35 @@ def test_a_relative_root_error_names_its_base_and_a_failed_run_leaves_no_folder(
     assert f"dataset root missing does not exist or is not a folder (resolved against the " \
            f"working folder {tmp_path})" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # failed before its first epoch: folder removed
+
+
+def test_text_files_with_a_bom_read_and_other_encodings_are_named(tmp_path, capsys):
+    from mlrkit.data import create_dataset
+    from mlrkit.tagging import parse_labels
+    from mlrkit.text_files import TextEncodingError
+
+    (tmp_path / "labels.txt").write_bytes("\ufeffcat\ndog\n".encode())
+    assert parse_labels(None, str(tmp_path / "labels.txt")) == ["cat", "dog"]  # not '\ufeffcat'
+    (tmp_path / "latin.txt").write_bytes("café\n".encode("latin-1"))
+    with pytest.raises(TextEncodingError, match=r"latin.txt: not UTF-8 text .*save it as UTF-8"):
+        parse_labels(None, str(tmp_path / "latin.txt"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "labels.csv").write_bytes("image,cat\na.jpg,1\n".encode("utf-16"))
+    with pytest.raises(TextEncodingError, match=r"labels.csv: not UTF-8 text \(UTF-16 at byte 0\)"):
+        create_dataset("csv", tmp_path / "data")
+
+
+@pytest.mark.parametrize(("unseen", "message"), [
+    ("[cat, cat]", r"unseen lists \['cat'\] more than once"),
+    ("[]", "unseen lists no class"),
+])
+def test_a_zero_shot_unseen_list_must_name_each_class_once(tmp_path, unseen, message):
+    from mlrkit.engine.recipe import load_recipe
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "r.yaml").write_text(
+        f"name: z\ndata: {{dataset: csv, root: {tmp_path / 'data'}}}\n"
+        "features: {encoder: resnet18, weights: null}\nlabel_embeddings: {source: glove}\n"
+        f"method: {{name: devise}}\nprotocol: {{name: zero_shot, unseen: {unseen}}}\n")
+    with pytest.raises(ValueError, match=message):
+        load_recipe(tmp_path / "r.yaml")

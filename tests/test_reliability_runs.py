@@ -448,3 +448,21 @@ def test_equal_or_zero_label_vectors_are_refused_before_training(work, tmp_path,
     np.save(tmp_path / "vec.npy", vectors)
     code, err = cli(capsys, *args)
     assert_error_line(code, err, "the vector of ['green'] is all zeros")
+
+
+def test_outputs_never_replace_what_they_should_not(work, run, tmp_path, capsys):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,red\na.jpg,1\n")
+    code, err = cli(capsys, "report", run, "--out", labels)
+    assert_error_line(code, err, f"--out {labels}: the report is an HTML page; name it .html")
+    page = tmp_path / "page.html"
+    page.write_text("image,red\n")  # a label file under an .html name
+    code, err = cli(capsys, "report", run, "--out", page, "--overwrite")
+    assert_error_line(code, err, "exists and is not an HTML page")
+    assert labels.read_text() == "image,red\na.jpg,1\n" and page.read_text() == "image,red\n"
+    out = tmp_path / "recovered"
+    assert main(["recover", "--checkpoint", str(run), "--out", str(out)]) == 0
+    before = (out / "completed.csv").read_bytes()
+    code, err = cli(capsys, "recover", "--checkpoint", run, "--out", out)
+    assert_error_line(code, err, "already holds completed.csv", "--overwrite")
+    assert (out / "completed.csv").read_bytes() == before

@@ -192,7 +192,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     if args.dataset is None and (args.root is not None or args.option or args.split):
         raise ValueError("--root, -o and --split describe a dataset: give --dataset too")
     recovery = recover_run(args.checkpoint, args.out, dataset=args.dataset, root=args.root,
-                           allow_unfinished=args.allow_unfinished,
+                           allow_unfinished=args.allow_unfinished, overwrite=args.overwrite,
                            options=dict(args.option), split=args.split,
                            precision=args.precision, fill_negatives=args.fill_negatives,
                            cache_dir=args.cache)
@@ -483,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--fill-negatives", action="store_true",
                          help="with --precision: every entry below the positive threshold is a "
                               "negative (none left unknown)")
+    recover.add_argument("--overwrite", action="store_true",
+                         help="replace the files of an earlier recovery in --out")
     recover.add_argument("--cache", default=None,
                          help="feature cache of --dataset (default: under the run folder)")
     recover.set_defaults(run=_cmd_recover)
@@ -589,13 +591,15 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders")
     report.add_argument("--out", required=True, help="the HTML file to write")
+    report.add_argument("--overwrite", action="store_true",
+                        help="replace an existing report (never a file that is not HTML)")
     report.set_defaults(run=_run_report)
 
 
 def _run_report(args: argparse.Namespace) -> int:
     from mlrkit.report import build_report
 
-    print(f"report written to {build_report(args.run_dirs, args.out)}")
+    print(f"report written to {build_report(args.run_dirs, args.out, args.overwrite)}")
     return 0
 
 

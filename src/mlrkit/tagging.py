@@ -15,6 +15,8 @@ from typing import TextIO
 
 import numpy as np
 
+from mlrkit.text_files import read_text
+
 #: The probability from which a calibrated label is on, where no threshold of its own is known.
 DEFAULT_ON = 0.5
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -29,7 +31,7 @@ def parse_labels(text: str | None, labels_file: str | None) -> list[str]:
     if text is not None:
         where, labels = "--labels", [part.strip() for part in text.split(",")]
     else:
-        lines = Path(labels_file).read_text(encoding="utf-8").splitlines()
+        lines = read_text(labels_file).splitlines()
         where, labels = labels_file, [line.strip() for line in lines
                                       if not line.strip().startswith("#")]
     labels = [label for label in labels if label]

@@ -23,6 +23,7 @@ elsewhere) is refused unless ``allow_outside_root=True``.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,7 @@ import numpy as np
 
 from mlrkit.data.dataset import NEGATIVE, POSITIVE, UNKNOWN, MultiLabelData, register_dataset
 from mlrkit.data.files import DataFormatError, check_inside_root, require_files
+from mlrkit.text_files import decode
 
 CELL_VALUES = {"1": POSITIVE, "0": NEGATIVE, "-1": UNKNOWN, "": UNKNOWN}
 UNLISTED_LABEL = {"negative": NEGATIVE, "unknown": UNKNOWN}
@@ -133,7 +135,8 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
         raise DataFormatError(
             f"label file {path} not found; put labels.csv in the dataset folder or pass labels_file="
         )
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    text = decode(path.read_bytes(), path)  # UTF-8 (BOM or not), else one line naming the file
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
@@ -222,7 +225,7 @@ def _parse_lists(
 def _read_classes_file(path: Path) -> list[str]:
     """Class names, one per non-blank line; a name given twice is an error."""
     names: dict[str, int] = {}
-    with open(path, encoding="utf-8-sig") as f:
+    with io.StringIO(decode(path.read_bytes(), path)) as f:
         for line_no, line in enumerate(f, start=1):
             name = line.strip()
             if name in names:

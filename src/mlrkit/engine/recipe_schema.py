@@ -180,6 +180,12 @@ class ZeroShotProtocol(_Section):
         if len(given) != 1:
             raise ValueError(f"give exactly one of unseen, fraction, split_file (got "
                              f"{given or 'none'})")
+        if self.unseen == []:
+            raise ValueError("unseen lists no class; name the unseen classes, or give fraction")
+        if isinstance(self.unseen, list):
+            twice = sorted({name for name in self.unseen if self.unseen.count(name) > 1})
+            if twice:
+                raise ValueError(f"unseen lists {twice} more than once; list each class once")
         return self
 
 

@@ -136,6 +136,7 @@ def recover_run(
     fill_negatives: bool = False,
     cache_dir: str | Path | None = None,
     allow_unfinished: bool = False,
+    overwrite: bool = False,
 ) -> Recovery:
     """Complete a label matrix with a trained run and write the results to ``out_dir``.
 
@@ -153,6 +154,14 @@ def recover_run(
     from mlrkit.engine.inference import eval_cache_dir, load_run, prepare_from_run, source_for
     from mlrkit.engine.trainer import evaluate_logits
 
+    out_dir = Path(out_dir)
+    files = {"completed": out_dir / "completed.csv", "table": out_dir / "recovered_long.csv",
+             "thresholds": out_dir / "thresholds.csv"}
+    existing = [path.name for path in files.values() if path.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"--out {out_dir}: already holds {', '.join(existing)} of an "
+                              f"earlier recovery; add --overwrite to replace them, or give "
+                              f"another --out")
     run = load_run(run_dir, allow_unfinished)
     prepared = prepare_from_run(run)
     if "val" not in prepared.sources:
@@ -182,9 +191,6 @@ def recover_run(
         source, observed = source_for(run, data, cache), data.labels
     probs = probs_of(source)
     recovered = recover(observed, probs, thresholds)
-    out_dir = Path(out_dir)
-    files = {"completed": out_dir / "completed.csv", "table": out_dir / "recovered_long.csv",
-             "thresholds": out_dir / "thresholds.csv"}
     write_completed_csv(files["completed"], data, recovered, data.extras.get("list_format"))
     write_long_table(files["table"], data, observed, recovered, probs)
     write_thresholds(files["thresholds"], thresholds, list(data.class_names))

@@ -23,6 +23,7 @@ from mlrkit.review.label_studio import (
     reviewed_labels,
 )
 from mlrkit.review.sources import read_proposal
+from mlrkit.text_files import read_text
 
 
 def export_label_studio(source: str | Path, out: str | Path, *, image_root: str | None = None,
@@ -130,7 +131,7 @@ def import_labels(export: str | Path, into: str | Path,
     changed images rewritten."""
     export = Path(export)
     try:
-        tasks = json.loads(export.read_text(encoding="utf-8"))
+        tasks = json.loads(read_text(export))
     except json.JSONDecodeError as err:
         raise ValueError(f"{export}: not JSON ({err}); give the project's JSON export") from None
     into = Path(into)
