@@ -171,8 +171,8 @@ def load_run(run_dir: str | Path, allow_unfinished: bool = False) -> LoadedRun:
     far is used, and a note on stderr says which epoch).
     """
     run_dir = Path(run_dir)
+    info = read_run_info(run_dir)  # first: a folder that is no run folder at all says so
     check_finished(run_dir, allow_unfinished)
-    info = read_run_info(run_dir)
     method = create_method(info["method"]["name"], placeholder_spec(run_dir, info),
                            **info["method"]["hparams"])
     if info["end_to_end"] is not None:
