@@ -76,6 +76,12 @@ def train_args(work: Path, run_dir: Path, *extra: str) -> list:
     return ["train", "--config", work / "tiny.yaml", "--run-dir", run_dir, *extra]
 
 
+def unchecked(run: Path) -> None:
+    """The run as one trained before checksums.json existed: its files are read unverified, so
+    the loaders' own checks are what a damaged file meets (see the checksum test below)."""
+    (run / "checksums.json").unlink()
+
+
 def truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -244,6 +250,7 @@ def test_resume_and_overwrite_together_are_refused(work, run, capsys):
 
 @pytest.mark.parametrize("damage", ["truncated", "not-safetensors"])
 def test_damaged_checkpoint_names_the_file(damage, run, capsys):
+    unchecked(run)
     weights = run / "checkpoints" / "best" / "model.safetensors"
     if damage == "truncated":
         truncate(weights)
@@ -255,6 +262,7 @@ def test_damaged_checkpoint_names_the_file(damage, run, capsys):
 
 
 def test_checkpoint_of_another_shape_names_the_file(run, capsys):
+    unchecked(run)
     weights = run / "checkpoints" / "best" / "model.safetensors"
     save_file({"head.1.weight": torch.zeros(3, 7), "head.1.bias": torch.zeros(3)}, weights)
     code, err = cli(capsys, "eval", "--checkpoint", run)
@@ -277,6 +285,7 @@ def test_truncated_run_json_names_the_file(run, capsys):
 
 
 def test_truncated_mask_names_the_file(run, capsys):
+    unchecked(run)
     truncate(run / "mask.npz")
     code, err = cli(capsys, "eval", "--checkpoint", run)
     assert_error_line(code, err, f"{run / 'mask.npz'}: not an mlrkit mask file",
@@ -466,3 +475,21 @@ def test_outputs_never_replace_what_they_should_not(work, run, tmp_path, capsys)
     code, err = cli(capsys, "recover", "--checkpoint", run, "--out", out)
     assert_error_line(code, err, "already holds completed.csv", "--overwrite")
     assert (out / "completed.csv").read_bytes() == before
+
+
+@pytest.mark.parametrize("edit", ["config", "checkpoint", "removed"])
+def test_a_run_whose_files_changed_since_training_is_refused_naming_them(edit, run, capsys):
+    if edit == "config":  # e.g. test_split pointed at the training photos
+        config = run / "config.yaml"
+        config.write_text(config.read_text().replace("test_split: test", "test_split: train"))
+        changed = "config.yaml"
+    elif edit == "checkpoint":
+        truncate(run / "checkpoints" / "best" / "model.safetensors")
+        changed = "checkpoints/best/model.safetensors"
+    else:
+        (run / "calibration.json").unlink()
+        changed = "calibration.json"
+    for command in (["eval", "--checkpoint", run], ["report", run, "--out", run.parent / "r.html"]):
+        code, err = cli(capsys, *command)
+        assert_error_line(code, err, f"run {run}: {changed} changed since training ended",
+                          "restore the files or train again")

@@ -28,16 +28,19 @@ from mlrkit.engine.recipe import load_recipe
 from mlrkit.engine.recipe_schema import Recipe
 from mlrkit.engine.run_files import (
     CHECKPOINTS_DIR,
+    CHECKSUMS_FILE,
     CONFIG_FILE,
     EVAL_CACHE_DIR,
     METRICS_FILE,
     RESULTS_FILE,
 )
 from mlrkit.engine.run_folder import (
+    changed_files,
     placeholder_spec,
     read_run_info,
     rebuild_encoder,
     stored_label_embeddings,
+    write_checksums,
 )
 from mlrkit.engine.sources import PreparedData, prepare_data, section_label_embeddings
 from mlrkit.engine.trainer import evaluate_logits, score_report
@@ -173,6 +176,11 @@ def load_run(run_dir: str | Path, allow_unfinished: bool = False) -> LoadedRun:
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)  # first: a folder that is no run folder at all says so
     check_finished(run_dir, allow_unfinished)
+    changed = changed_files(run_dir)
+    if changed:
+        raise ValueError(f"run {run_dir}: {', '.join(changed)} changed since training ended "
+                         f"({CHECKSUMS_FILE}); a run is used only as written: restore the files "
+                         f"or train again")
     method = create_method(info["method"]["name"], placeholder_spec(run_dir, info),
                            **info["method"]["hparams"])
     if info["end_to_end"] is not None:
@@ -281,6 +289,8 @@ def calibrate_run(run_dir: str | Path, allow_unfinished: bool = False) -> RunCal
                              run.device)
     fitted = fit_run_calibration(logits, prepared.labels["val"], list(prepared.class_names))
     fitted.save(run.run_dir)
+    if (run.run_dir / CHECKSUMS_FILE).is_file():  # the new calibration is part of the run now
+        write_checksums(run.run_dir)
     return fitted
 
 

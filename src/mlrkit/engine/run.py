@@ -44,7 +44,12 @@ from mlrkit.engine.run_files import (
     RUN_FILE,
     SPLIT_FILE,
 )
-from mlrkit.engine.run_folder import open_run_folder, remove_run_files, write_run_files
+from mlrkit.engine.run_folder import (
+    open_run_folder,
+    remove_run_files,
+    write_checksums,
+    write_run_files,
+)
 from mlrkit.engine.run_lock import run_lock
 from mlrkit.engine.trainer import TrainConfig, evaluate_logits, fit
 from mlrkit.provenance import source_hash
@@ -120,6 +125,7 @@ def _train(recipe: dict, run_dir: Path, cfg: TrainConfig, resume: bool, started:
         results.update(_evaluate(prepared, "test", cfg))
     results["seconds"] = time.perf_counter() - started
     if info.is_main:  # written last and atomically: its presence means the run is complete
+        write_checksums(run_dir)  # the run is used only as written from here on
         with atomic_write(run_dir / RESULTS_FILE, "w") as f:
             json.dump(results, f, indent=1)
     return results

@@ -56,10 +56,13 @@ from mlrkit.atomic import atomic_write
 from mlrkit.data.feature_cache import FeatureCache
 from mlrkit.data.protocols import ClassSplit
 from mlrkit.encoders.image import ImageEncoder, create_image_encoder
-from mlrkit.encoders.weights import WEIGHT_FILE_SUFFIXES
+from mlrkit.encoders.weights import WEIGHT_FILE_SUFFIXES, file_sha256
 from mlrkit.engine.recipe import load_recipe
 from mlrkit.engine.recipe_schema import EncoderSection, FeaturesSection, Recipe
 from mlrkit.engine.run_files import (
+    CHECKED_FILES,
+    CHECKED_FOLDER,
+    CHECKSUMS_FILE,
     CONFIG_FILE,
     EMBEDDINGS_FILE,
     MASK_FILE,
@@ -326,3 +329,32 @@ def zero_shot_info(split: ClassSplit, dropped: int) -> dict:
     return {"split": SPLIT_FILE, "class_names": list(split.class_names),
             "unseen": [split.class_names[c] for c in split.unseen],
             "dropped_train_images": int(dropped)}
+
+
+def _checked_paths(run_dir: Path) -> list[str]:
+    """The run files under checksum that exist, relative to ``run_dir``."""
+    names = [name for name in CHECKED_FILES if (run_dir / name).is_file()]
+    best = run_dir / CHECKED_FOLDER
+    names += sorted(p.relative_to(run_dir).as_posix() for p in best.rglob("*") if p.is_file())
+    return names
+
+
+def write_checksums(run_dir: Path) -> None:
+    """Write ``checksums.json``: the SHA-256 of each file a finished run is used from
+    (:data:`~mlrkit.engine.run_files.CHECKED_FILES` and the best checkpoint), atomically."""
+    sums = {name: file_sha256(run_dir / name) for name in _checked_paths(run_dir)}
+    with atomic_write(run_dir / CHECKSUMS_FILE, "w") as f:
+        json.dump(sums, f, indent=1)
+
+
+def changed_files(run_dir: Path) -> list[str]:
+    """The files of a finished run that differ from ``checksums.json`` (edited, replaced, removed
+    or added since training ended); empty for a run without one (trained before it existed)."""
+    path = run_dir / CHECKSUMS_FILE
+    if not path.is_file():
+        return []
+    recorded = read_json(path, "retrain the run, or delete checksums.json to use it unchecked")
+    now = set(_checked_paths(run_dir))
+    differing = [name for name, digest in recorded.items()
+                 if name not in now or file_sha256(run_dir / name) != digest]
+    return differing + sorted(now - set(recorded))
