@@ -575,3 +575,20 @@ def test_two_tasks_reviewing_one_image_differently_are_an_error_naming_both():
         reviewed_labels(tasks, CLASSES, ["a.png"], "export.json")
     tasks[1] = task(2, "a.png", annotation(2, ["cat"], "2026-05-02"))  # the same review: fine
     assert reviewed_labels(tasks, CLASSES, ["a.png"])[0].tolist() == [1, 0, 0]
+
+
+def test_skip_unreadable_imports_the_others_and_lists_the_skipped_task(tmp_path, capsys):
+    make_dataset(tmp_path)
+    labels = tmp_path / "labels.csv"
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([
+        task(1, "a.png", annotation(1, ["cat", "dog"], "2026-05-01")),          # a: dog -> 1
+        task(2, "c.png", {"id": 2, "was_cancelled": False, "created_at": "2026-05-01"}),
+    ]))
+    assert main(["import-labels", str(export), "--into", str(labels)]) == 2
+    assert labels.read_text(encoding="utf-8") == LABELS_CSV  # stopped: nothing written
+    capsys.readouterr()
+    assert main(["import-labels", str(export), "--into", str(labels), "--skip-unreadable"]) == 0
+    said = capsys.readouterr().out
+    assert "skipped (unreadable, its image untouched): " in said and "task 2" in said
+    assert labels.read_text(encoding="utf-8") == LABELS_CSV.replace("a.png,1,,0", "a.png,1,1,0")

@@ -655,13 +655,17 @@ def _add_import_labels_parser(commands: argparse._SubParsersAction) -> None:
                      help="the label CSV (image + one column per class) to update")
     imp.add_argument("--overwrite-conflicts", action="store_true",
                      help="reviewed values replace contradicting known labels")
+    imp.add_argument("--skip-unreadable", action="store_true",
+                     help="list the tasks that cannot be read and import the others (their "
+                          "images untouched) instead of stopping")
     imp.set_defaults(run=_run_import_labels)
 
 
 def _run_import_labels(args: argparse.Namespace) -> int:
     from mlrkit.review import import_labels
 
-    print(import_labels(args.export, args.into, args.overwrite_conflicts).summary())
+    print(import_labels(args.export, args.into, args.overwrite_conflicts,
+                        args.skip_unreadable).summary())
     return 0
 
 

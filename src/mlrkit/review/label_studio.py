@@ -120,15 +120,20 @@ def prefixed_url(prefix: str) -> Callable[[str], str]:
 
 
 def reviewed_labels(export: object, class_names: Sequence[str], ids: Sequence[str],
-                    source: str = "export", target: str = "the label file") -> dict[int, np.ndarray]:
+                    source: str = "export", target: str = "the label file",
+                    skipped: list[str] | None = None) -> dict[int, np.ndarray]:
     """``{row: (C,) int8}`` of each image with a submitted annotation in a Label Studio JSON
     export (the chosen classes 1, the others 0); ``row`` indexes ``ids``, the images' names in
     the label file of ``class_names``. ``source`` and ``target`` name the export and the label
     file in errors.
 
+    With ``skipped`` (a list), a task that cannot be read (an unknown image or class, an
+    annotation without result, ...) is described there and left out: its image keeps its labels.
+
     Raises:
-        DataFormatError: the export is not a JSON task list, or names an image or class that is
-            not in ``ids`` / ``class_names`` (naming the task and the value).
+        DataFormatError: the export is not a JSON task list, or (without ``skipped``) a task
+            cannot be read (naming the task and the value), or two tasks review one image
+            differently.
     """
     if not isinstance(export, list):
         raise DataFormatError(f"{source}: not a Label Studio JSON export (a list of tasks); "
@@ -138,13 +143,13 @@ def reviewed_labels(export: object, class_names: Sequence[str], ids: Sequence[st
     latest: dict[int, tuple[tuple[datetime, int], np.ndarray]] = {}
     task_of: dict[int, tuple[str, np.ndarray]] = {}  # row -> (task, its latest labels)
     for task in export:
-        where, row = _task_row(task, row_of, source, target)
-        chosen = None
-        for annotation in _submitted(task, where):
-            when = _annotation_time(annotation, where)
-            labels = _annotation_labels(annotation, column, where, target)
-            if chosen is None or when >= chosen[0]:
-                chosen = (when, labels)
+        try:
+            where, row, chosen = _task_review(task, row_of, column, source, target)
+        except DataFormatError as err:
+            if skipped is None:
+                raise
+            skipped.append(str(err))
+            continue
         if chosen is None:
             continue
         if row in task_of and not np.array_equal(task_of[row][1], chosen[1]):
@@ -155,6 +160,19 @@ def reviewed_labels(export: object, class_names: Sequence[str], ids: Sequence[st
         if row not in latest or chosen[0] >= latest[row][0]:
             latest[row] = chosen
     return {row: labels for row, (_, labels) in latest.items()}
+
+
+def _task_review(task: object, row_of: dict[str, int], column: dict[str, int], source: str,
+                 target: str) -> tuple[str, int, tuple[tuple[datetime, int], np.ndarray] | None]:
+    """A task's name, label-file row and latest submitted review (``None``: none submitted)."""
+    where, row = _task_row(task, row_of, source, target)
+    chosen = None
+    for annotation in _submitted(task, where):
+        when = _annotation_time(annotation, where)
+        labels = _annotation_labels(annotation, column, where, target)
+        if chosen is None or when >= chosen[0]:
+            chosen = (when, labels)
+    return where, row, chosen
 
 
 def _task_row(task: object, row_of: dict[str, int], source: str,

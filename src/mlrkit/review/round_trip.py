@@ -5,7 +5,7 @@ export merged into the label CSV, which is replaced atomically after a backup)."
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +72,7 @@ class ImportReport:
         merge: the :class:`~mlrkit.review.label_studio.Merge` (``labels`` are those written).
         reviewed: number of images with a submitted annotation.
         backup: the copy of the previous file, ``None`` when nothing changed (nothing written).
+        skipped: why each task left out with ``skip_unreadable`` could not be read.
     """
 
     path: Path
@@ -81,6 +82,7 @@ class ImportReport:
     merge: Merge
     reviewed: int
     backup: Path | None
+    skipped: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """Entries changed per class, and one line per conflict."""
@@ -89,7 +91,8 @@ class ImportReport:
         head = (f"{self.path}: {_counted(self.reviewed, 'reviewed image', 'reviewed images')}, "
                 + (f"{_counted(changed, 'entry', 'entries')} changed{kept}" if changed else
                    "no entry changed; the file is as it was"))
-        return "\n".join([head, *self._class_table(), *self._conflict_lines()])
+        skipped = [f"skipped (unreadable, its image untouched): {why}" for why in self.skipped]
+        return "\n".join([head, *self._class_table(), *self._conflict_lines(), *skipped])
 
     def _class_table(self) -> list[str]:
         """Per class: changed entries, by kind, and conflicts kept."""
@@ -123,8 +126,8 @@ def _counted(n: int, one: str, many: str) -> str:
 IMPORT_LOCK_WAIT_S = 120.0
 
 
-def import_labels(export: str | Path, into: str | Path,
-                  overwrite_conflicts: bool = False) -> ImportReport:
+def import_labels(export: str | Path, into: str | Path, overwrite_conflicts: bool = False,
+                  skip_unreadable: bool = False) -> ImportReport:
     """Merge the reviewed labels of the Label Studio JSON export ``export`` into the label CSV
     ``into`` (see :func:`~mlrkit.review.label_studio.merge_reviewed`); when an entry changes, the
     previous file is kept as a backup and ``into`` is replaced atomically, only the records of
@@ -139,11 +142,12 @@ def import_labels(export: str | Path, into: str | Path,
     # imports at once both land (the second waits for the first and reads its result)
     with file_lock(into.with_name(f".{into.name}.lock"), wait_s=IMPORT_LOCK_WAIT_S):
         labels = read_label_file(into)
+        skipped: list[str] | None = [] if skip_unreadable else None
         reviewed = reviewed_labels(tasks, labels.class_names, labels.image_names, str(export),
-                                   str(labels.path))
+                                   str(labels.path), skipped)
         merge = merge_reviewed(labels.labels, reviewed, overwrite_conflicts)
         backup = None
         if merge.changes:
             backup = replace_keeping_backup(labels.path, rewrite_cells(labels.path, merge.changes))
     return ImportReport(labels.path, labels.image_names, labels.class_names, labels.labels, merge,
-                        len(reviewed), backup)
+                        len(reviewed), backup, skipped or [])
