@@ -232,7 +232,7 @@ def test_reviewed_images_become_known_untouched_ones_stay_and_counts_are_per_cla
     before = labels.read_bytes()
     assert main(["import-labels", str(export), "--into", str(labels)]) == 0
     out = capsys.readouterr().out.splitlines()
-    backup = next(tmp_path.glob("labels.csv.bak-*"))
+    backup = next((tmp_path / ".mlrkit-backups").glob("labels.csv.bak-*"))
     assert backup.read_bytes() == before
     assert out == [
         f"{labels}: 3 reviewed images, 3 entries changed; previous file kept as {backup}",
@@ -259,7 +259,7 @@ def test_a_conflict_keeps_the_known_label_unless_overwrite_conflicts(tmp_path, c
     assert out[-2:] == [f"conflict: d.png, cat: known 1, reviewed 0 ({KEPT})",
                         f"conflict: d.png, dog: known 0, reviewed 1 ({KEPT})"]
     assert labels.read_text(encoding="utf-8") == LABELS_CSV
-    assert not list(tmp_path.glob("labels.csv.bak-*"))  # nothing written, nothing to back up
+    assert not list(tmp_path.rglob("labels.csv.bak-*"))  # nothing written, nothing to back up
 
     assert main(["import-labels", str(export), "--into", str(labels),
                  "--overwrite-conflicts"]) == 0
@@ -345,7 +345,8 @@ def test_a_backup_never_overwrites_an_older_one(tmp_path, monkeypatch, capsys):
     make_dataset(tmp_path)
     labels = tmp_path / "labels.csv"
     monkeypatch.setattr(csv_edit.time, "strftime", lambda fmt: "20260501T100000")
-    older = tmp_path / "labels.csv.bak-20260501T100000"
+    (tmp_path / ".mlrkit-backups").mkdir()
+    older = tmp_path / ".mlrkit-backups" / "labels.csv.bak-20260501T100000"
     older.write_text("an older backup", encoding="utf-8")
     first = write_export(tmp_path / "1.json", [task(1, "e.png", annotation(
         1, ["cat"], "2026-05-01T10:00:00Z"))])
@@ -355,9 +356,10 @@ def test_a_backup_never_overwrites_an_older_one(tmp_path, monkeypatch, capsys):
     assert main(["import-labels", str(second), "--into", str(labels)]) == 0
     capsys.readouterr()
     assert older.read_text(encoding="utf-8") == "an older backup"
-    assert (tmp_path / "labels.csv.bak-20260501T100000-2").read_text(encoding="utf-8") == \
-        LABELS_CSV
-    assert rows(tmp_path / "labels.csv.bak-20260501T100000-3")[5] == "e.png,1,0,0"
+    backups = tmp_path / ".mlrkit-backups"  # all in one place, none beside the data
+    assert (backups / "labels.csv.bak-20260501T100000-2").read_text(encoding="utf-8") == LABELS_CSV
+    assert rows(backups / "labels.csv.bak-20260501T100000-3")[5] == "e.png,1,0,0"
+    assert not list(tmp_path.glob("labels.csv.bak-*"))
     assert rows(labels)[2] == "b.png,0,1,1" and rows(labels)[5] == "e.png,1,0,0"
 
 
@@ -507,7 +509,7 @@ def test_round_trip_through_a_real_label_studio_server(label_studio, tmp_path, c
     assert main(["import-labels", str(export), "--into", str(labels)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{labels}: 3 reviewed images, 3 entries changed; previous file "
-                             f"kept as {labels}.bak-")
+                             f"kept as {labels.parent / '.mlrkit-backups' / labels.name}.bak-")
     assert out[-1] == f"conflict: f.png, cat: known 0, reviewed 1 ({KEPT})"
     assert cell_diff(LABELS_CSV, labels) == [("a.png", "dog", "", "1"),
                                              ("c.png", "person", "", "0"),
@@ -519,7 +521,7 @@ def test_round_trip_through_a_real_label_studio_server(label_studio, tmp_path, c
     assert capsys.readouterr().out.splitlines()[-1] == \
         "conflict: f.png, cat: known 0, reviewed 1 (overwritten)"
     assert cell_diff(REVIEWED_CSV, labels) == [("f.png", "cat", "0", "1")]
-    assert len(list(photos.glob("labels.csv.bak-*"))) == 2
+    assert len(list((photos / ".mlrkit-backups").glob("labels.csv.bak-*"))) == 2
 
 
 def _import_in_a_process(args: tuple[str, str]) -> str:

@@ -648,7 +648,8 @@ def _add_import_labels_parser(commands: argparse._SubParsersAction) -> None:
         description="Reviewed images get all their classes known: the chosen ones 1, the others "
                     "0 (the latest submitted annotation counts). A review that contradicts a "
                     "known label is reported and not applied unless --overwrite-conflicts. The "
-                    "previous file is kept as LABELS.bak-<time>. See docs/review.md.",
+                    "previous file is kept as .mlrkit-backups/LABELS.bak-<time> in the label file's "
+                    "folder. See docs/review.md.",
     )  # fmt: skip
     imp.add_argument("export", help="the project's Label Studio JSON export")
     imp.add_argument("--into", required=True,

@@ -98,11 +98,16 @@ def _image_records(lines: list[str]) -> list[tuple[int, int, list[str]]]:
     return records
 
 
+#: Where the backups of a folder's label files go, all in one place (not beside the data).
+BACKUP_FOLDER = ".mlrkit-backups"
+
+
 def replace_keeping_backup(path: str | Path, text: str) -> Path:
-    """Copy ``path`` to a new backup next to it, then atomically replace ``path`` with ``text``
-    (UTF-8, with the file's permissions). Returns the backup's path:
-    ``<name>.bak-<YYYYmmddTHHMMSS>``, with ``-2``, ``-3``, ... added when that name is taken (an
-    existing file is never overwritten)."""
+    """Copy ``path`` to a new backup in the one backup folder of its directory
+    (:data:`BACKUP_FOLDER`), then atomically replace ``path`` with ``text`` (UTF-8, with the
+    file's permissions). Returns the backup's path: ``<BACKUP_FOLDER>/<name>.bak-<YYYYmmddTHHMMSS>``,
+    with ``-2``, ``-3``, ... added when that name is taken (an existing file is never
+    overwritten)."""
     path = Path(path)
     backup = _new_backup(path, path.read_bytes())
     mode = stat.S_IMODE(path.stat().st_mode)
@@ -115,8 +120,10 @@ def replace_keeping_backup(path: str | Path, text: str) -> Path:
 def _new_backup(path: Path, content: bytes) -> Path:
     """Write ``content`` to the first free backup name of ``path`` (exclusive creation)."""
     stem = f"{path.name}.bak-{time.strftime('%Y%m%dT%H%M%S')}"
+    folder = path.parent / BACKUP_FOLDER
+    folder.mkdir(exist_ok=True)
     for n in itertools.count(1):
-        backup = path.with_name(stem if n == 1 else f"{stem}-{n}")
+        backup = folder / (stem if n == 1 else f"{stem}-{n}")
         try:
             with naming_errors(backup), open(backup, "xb") as f:
                 f.write(content)
