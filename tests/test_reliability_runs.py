@@ -353,6 +353,26 @@ def test_file_too_large_names_the_file_being_written(work, tmp_path):
     assert not (run_dir / LOCK_FILE).exists()
 
 
+def test_extract_under_a_file_size_limit_names_the_cache_file(work, tmp_path):
+    import resource
+
+    def limit_file_size() -> None:  # the metadata fits, the pooled features do not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+
+    out = tmp_path / "cache"
+    done = subprocess.run(
+        [sys.executable, "-m", "mlrkit.cli", "extract", "--dataset", "csv", "--root",
+         str(work / "data"), "--encoder", "resnet18", "--image-size", "32", "--spatial",
+         "--workers", "0", "--out", str(out)],
+        check=False, capture_output=True, text=True, timeout=300, env=ENV,
+        preexec_fn=limit_file_size,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"mlrkit: error: {out}/"), line
+    assert ".npy: File too large; free disk space" in line
+
+
 @pytest.mark.parametrize("content", ["pickled-object", "truncated"])
 def test_unreadable_encoder_weights_name_the_file(content, work, tmp_path, capsys):
     import pickle

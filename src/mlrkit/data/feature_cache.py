@@ -64,7 +64,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mlrkit._version import __version__
-from mlrkit.atomic import atomic_write
+from mlrkit.atomic import atomic_write, naming_errors
 from mlrkit.data.dataset import DataFormatError, MultiLabelData
 from mlrkit.data.images import ImageFiles, UnreadableImagesError, check_image_files
 from mlrkit.distributed import DistInfo, barrier, current_info, gather_objects, main_first
@@ -688,8 +688,9 @@ def _open_outputs(
 
     def create() -> None:
         for name, shape, dtype in specs:
-            np.lib.format.open_memmap(out / name, mode="w+", dtype=np.dtype(dtype),
-                                      shape=tuple(shape)).flush()
+            with naming_errors(out / name):  # a full disk or a file-size limit names the file
+                np.lib.format.open_memmap(out / name, mode="w+", dtype=np.dtype(dtype),
+                                          shape=tuple(shape)).flush()
 
     if fresh:
         main_first(info, create)
@@ -743,5 +744,6 @@ def _store_rows(array: np.memmap, rows: np.ndarray, values: torch.Tensor, ids: l
             f"features of {bad} are not finite in {array.dtype.name} (overflow or NaN in the "
             f"encoder); for spatial maps, extract with spatial_dtype='float32'"
         )
-    array[rows] = values.cpu().numpy()
-    array.flush()
+    with naming_errors(Path(array.filename)):
+        array[rows] = values.cpu().numpy()
+        array.flush()
