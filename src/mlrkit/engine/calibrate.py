@@ -4,7 +4,7 @@ After training, the run's validation logits give a Platt calibration (:mod:`mlrk
 one scale and shift for all classes, so rankings and mAP are unchanged) and, on the calibrated
 probabilities, one F1-maximising threshold per class (:func:`~mlrkit.engine.thresholds.
 choose_thresholds`; a class with too few validation positives gets none and uses
-:data:`DEFAULT_ON`). Both are saved in the run folder (``calibration.json``) and used by
+:data:`~mlrkit.tagging.DEFAULT_ON`). Both are saved in the run folder (``calibration.json``) and used by
 ``predict``, ``recover`` and ``export``. ``mlrkit calibrate RUN`` fits them again, e.g. for a run
 trained before they existed.
 """

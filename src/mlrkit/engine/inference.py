@@ -22,7 +22,7 @@ from mlrkit.data.feature_cache import extract_features, load_features
 from mlrkit.data.protocols import ClassSplit
 from mlrkit.distributed import resolve_device
 from mlrkit.engine.batches import FeatureBatches, ImageBatches
-from mlrkit.engine.calibrate import DEFAULT_ON, RunCalibration, fit_run_calibration
+from mlrkit.engine.calibrate import RunCalibration, fit_run_calibration
 from mlrkit.engine.checkpoint import load_checkpoint
 from mlrkit.engine.recipe import load_recipe
 from mlrkit.engine.recipe_schema import Recipe
@@ -48,7 +48,7 @@ from mlrkit.methods import Method, create_method
 from mlrkit.methods.base import scoring_classes
 from mlrkit.methods.encoder_head import EncoderHead
 from mlrkit.metrics import zero_shot_metrics
-from mlrkit.tagging import ranked_tags
+from mlrkit.tagging import DEFAULT_ON, ranked_tags
 
 
 def scores_report(method: Method, source, labels: np.ndarray, batch_size: int,
@@ -132,7 +132,7 @@ class LoadedRun:
 
     def on_thresholds(self, num_classes: int) -> np.ndarray:
         """``(C,)`` the probability from which each class's label is on: the run's thresholds, or
-        :data:`~mlrkit.engine.calibrate.DEFAULT_ON` (for classes scored by name, or no
+        :data:`~mlrkit.tagging.DEFAULT_ON` (for classes scored by name, or no
         calibration)."""
         if self.calibration is None or num_classes != len(self.class_names):
             return np.full(num_classes, DEFAULT_ON)
