@@ -25,14 +25,13 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 from recipe_grid import ROOT, markdown_table, run_recipe, write_result
 
 from mlrkit.calibration import Calibration, fit_platt, uncalibrated
 from mlrkit.data import create_dataset
 from mlrkit.data.feature_cache import extract_features, load_features
 from mlrkit.encoders import create_image_encoder
-from mlrkit.encoders.imagenet import CLASSIFIER, imagenet_classifier
+from mlrkit.encoders.imagenet import CLASSIFIER, pooled_probabilities
 from mlrkit.engine.inference import load_run, prepare_from_run
 from mlrkit.engine.trainer import evaluate_logits
 from mlrkit.metrics import expected_calibration_error
@@ -51,10 +50,8 @@ def conse_on_cached_features(dataset: str, root: Path, split: str) -> tuple[np.n
     extract_features(data, encoder, cache_dir, spatial=True)  # the recipes' cache: both kinds
     cache = load_features(cache_dir, data=data, encoder=encoder)
     rows = data.split_index(split)
-    head = imagenet_classifier().model.get_classifier()
-    with torch.no_grad():
-        probs = head(torch.as_tensor(np.asarray(cache.pooled[rows]))).softmax(-1)
-    return conse_scores(probs.numpy(), list(data.class_names)), data.labels[rows]
+    probs = pooled_probabilities(cache.pooled[rows])
+    return conse_scores(probs, list(data.class_names)), data.labels[rows]
 
 
 def run_row(config: str) -> tuple[np.ndarray, np.ndarray, Calibration]:

@@ -155,6 +155,15 @@ def imagenet_classifier() -> Any:
     return encoder.eval()
 
 
+def pooled_probabilities(pooled: np.ndarray | Tensor) -> np.ndarray:
+    """``(N, 1000)`` float32 ImageNet probabilities of pooled :data:`CLASSIFIER` features
+    ``(N, 1280)`` (e.g. a feature cache of ImageNet EfficientNet-Lite0): the classifier's head and
+    a softmax, what :func:`imagenet_classifier` gives the same photos."""
+    head = imagenet_classifier().model.get_classifier()
+    with torch.no_grad():
+        return head(torch.as_tensor(np.asarray(pooled), dtype=torch.float32)).softmax(-1).numpy()
+
+
 def conse_templates(source: str, templates: Sequence[str] | None) -> Sequence[str] | None:
     """The templates ``source`` embeds ImageNet names and labels with for ConSE: ``templates``,
     or :data:`~mlrkit.prompts.CONSE_TEMPLATES`'s for ``source``."""

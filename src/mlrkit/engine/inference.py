@@ -43,7 +43,7 @@ from mlrkit.engine.run_folder import (
     write_checksums,
 )
 from mlrkit.engine.sources import PreparedData, prepare_data, section_label_embeddings
-from mlrkit.engine.trainer import evaluate_logits, score_report
+from mlrkit.engine.trainer import evaluate_logits, metrics_log_records, score_report
 from mlrkit.methods import Method, create_method
 from mlrkit.methods.base import scoring_classes
 from mlrkit.methods.encoder_head import EncoderHead
@@ -194,7 +194,8 @@ def check_finished(run_dir: Path, allow_unfinished: bool) -> None:
     """Refuse (or, with ``allow_unfinished``, note on stderr) a run without ``results.json``."""
     if (run_dir / RESULTS_FILE).is_file():
         return
-    epochs = _epochs_logged(run_dir / METRICS_FILE)
+    log = run_dir / METRICS_FILE
+    epochs = len(metrics_log_records(log)) if log.is_file() else 0
     state = f"{epochs} epoch(s) logged" if epochs else "no epoch logged"
     if not allow_unfinished:
         raise ValueError(f"run {run_dir} has not finished ({state}, no {RESULTS_FILE}); wait for "
@@ -202,13 +203,6 @@ def check_finished(run_dir: Path, allow_unfinished: bool) -> None:
                          f"so far with --allow-unfinished")
     print(f"mlrkit: note: run {run_dir} has not finished ({state}); using its best checkpoint so "
           f"far", file=sys.stderr)
-
-
-def _epochs_logged(path: Path) -> int:
-    try:
-        return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    except OSError:
-        return 0
 
 
 def evaluate_run(

@@ -114,13 +114,9 @@ def teacher_scores(section: PseudoLabelsSection, class_names: Sequence[str], ima
 
 def _conse_scores(section: PseudoLabelsSection, class_names: Sequence[str], images: Sequence[Path],
                   pooled: np.ndarray | None) -> np.ndarray:
-    from mlrkit.encoders.imagenet import imagenet_classifier
+    from mlrkit.encoders.imagenet import pooled_probabilities
     from mlrkit.zero_shot import conse_scores
 
     options = section.model_dump(include={"top_t", "source", "templates"})
-    if pooled is None:
-        return conse_scores(list(images), list(class_names), **options)
-    head = imagenet_classifier().model.get_classifier()
-    with torch.no_grad():
-        probs = head(torch.as_tensor(np.asarray(pooled), dtype=torch.float32)).softmax(-1)
-    return conse_scores(probs.numpy(), list(class_names), **options)
+    source = list(images) if pooled is None else pooled_probabilities(pooled)
+    return conse_scores(source, list(class_names), **options)
