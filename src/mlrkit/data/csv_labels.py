@@ -37,6 +37,7 @@ from mlrkit.text_files import decode
 CELL_VALUES = {"1": POSITIVE, "0": NEGATIVE, "-1": UNKNOWN, "": UNKNOWN}
 UNLISTED_LABEL = {"negative": NEGATIVE, "unknown": UNKNOWN}
 LIST_HEADER = ["image", "labels"]
+CLASSES_FILE = "classes.txt"  # the class list of a tag-list CSV, next to it
 
 
 @register_dataset("csv")
@@ -74,8 +75,10 @@ def read_csv_labels(
     header, rows = _read_rows(path)
     if header == LIST_HEADER:
         class_names, labels = _parse_lists(path, rows, classes, UNLISTED_LABEL[unlisted])
+        from_labels = classes is None and not (path.parent / CLASSES_FILE).is_file()
     else:
         class_names, labels = _parse_columns(path, header, rows, classes)
+        from_labels = False
 
     first_line: dict[str, int] = {}
     for line_no, row in rows:
@@ -110,6 +113,7 @@ def read_csv_labels(
             "image_name": np.asarray(names, dtype=object),
             "list_format": np.full(len(names), header == LIST_HEADER),
         },
+        classes_from_labels=from_labels,
     )
 
 
@@ -197,7 +201,7 @@ def _parse_lists(
                 f"names separated by ';')"
             )
         positives.append([name.strip() for name in row[1].split(";") if name.strip()])
-    classes_file = path.parent / "classes.txt"
+    classes_file = path.parent / CLASSES_FILE
     if classes is not None:
         class_names, source = list(classes), "classes="
     elif classes_file.is_file():

@@ -41,6 +41,8 @@ class MultiLabelData:
         splits: ``(N,)`` array of split names (``"train"``, ``"val"``, ``"test"``, ...) or ``None``.
         extras: reader-specific ``(N, ...)`` arrays, e.g. ``"difficult"``: ``(N, C)`` bool for VOC.
         class_groups: named lists of class indices, e.g. NUS-WIDE's ``"concepts81"``.
+        classes_from_labels: the class list was collected from the label file itself (no class
+            list was given), so a misspelt name in it became a class of its own.
     """
 
     name: str
@@ -51,6 +53,7 @@ class MultiLabelData:
     splits: np.ndarray | None = None
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     class_groups: dict[str, np.ndarray] = field(default_factory=dict)
+    classes_from_labels: bool = False
 
     def __repr__(self) -> str:
         splits = "" if self.splits is None else ", splits={" + ", ".join(

@@ -86,6 +86,9 @@ class DataSection(_Section):
     train_split: str | None = "train"
     val_split: str | None = "val"
     test_split: str | None = "test"
+    #: train on classes that a class-list-free label file names in very few images (by default
+    #: an error: such names are usually typos, see ``mlrkit data summary``)
+    allow_new_classes: bool = False
 
 
 class FeaturesSection(_Section):

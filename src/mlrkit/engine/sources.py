@@ -13,9 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from mlrkit.data import MultiLabelData, create_dataset
+from mlrkit.data.dataset import POSITIVE
 from mlrkit.data.feature_cache import FeatureCache, extract_features, load_features
+from mlrkit.data.files import DataFormatError
 from mlrkit.data.protocols import ClassSplit, ProtocolMask, class_split, draw_mask
 from mlrkit.data.splits import apply_recipe_splits
+from mlrkit.data.summary import rare_classes
 from mlrkit.distributed import current_info, resolve_device
 from mlrkit.engine.batches import FeatureBatches, ImageBatches
 from mlrkit.engine.recipe_schema import EncoderSection, FeaturesSection, Recipe
@@ -94,6 +97,8 @@ def prepare_data(recipe: Recipe) -> PreparedData:
     """Read the data, split it, draw the mask, and get features (cache) or image sources."""
     section = recipe.data
     data = create_dataset(section.dataset, section.root, **section.options)
+    if not section.allow_new_classes:
+        refuse_misspelt_classes(data)
     data = apply_recipe_splits(data, section.model_dump(by_alias=True))
     names = {"train": section.train_split, "val": section.val_split, "test": section.test_split}
     rows = {s: data.split_index(name) for s, name in names.items() if name is not None}
@@ -120,6 +125,22 @@ def prepare_data(recipe: Recipe) -> PreparedData:
     return PreparedData(recipe=recipe, data=data, mask=mask, rows=rows, labels=labels,
                         sources=sources, feature_shape=shape, encoder=encoder, cache=cache,
                         class_split=split, dropped_train_images=dropped)
+
+
+def refuse_misspelt_classes(data: MultiLabelData) -> None:
+    """Refuse classes that a label file without a class list names in very few images: the same
+    flag as ``mlrkit data summary`` (:func:`mlrkit.data.summary.rare_classes`)."""
+    if not data.classes_from_labels:
+        return
+    positives = (data.labels == POSITIVE).sum(axis=0).tolist()
+    rare = rare_classes(dict(zip(data.class_names, positives, strict=True)), data.num_images)
+    if rare:
+        listed = ", ".join(f"{name!r} ({count} image{'s' * (count != 1)})"
+                           for name, count in rare.items())
+        raise DataFormatError(
+            f"dataset {data.name!r} at {data.root}: class(es) {listed} appear in very few images "
+            f"and are probably misspelt names; fix them in the label file, list the classes in "
+            f"classes.txt next to it, or set data.allow_new_classes: true to train on them")
 
 
 def _feature_sources(recipe: Recipe, data: MultiLabelData, rows: dict[str, np.ndarray],
