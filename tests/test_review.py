@@ -524,6 +524,65 @@ def test_round_trip_through_a_real_label_studio_server(label_studio, tmp_path, c
     assert len(list((photos / ".mlrkit-backups").glob("labels.csv.bak-*"))) == 2
 
 
+def test_audit_export_review_import_through_a_real_label_studio_server(label_studio, tmp_path,
+                                                                       capsys):
+    import yaml
+    from test_recipe_run import make_dataset as make_squares
+
+    server = label_studio
+    photos = server.documents / f"audit-{tmp_path.name}"
+    make_squares(photos, n=48)
+    labels = photos / "labels.csv"
+    recipe = {"name": "audit", "data": {"dataset": "csv", "root": str(photos)},
+              "features": {"encoder": "resnet18", "weights": None, "image_size": 32, "seed": 0,
+                           "cache": str(tmp_path / "cache"), "num_workers": 0, "spatial": False},
+              "method": {"name": "linear"},
+              "train": {"epochs": 8, "batch_size": 8, "lr": 0.05, "progress": False,
+                        "device": "cpu"}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    audit, tasks_file = tmp_path / "audit", tmp_path / "tasks.json"
+    assert main(["audit", "--config", str(tmp_path / "r.yaml"), "--out", str(audit),
+                 "--folds", "3"]) == 0
+    assert main(["export", "--format", "label-studio", str(audit), "--out", str(tasks_file),
+                 "--image-root", f"{photos.name}/images"]) == 0
+    assert "images with questioned labels, most suspect first" in capsys.readouterr().out
+    issues = list(csv.DictReader((audit / "label_issues.csv").open(encoding="utf-8")))
+    flagged = [r for r in issues if r["flagged"] == "1"]
+    tasks = json.loads(tasks_file.read_text(encoding="utf-8"))
+    assert [t["data"]["image_id"] for t in tasks] == list(dict.fromkeys(r["image"] for r in flagged))
+    first = tasks[0]
+    suspects = [r for r in flagged if r["image"] == first["data"]["image_id"]]
+    assert first["data"]["suspect_labels"].startswith(
+        f"{suspects[0]['class']}: {suspects[0]['given']} -> {1 - int(suspects[0]['given'])} ")
+    config = tasks_file.with_suffix(".xml").read_text(encoding="utf-8")
+    assert '<Text name="suspect_labels" value="$suspect_labels"/>' in config
+
+    project = server.call("POST", "/api/projects/", {"title": "mlrkit audit",
+                                                     "label_config": config})["id"]
+    server.call("POST", "/api/storages/localfiles", {
+        "project": project, "path": str(photos / "images"), "title": "photos",
+        "use_blob_urls": True})
+    imported = server.call("POST", f"/api/projects/{project}/import", tasks)
+    assert imported["task_count"] == len(tasks)
+    listed = server.call("GET", f"/api/tasks?project={project}&page_size=100")["tasks"]
+    task_id = next(t["id"] for t in listed if t["data"]["image_id"] == first["data"]["image_id"])
+    proposed = first["predictions"][0]["result"][0]["value"]["choices"] if \
+        first["predictions"][0]["result"] else []
+    server.call("POST", f"/api/tasks/{task_id}/annotations/",  # the reviewer agrees with audit
+                {"result": choices(*proposed), "was_cancelled": False})
+    export = tmp_path / "export.json"
+    export.write_bytes(server.get(f"/api/projects/{project}/export?exportType=JSON"))
+
+    before = labels.read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert main(["import-labels", str(export), "--into", str(labels),
+                 "--overwrite-conflicts"]) == 0
+    expected = {(first["data"]["image_id"], r["class"], r["given"], str(1 - int(r["given"])))
+                for r in suspects}
+    assert set(cell_diff(before, labels)) == expected  # the questioned labels turned, no other
+    assert "(overwritten)" in capsys.readouterr().out
+
+
 def _import_in_a_process(args: tuple[str, str]) -> str:
     from mlrkit.review import import_labels
 

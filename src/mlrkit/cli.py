@@ -9,6 +9,7 @@
     mlrkit tag photos/ --recursive --labels "cat, dog, sofa" --zero-shot conse --top-k 2
     mlrkit recover --checkpoint runs/my_run --dataset csv --root my_photos --out recovered/
     mlrkit export --format label-studio recovered/ --out review/tasks.json --image-root my_photos
+    mlrkit audit --config my_recipe.yaml --out audit/
     mlrkit import-labels project-1-export.json --into my_photos/labels.csv
     mlrkit report runs/run_a runs/run_b --out report.html
 
@@ -34,6 +35,7 @@ from mlrkit.data import create_dataset, list_datasets
 from mlrkit.data.protocols import PARTIAL_MODES, PROTOCOL_DEFAULTS, SINGLE_POSITIVE_MODES, draw_mask
 from mlrkit.data.summary import format_summary, summarize
 from mlrkit.engine.recipe import load_recipe, parse_override
+from mlrkit.label_quality import QUALITY_SCORES
 from mlrkit.tagging import (
     DEFAULT_ON,
     image_files,
@@ -510,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=_cmd_predict)
     _add_tag_parser(commands)
     _add_report_parser(commands)
+    _add_audit_parser(commands)
     _add_export_parser(commands)
     _add_import_labels_parser(commands)
     extract = commands.add_parser("extract", help="compute and cache encoder features of images")
@@ -600,6 +603,37 @@ def _run_report(args: argparse.Namespace) -> int:
     from mlrkit.report import build_report
 
     print(f"report written to {build_report(args.run_dirs, args.out, args.overwrite)}")
+    return 0
+
+
+def _add_audit_parser(commands: argparse._SubParsersAction) -> None:
+    audit = commands.add_parser(
+        "audit", help="find wrong labels among the known ones (K-fold cross-fitting)",
+        description="Train the recipe K times, each time without one fold of its training "
+                    "split, score each fold with the run that did not see it, and rank every "
+                    "known label by how much the out-of-fold probabilities contradict it "
+                    "(confident learning, per class, unknown entries never questioned). Writes "
+                    "OUT/label_issues.csv (most suspect first), OUT/class_summary.csv and one "
+                    "run folder per fold (an interrupted audit resumes). See docs/audit.md.",
+    )  # fmt: skip
+    audit.add_argument("--config", required=True, help="recipe YAML file (labels as given: no "
+                                                       "simulated protocol)")
+    audit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe entry, e.g. --set train.lr=0.01 (repeatable)")
+    audit.add_argument("--out", required=True, help="the audit folder")
+    audit.add_argument("--folds", type=_positive_int, default=5, help="K (default 5)")
+    audit.add_argument("--seed", type=int, default=0, help="the folds' draw (default 0)")
+    audit.add_argument("--score", choices=list(QUALITY_SCORES), default="normalized",
+                       help="label quality: self-confidence over its class's typical "
+                            "confidence (normalized, default) or the self-confidence alone")
+    audit.set_defaults(run=_run_audit)
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from mlrkit.engine.audit import audit
+
+    recipe = load_recipe(args.config, _checked_overrides(args.set))
+    print(audit(recipe, args.out, folds=args.folds, seed=args.seed, score=args.score).summary())
     return 0
 
 

@@ -70,6 +70,34 @@ def holdout_split(
     return replace(data, splits=splits.astype(str))
 
 
+def fold_split(
+    data: MultiLabelData,
+    folds: int,
+    index: int,
+    seed: int = 0,
+    source: str = "train",
+    name: str = "heldout",
+) -> MultiLabelData:
+    """Move fold ``index`` of ``folds`` seeded folds of split ``source`` into a new split ``name``
+    (K-fold cross-fitting: each image of ``source`` is in exactly one fold).
+
+    The folds are the ``default_rng(seed).permutation`` of the ``source`` rows cut into ``folds``
+    near-equal parts (``np.array_split``); rows keep their order.
+    """
+    if not 0 <= index < folds:
+        raise ValueError(f"fold {index} is not one of the {folds} folds (0 ... {folds - 1})")
+    rows = data.split_index(source)
+    if name in data.split_names():
+        raise DataFormatError(f"dataset {data.name!r}: a split named {name!r} exists already; "
+                              f"give the fold another name (data.fold.name)")
+    if len(rows) < folds:
+        raise ValueError(f"split {source!r} has {len(rows)} images, fewer than {folds} folds")
+    chosen = np.array_split(rows[np.random.default_rng(seed).permutation(len(rows))], folds)[index]
+    splits = data.splits.astype(object)
+    splits[chosen] = name
+    return replace(data, splits=splits.astype(str))
+
+
 def random_split(data: MultiLabelData, sizes: dict[str, float], seed: int = 0) -> MultiLabelData:
     """A seeded random split of every image into the named parts of ``sizes``.
 
@@ -119,7 +147,7 @@ def write_split_file(data: MultiLabelData, path: str | Path, overwrite: bool = F
 
 
 def apply_recipe_splits(data: MultiLabelData, section: dict) -> MultiLabelData:
-    """The ``data.split`` and ``data.holdout`` entries of a recipe, in that order.
+    """The ``data.split``, ``data.holdout`` and ``data.fold`` entries of a recipe, in that order.
 
     ``split``: ``{train: 0.8, val: 0.1, test: 0.1, seed: 0}`` (a random split of data that has
     none; refused when the data already has one). ``holdout``: ``{size: 250, seed: 0, from: train,
@@ -144,4 +172,8 @@ def apply_recipe_splits(data: MultiLabelData, section: dict) -> MultiLabelData:
         data = holdout_split(data, options["size"], seed=options.get("seed", 0),
                              source=options.get("from", "train"),
                              name=options.get("name", "holdout"))
+    if section.get("fold"):
+        options = dict(section["fold"])
+        data = fold_split(data, options["folds"], options["index"], seed=options.get("seed", 0),
+                          source=options.get("from", "train"), name=options.get("name", "heldout"))
     return data

@@ -48,13 +48,16 @@ DEFAULTS: dict[str, Any] = {
 #: The defaults of each protocol, filled in after the recipe names its protocol (so that one
 #: protocol's options never leak into another's); ``mask_file`` is accepted by all of them.
 STRICT_SECTIONS = ("", "data.")  # sections whose keys are fixed; the others go to their code
+#: keys a strict section accepts without a default above: a recipe that does not name them
+#: resolves (and fingerprints) as before they existed
+OPTIONAL_KEYS = {"": tuple(OPTIONAL_SECTIONS), "data.": ("allow_new_classes", "fold")}
 NAMED_SECTIONS = ("protocol", "method")  # replaced, not merged, when the name changes
 
 
 def _merge(base: dict, update: dict, source: Path | str, path: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if path in STRICT_SECTIONS and key not in out and not (path == "" and key in OPTIONAL_SECTIONS):
+        if path in STRICT_SECTIONS and key not in out and key not in OPTIONAL_KEYS[path]:
             raise RecipeKeyError(f"{source}: unknown recipe key {path + key!r}; known keys here: "
                                  f"{sorted(out)}")
         if isinstance(value, dict) and isinstance(out.get(key), dict):

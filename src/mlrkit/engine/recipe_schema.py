@@ -75,6 +75,23 @@ class HoldoutSection(_Section):
     name: str = "holdout"
 
 
+class FoldSection(_Section):
+    """``data.fold``, see :func:`~mlrkit.data.splits.fold_split` (set by ``mlrkit audit``)."""
+
+    folds: int = Field(ge=2)
+    index: int = Field(ge=0)
+    seed: int = 0
+    from_: str = Field("train", alias="from")
+    name: str = "heldout"
+
+    @model_validator(mode="after")
+    def _index_below_folds(self) -> FoldSection:
+        if self.index >= self.folds:
+            raise ValueError(f"index {self.index} is not one of the {self.folds} folds "
+                             f"(0 ... {self.folds - 1})")
+        return self
+
+
 class DataSection(_Section):
     """``data``: the dataset reader, its folder and options, and which splits train and test."""
 
@@ -83,6 +100,7 @@ class DataSection(_Section):
     options: dict[str, Any] = {}
     split: dict[str, float] | None = None
     holdout: HoldoutSection | None = None
+    fold: FoldSection | None = None
     train_split: str | None = "train"
     val_split: str | None = "val"
     test_split: str | None = "test"

@@ -40,7 +40,7 @@ def write_long_table(path: Path, data: MultiLabelData, observed: np.ndarray,
     with atomic_write(path, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["image", "class", "observed", "recovered", "probability"])
-        for i, image in enumerate(_image_names(data)):
+        for i, image in enumerate(image_names(data)):
             for c, name in enumerate(data.class_names):
                 seen = "" if observed[i, c] < 0 else int(observed[i, c])
                 decided = "" if recovered[i, c] < 0 else int(recovered[i, c])
@@ -56,7 +56,7 @@ def write_thresholds(path: Path, thresholds: Thresholds, class_names: list[str])
         writer.writerows({**row, "rule": thresholds.rule} for row in rows)
 
 
-def _image_names(data: MultiLabelData) -> list[str]:
+def image_names(data: MultiLabelData) -> list[str]:
     """The images as the label file named them (CSV reader), else relative to the root."""
     names = data.extras.get("image_name")
     return data.image_ids() if names is None else [str(n) for n in names]
@@ -73,12 +73,12 @@ def write_completed_csv(path: Path, data: MultiLabelData, recovered: np.ndarray,
         writer = csv.writer(f, lineterminator="\n")
         if as_list:
             writer.writerow(["image", "labels"])
-            for image, row in zip(_image_names(data), recovered, strict=True):
+            for image, row in zip(image_names(data), recovered, strict=True):
                 writer.writerow([image, ";".join(n for n, v in zip(data.class_names, row,
                                                                     strict=True) if v == 1)])
         else:
             writer.writerow(["image", *data.class_names])
-            for image, row in zip(_image_names(data), recovered, strict=True):
+            for image, row in zip(image_names(data), recovered, strict=True):
                 writer.writerow([image, *("" if v < 0 else v for v in row.tolist())])
 
 

@@ -24,6 +24,10 @@ from mlrkit.engine.batches import FeatureBatches, ImageBatches
 from mlrkit.engine.recipe_schema import EncoderSection, FeaturesSection, Recipe
 from mlrkit.methods import method_class
 
+#: The key of the fold a recipe's ``data.fold`` holds out of training, in ``PreparedData``'s
+#: ``rows``, ``labels`` and ``sources`` (see :mod:`mlrkit.engine.audit`).
+HELDOUT = "heldout"
+
 
 @dataclass(kw_only=True)
 class PreparedData:
@@ -101,6 +105,8 @@ def prepare_data(recipe: Recipe) -> PreparedData:
         refuse_misspelt_classes(data)
     data = apply_recipe_splits(data, section.model_dump(by_alias=True))
     names = {"train": section.train_split, "val": section.val_split, "test": section.test_split}
+    if section.fold is not None:  # the fold held out of training (mlrkit audit scores it)
+        names[HELDOUT] = section.fold.name
     rows = {s: data.split_index(name) for s, name in names.items() if name is not None}
     labels = {s: data.labels[i] for s, i in rows.items()}
     split, dropped = None, 0

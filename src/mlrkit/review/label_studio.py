@@ -34,16 +34,19 @@ FROM_NAME, TO_NAME = "labels", "image"
 #: Any other type than ``choices`` (a typo such as ``Choices``, a region control) is an error.
 NOTE_RESULT_TYPES = ("textarea", "rating", "number", "datetime")
 ID_FIELD = "image_id"
+SUSPECT_FIELD = "suspect_labels"
 MODEL_VERSION = "mlrkit"
 LOCAL_FILES = "/data/local-files/?d="
 NO_TIME = datetime.min.replace(tzinfo=UTC)
 
 
-def labelling_config(class_names: Sequence[str]) -> str:
+def labelling_config(class_names: Sequence[str], suspects: bool = False) -> str:
     """The labelling config of the exported tasks: the image and one multiple-choice question
-    over ``class_names``."""
+    over ``class_names``; with ``suspects``, the task's questioned labels shown above it."""
     choices = "".join(f"    <Choice value={quoteattr(name)}/>\n" for name in class_names)
-    return (f'<View>\n  <Image name="{TO_NAME}" value="${TO_NAME}"/>\n'
+    shown = (f'  <Header value="Questioned labels (given -> proposed)"/>\n'
+             f'  <Text name="{SUSPECT_FIELD}" value="${SUSPECT_FIELD}"/>\n') if suspects else ""
+    return (f'<View>\n  <Image name="{TO_NAME}" value="${TO_NAME}"/>\n{shown}'
             f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="multiple">\n'
             f"{choices}  </Choices>\n</View>\n")
 
@@ -58,7 +61,10 @@ def margins(proposal: Proposal) -> np.ndarray:
 
 
 def review_order(proposal: Proposal) -> np.ndarray:
-    """Image indices by increasing :func:`margins` (least certain first), ties in file order."""
+    """Image indices by increasing :func:`margins` (least certain first), ties in file order;
+    an audit's proposal (with ``suspects``) is in review order already."""
+    if proposal.suspects is not None:
+        return np.arange(len(proposal.ids))
     return np.argsort(margins(proposal), kind="stable")
 
 
@@ -90,10 +96,15 @@ def _task(proposal: Proposal, i: int, margin: float, image_url: Callable[[str], 
                "value": {"choices": chosen}}] if chosen else []
     scores = {name: round(float(p), 6) for name, p in zip(names, proposal.scores[i], strict=True)
               if not math.isnan(p)}
+    data = {TO_NAME: image_url(image_id), ID_FIELD: image_id,
+            "known_positive": named(proposal.observed[i], 1),
+            "known_negative": named(proposal.observed[i], 0)}
+    if proposal.suspects is not None:
+        data[SUSPECT_FIELD] = "; ".join(
+            f"{names[c]}: {proposal.observed[i, c]} -> {proposal.proposed[i, c]} "
+            f"(p = {proposal.scores[i, c]:.3f})" for c in np.flatnonzero(proposal.suspects[i]))
     return {
-        "data": {TO_NAME: image_url(image_id), ID_FIELD: image_id,
-                 "known_positive": named(proposal.observed[i], 1),
-                 "known_negative": named(proposal.observed[i], 0)},
+        "data": data,
         "meta": {"margin": margin, "scores": scores},
         "predictions": [{"model_version": MODEL_VERSION, "score": round(2 * margin, 6),
                          "result": result}],

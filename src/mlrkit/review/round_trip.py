@@ -55,7 +55,11 @@ def export_label_studio(source: str | Path, out: str | Path, *, image_root: str 
     with atomic_write(out, "w") as f:
         json.dump(tasks, f, indent=1, ensure_ascii=False)
     with atomic_write(config, "w") as f:
-        f.write(labelling_config(proposal.class_names))
+        f.write(labelling_config(proposal.class_names, proposal.suspects is not None))
+    if proposal.suspects is not None:
+        return (f"{out}: {len(tasks):,} tasks of {len(proposal.ids):,} images with questioned "
+                f"labels, most suspect first; labelling config: {config}; bring the corrections "
+                f"back with 'mlrkit import-labels EXPORT --into LABELS --overwrite-conflicts'")
     first, last = tasks[0]["meta"]["margin"], tasks[-1]["meta"]["margin"]
     return (f"{out}: {len(tasks):,} tasks of {len(proposal.ids):,} images, least certain first "
             f"(margin {first:.3f} to {last:.3f}); labelling config: {config}")

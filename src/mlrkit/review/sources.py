@@ -8,6 +8,10 @@
   (``[{"image", "labels": [{"label", "score"}, ...]}, ...]``) or CSV (``image,rank,label,score``).
   It knows neither the known labels nor the image's name in a label file, so it is read together
   with that label file: each predicted image is the label file's row of the same file.
+* ``mlrkit audit --out DIR`` writes ``DIR/label_issues.csv``, one row per known (image, class),
+  most suspect first: ``image,class,given,probability,quality,flagged``, and
+  ``DIR/class_summary.csv`` (every class). Its proposal holds the images with a flagged label, most
+  suspect first, each flagged label turned over (what the model says), the flags as ``suspects``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mlrkit.data.csv_edit import LabelFile
+from mlrkit.label_quality import ISSUES_FILE, ISSUES_HEADER, SUMMARY_FILE
 
 #: Where a probability decides a class without a run's thresholds (``predict`` output).
 PREDICT_THRESHOLD = 0.5
@@ -43,6 +48,8 @@ class Proposal:
         proposed: ``(N, C)`` int8, the machine's full label set: ``observed`` where known, its
             decision (1 / 0) where unknown, ``-1`` where unknown and unscored.
         scores: ``(N, C)`` float64 probabilities, NaN where the source gave none.
+        suspects: ``(N, C)`` bool, known labels the machine questions (``mlrkit audit``), or
+            ``None``; the images are then in review order already (most suspect first).
     """
 
     ids: list[str]
@@ -50,6 +57,7 @@ class Proposal:
     observed: np.ndarray
     proposed: np.ndarray
     scores: np.ndarray
+    suspects: np.ndarray | None = None
 
 
 def read_proposal(path: str | Path, labels: LabelFile | None = None) -> Proposal:
@@ -57,7 +65,7 @@ def read_proposal(path: str | Path, labels: LabelFile | None = None) -> Proposal
     (``.json`` or ``.csv``) with the label file ``labels`` it is matched against."""
     path = Path(path)
     if path.is_dir():
-        path = path / LONG_TABLE
+        path = path / (ISSUES_FILE if (path / ISSUES_FILE).is_file() else LONG_TABLE)
     if path.suffix.lower() == ".json":
         return _need_labels(path, labels, _read_predict_json)
     header = _csv_header(path)
@@ -68,10 +76,15 @@ def read_proposal(path: str | Path, labels: LabelFile | None = None) -> Proposal
         return read_long_table(path)
     if header == PREDICT_HEADER:
         return _need_labels(path, labels, _read_predict_csv)
+    if header == ISSUES_HEADER:
+        if labels is not None:
+            raise ValueError(f"--labels {labels.path}: not needed with {path}, which holds the "
+                             f"known labels; remove --labels")
+        return read_audit_table(path)
     raise ValueError(
-        f"{path}: header {header} is neither recover's ({','.join(LONG_HEADER)}) nor predict's "
-        f"CSV ({','.join(PREDICT_HEADER)}); give recover's {LONG_TABLE} (or its folder) or "
-        f"'mlrkit predict' output (.json or --format csv)"
+        f"{path}: header {header} is neither recover's ({','.join(LONG_HEADER)}), audit's "
+        f"({','.join(ISSUES_HEADER)}) nor predict's CSV ({','.join(PREDICT_HEADER)}); give "
+        f"recover's or audit's --out folder, or 'mlrkit predict' output (.json or --format csv)"
     )
 
 
@@ -106,6 +119,36 @@ def read_long_table(path: Path) -> Proposal:
         cells[image, name] = _long_cells(where, row[2:])
         images[image], classes[name] = None, None
     return _proposal_of(path, list(images), list(classes), cells)
+
+
+def read_audit_table(path: Path) -> Proposal:
+    """``label_issues.csv`` of ``mlrkit audit`` (with ``class_summary.csv`` beside it, for the
+    class list): the images with a flagged label, in the file's order (most suspect first)."""
+    summary = path.parent / SUMMARY_FILE
+    if not summary.is_file():
+        raise ValueError(f"{path}: {summary.name} is not beside it (the class list); give the "
+                         f"folder 'mlrkit audit --out' wrote")
+    classes = [row[0].strip() for _, row in _data_rows(summary, _csv_header(summary))]
+    column = {name: c for c, name in enumerate(classes)}
+    cells: dict[str, list[tuple[int, int, float, bool]]] = {}
+    for where, row in _data_rows(path, ISSUES_HEADER, "; give the file audit wrote"):
+        image, name, given = row[0].strip(), row[1].strip(), row[2].strip()
+        if name not in column or given not in ("0", "1") or row[5].strip() not in ("0", "1"):
+            raise ValueError(f"{where}: class {name!r}, given {given!r}, flagged {row[5]!r}; "
+                             f"the class must be in {summary.name}, given and flagged 1 or 0")
+        cells.setdefault(image, []).append((column[name], int(given),
+                                            _probability(where, row[3]), row[5].strip() == "1"))
+    ids = [image for image, entries in cells.items() if any(e[3] for e in entries)]
+    if not ids:
+        raise ValueError(f"{path}: no flagged label; nothing to review")
+    observed = np.full((len(ids), len(classes)), -1, dtype=np.int8)
+    scores = np.full(observed.shape, np.nan)
+    suspects = np.zeros(observed.shape, dtype=bool)
+    for i, image in enumerate(ids):
+        for c, given, probability, flagged in cells[image]:
+            observed[i, c], scores[i, c], suspects[i, c] = given, probability, flagged
+    proposed = np.where(suspects, 1 - observed, observed).astype(np.int8)
+    return Proposal(ids, classes, observed, proposed, scores, suspects)
 
 
 def _long_cells(where: str, cells: list[str]) -> tuple[int, int, float]:

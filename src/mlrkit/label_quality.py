@@ -1,0 +1,115 @@
+"""How much to trust each *known* label, from out-of-fold probabilities: confident learning
+(Northcutt et al., JAIR 2021) for multi-label data, one class at a time (as in Thyagarajan et al.,
+ICASSP 2023), adapted to partial labels: an unknown entry is never an issue and every per-class
+statistic is taken over the known entries only.
+
+For a known entry of class ``c`` with given label ``y`` and out-of-fold probability ``p`` (from a
+model that did not see this image's labels):
+
+* its *self-confidence* is the probability of the given label: ``p`` for a positive, ``1 - p``
+  for a negative;
+* the class's thresholds are the mean self-confidence of its known positives,
+  ``t_pos[c] = mean p``, and of its known negatives, ``t_neg[c] = mean (1 - p)``: what "confident"
+  means for that class, so that rare and common classes are judged on their own scale;
+* its *quality* is the self-confidence divided by its own side's threshold: how far the label
+  falls below the confidence typical of its class and side, comparable across classes; the lower,
+  the more suspect (``score="self_confidence"`` ranks by the self-confidence alone, as cleanlab's
+  ``get_label_quality_scores_per_class`` does by default);
+* it is *flagged* (an issue) when the model is confident of the other label: a given positive
+  with ``1 - p >= t_neg[c]``, a given negative with ``p >= t_pos[c]`` (the off-diagonal of the
+  confident joint).
+
+Shapes: ``N`` images, ``C`` classes; labels are int8 ``1`` / ``0`` / ``-1`` (unknown).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: How entries are scored (see the module docstring).
+QUALITY_SCORES = ("normalized", "self_confidence")
+#: What ``mlrkit audit`` writes (see :mod:`mlrkit.engine.audit`) and ``mlrkit export`` reads.
+ISSUES_FILE = "label_issues.csv"
+ISSUES_HEADER = ["image", "class", "given", "probability", "quality", "flagged"]
+SUMMARY_FILE = "class_summary.csv"
+
+
+@dataclass(frozen=True)
+class LabelIssues:
+    """Label quality of every known entry.
+
+    Attributes:
+        quality: ``(N, C)`` float64, lower is more suspect; NaN where the label is unknown.
+        flagged: ``(N, C)`` bool, the known entries the model confidently contradicts.
+        thresholds: ``(C, 2)`` float64, per class the mean self-confidence of its known negatives
+            (column 0) and known positives (column 1); NaN for a side with no known entry.
+    """
+
+    quality: np.ndarray
+    flagged: np.ndarray
+    thresholds: np.ndarray
+
+    def ranked(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, cols)`` of the known entries, most suspect first (lowest quality; ties in
+        row-major order)."""
+        known = np.flatnonzero(~np.isnan(self.quality.ravel()))
+        order = known[np.argsort(self.quality.ravel()[known], kind="stable")]
+        return np.unravel_index(order, self.quality.shape)
+
+
+def self_confidence(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """``(N, C)`` the probability of each given label: ``p`` for a positive, ``1 - p`` for a
+    negative; NaN where unknown."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return np.where(labels == 1, probs, np.where(labels == 0, 1.0 - probs, np.nan))
+
+
+def class_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """``(C, 2)`` per class the mean self-confidence of its known negatives and known positives
+    (NaN for a side without a known entry)."""
+    confidence = self_confidence(labels, probs)
+    out = np.full((labels.shape[1], 2), np.nan)
+    for side in (0, 1):
+        given = labels == side
+        counts = given.sum(axis=0)
+        sums = np.where(given, confidence, 0.0).sum(axis=0)
+        out[:, side] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return out
+
+
+def find_label_issues(labels: np.ndarray, probs: np.ndarray,
+                      score: str = "normalized") -> LabelIssues:
+    """Quality and flags of the known entries of ``labels`` ``(N, C)`` under out-of-fold
+    probabilities ``probs`` ``(N, C)`` (see the module docstring); ``score`` is
+    ``"normalized"`` (self-confidence over its class's threshold) or ``"self_confidence"``."""
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    if labels.shape != probs.shape or labels.ndim != 2:
+        raise ValueError(f"labels {labels.shape} and probabilities {probs.shape} must both be "
+                         f"(N, C)")
+    if score not in QUALITY_SCORES:
+        raise ValueError(f"score must be one of {list(QUALITY_SCORES)}, got {score!r}")
+    known = labels >= 0
+    if np.isnan(probs[known]).any():
+        raise ValueError("a known entry has no probability (NaN); score every labelled image")
+    thresholds = class_thresholds(labels, probs)
+    confidence = self_confidence(labels, probs)
+    if score == "normalized":
+        side = thresholds[np.arange(labels.shape[1])[None, :], np.clip(labels, 0, 1)]
+        quality = confidence / np.maximum(side, np.finfo(np.float64).tiny)
+    else:
+        quality = confidence
+    # the model is at least as sure of the other label as the class's typical labels of it are
+    other_side = np.where(labels == 1, thresholds[None, :, 0], thresholds[None, :, 1])
+    flagged = known & (1.0 - confidence >= other_side)  # NaN thresholds compare False
+    return LabelIssues(np.where(known, quality, np.nan), flagged, thresholds)
+
+
+def precision_at(ranked: tuple[np.ndarray, np.ndarray], truth: np.ndarray, k: int) -> float:
+    """The share of the first ``k`` ranked entries that are true issues (``truth`` ``(N, C)``
+    bool)."""
+    rows, cols = ranked
+    k = min(k, len(rows))
+    return float(truth[rows[:k], cols[:k]].mean()) if k else float("nan")
