@@ -18,7 +18,7 @@ PROBS = np.array([[0.9, 0.1], [0.8, 0.95], [0.1, 0.9], [0.02, 0.2], [0.2, 0.97]]
 
 
 def test_a_confidently_contradicted_known_label_is_flagged_an_unknown_never():
-    issues = find_label_issues(LABELS, PROBS)
+    issues = find_label_issues(LABELS, PROBS, score="normalized")
     # class 0: positives p .9 .8 .02 -> t_pos .5733; negatives 1-p .9 .8 -> t_neg .85
     # class 1: positive p .9 -> t_pos .9; negatives 1-p .9 .8 .03 -> t_neg .5767
     assert issues.thresholds == pytest.approx(np.array([[0.85, 1.72 / 3], [1.73 / 3, 0.9]]))
@@ -39,8 +39,10 @@ def test_unknown_entries_take_no_part_in_the_thresholds():
     changed = PROBS.copy()
     changed[1, 1] = 0.0  # the unknown entry's probability
     assert np.array_equal(class_thresholds(LABELS, changed), class_thresholds(LABELS, PROBS))
-    plain = find_label_issues(LABELS, PROBS, score="self_confidence")
+    plain = find_label_issues(LABELS, PROBS)  # the default: the given label's probability
     assert plain.quality[4, 1] == pytest.approx(0.03) and plain.quality[0, 0] == 0.9
+    assert np.isnan(plain.quality[1, 1])
+    assert np.array_equal(plain.flagged, find_label_issues(LABELS, PROBS, "normalized").flagged)
     with pytest.raises(ValueError, match="score must be one of"):
         find_label_issues(LABELS, PROBS, score="margin")
 

@@ -623,9 +623,10 @@ def _add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument("--out", required=True, help="the audit folder")
     audit.add_argument("--folds", type=_positive_int, default=5, help="K (default 5)")
     audit.add_argument("--seed", type=int, default=0, help="the folds' draw (default 0)")
-    audit.add_argument("--score", choices=list(QUALITY_SCORES), default="normalized",
-                       help="label quality: self-confidence over its class's typical "
-                            "confidence (normalized, default) or the self-confidence alone")
+    audit.add_argument("--score", choices=list(QUALITY_SCORES), default=QUALITY_SCORES[0],
+                       help="label quality: the probability of the given label "
+                            "(self_confidence, default) or that over its class's typical one "
+                            "(normalized)")
     audit.set_defaults(run=_run_audit)
 
 

@@ -83,7 +83,7 @@ def fold_recipe(recipe: dict, folds: int, index: int, seed: int) -> dict:
 
 
 def audit(recipe: dict, out_dir: str | Path, folds: int = 5, seed: int = 0,
-          score: str = "normalized") -> Audit:
+          score: str = "self_confidence") -> Audit:
     """Cross-fit ``recipe`` (a resolved recipe, :func:`~mlrkit.engine.recipe.load_recipe`) over
     ``folds`` folds of its training split into ``out_dir`` and write the label issues of the
     split's known entries (see the module docstring); ``score`` is passed to
