@@ -55,11 +55,13 @@ lint: $(BIN)/mlrkit
 	$(BIN)/ruff check src tests benchmarks
 
 bench: $(BIN)/mlrkit
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[test,bench]'
 	$(BIN)/python benchmarks/metrics_speed.py
 	$(BIN)/python benchmarks/extract_speed.py
 	$(BIN)/python benchmarks/decoupling_memory.py
 	$(BIN)/python benchmarks/partial_labels.py
 	$(BIN)/python benchmarks/single_positive.py
+	$(BIN)/python benchmarks/label_issues.py --datasets voc2007 coco2014-6k
 
 clean:
 	rm -rf $(VENV) $(REVIEW_VENV) build *.egg-info src/*.egg-info
