@@ -107,12 +107,43 @@ def test_audit_ranks_every_known_training_label_out_of_fold_and_resumes(tmp_path
     assert {k: (out / f"fold-{k}" / "results.json").stat().st_mtime_ns
             for k in range(3)} == finished      # finished folds are reused, not retrained
     assert (out / "label_issues.csv").read_bytes() == before
+    capsys.readouterr()
+    assert main(["audit", "--config", _recipe(tmp_path), "--out", str(out), "--folds", "3",
+                 "--set", "train.lr=0.1"]) == 2  # never mixes folds of two recipes
+    assert capsys.readouterr().err.strip() == (
+        f"mlrkit: error: --out {out} holds the audit of another recipe ({out / 'fold-0'}"
+        f"/config.yaml: train.lr is 0.05 in the run, 0.1 now); give another --out, or delete "
+        f"the folder to audit again from the start")
 
 
-def test_audit_refuses_a_simulated_protocol_before_reading_data(tmp_path, capsys):
+def test_audit_refuses_what_it_cannot_do_in_one_line_before_any_fold(tmp_path, capsys):
     recipe = _recipe(tmp_path, protocol={"name": "partial", "known": 0.5})
     assert main(["audit", "--config", recipe, "--out", str(tmp_path / "audit")]) == 2
     said = capsys.readouterr().err.strip()
     assert said == ("mlrkit: error: protocol 'partial': audit questions the labels as given; "
                     "remove the recipe's protocol section (or set protocol.name: observed)")
     assert not (tmp_path / "audit").exists()
+
+    make_dataset(tmp_path / "data", n=48)
+    assert main(["audit", "--config", _recipe(tmp_path), "--out", str(tmp_path / "audit"),
+                 "--folds", "30"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "split 'train' has 24 images, fewer than 30 folds; use at most 24 folds")
+    assert not (tmp_path / "audit").exists()  # failed before any fold: nothing left behind
+    (tmp_path / "file").write_text("")
+    assert main(["audit", "--config", _recipe(tmp_path), "--out", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err.strip().endswith("is a file; give a folder for the audit")
+
+
+def test_a_second_audit_into_the_same_folder_is_refused_naming_the_first(tmp_path, capsys):
+    import os
+
+    from mlrkit.engine.run_lock import file_lock
+
+    (tmp_path / "audit").mkdir()
+    with file_lock(tmp_path / "audit" / "audit.lock"):  # as a running audit holds it
+        assert main(["audit", "--config", _recipe(tmp_path), "--out",
+                     str(tmp_path / "audit")]) == 2
+    said = capsys.readouterr().err.strip()
+    assert f"audit folder is in use by PID {os.getpid()}" in said
+    assert said.endswith("wait for that audit to end or stop it, or give another --out")

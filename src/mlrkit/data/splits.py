@@ -91,7 +91,8 @@ def fold_split(
         raise DataFormatError(f"dataset {data.name!r}: a split named {name!r} exists already; "
                               f"give the fold another name (data.fold.name)")
     if len(rows) < folds:
-        raise ValueError(f"split {source!r} has {len(rows)} images, fewer than {folds} folds")
+        raise ValueError(f"split {source!r} has {len(rows)} images, fewer than {folds} folds; "
+                         f"use at most {len(rows)} folds")
     chosen = np.array_split(rows[np.random.default_rng(seed).permutation(len(rows))], folds)[index]
     splits = data.splits.astype(object)
     splits[chosen] = name

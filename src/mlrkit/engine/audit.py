@@ -91,10 +91,20 @@ def audit(recipe: dict, out_dir: str | Path, folds: int = 5, seed: int = 0,
     checked = Recipe.from_dict(recipe)
     _check_auditable(checked, folds)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a folder for the audit")
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with file_lock(out_dir / LOCK_FILE):
-        parts = [_fold_probabilities(fold_recipe(recipe, folds, k, seed),
-                                     out_dir / f"fold-{k}") for k in range(folds)]
+    try:
+        with file_lock(out_dir / LOCK_FILE, what="audit folder",
+                       advice="wait for that audit to end or stop it, or give another --out"):
+            recipes = [fold_recipe(recipe, folds, k, seed) for k in range(folds)]
+            _check_earlier_folds(out_dir, recipes)
+            parts = [_fold_probabilities(r, out_dir / f"fold-{k}") for k, r in enumerate(recipes)]
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # failed before any fold began: leave nothing behind
+        raise
     data = parts[0][0]
     rows = np.concatenate([part[1] for part in parts])
     order = np.argsort(rows)
@@ -120,18 +130,29 @@ def _check_auditable(recipe: Recipe, folds: int) -> None:
         raise ValueError(f"--folds {folds}: cross-fitting needs at least 2 folds")
 
 
+def _check_earlier_folds(out_dir: Path, recipes: list[dict]) -> None:
+    """Refuse an audit folder whose fold runs (finished or not) are of another recipe, fold
+    count or seed (``data.fold``), naming the first difference."""
+    from mlrkit.engine.run_folder import recipe_differences
+
+    for k, recipe in enumerate(recipes):
+        saved = out_dir / f"fold-{k}" / CONFIG_FILE
+        differences = saved.is_file() and recipe_differences(saved, recipe)
+        if differences:
+            raise ValueError(f"--out {out_dir} holds the audit of another recipe ({saved}: "
+                             f"{differences}); give another --out, or delete the folder to "
+                             f"audit again from the start")
+
+
 def _fold_probabilities(recipe: dict, run_dir: Path) -> tuple[MultiLabelData, np.ndarray,
                                                               np.ndarray]:
     """Train (or reuse, or resume) the fold's run; the data, the held-out rows and their
     calibrated probabilities ``(n, C)``."""
     from mlrkit.engine.inference import load_run, prepare_from_run
     from mlrkit.engine.run import train_run
-    from mlrkit.engine.run_folder import check_same_recipe
     from mlrkit.engine.trainer import evaluate_logits
 
-    if (run_dir / RESULTS_FILE).is_file():
-        check_same_recipe(run_dir / CONFIG_FILE, recipe)  # a finished fold of this recipe
-    else:
+    if not (run_dir / RESULTS_FILE).is_file():  # a finished fold (of this recipe) is reused
         train_run(recipe, run_dir, resume=(run_dir / CONFIG_FILE).is_file())
     run = load_run(run_dir)
     prepared = prepare_from_run(run)

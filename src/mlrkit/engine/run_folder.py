@@ -284,17 +284,25 @@ def remove_run_files(run_dir: Path, names: list[str]) -> None:
 def check_same_recipe(saved: Path, recipe: dict) -> None:
     """Refuse to resume the run whose recipe is ``saved`` (its ``config.yaml``) with another
     ``recipe``, naming the first keys that differ."""
+    differences = recipe_differences(saved, recipe)
+    if differences:
+        raise ValueError(
+            f"{saved}: --resume with another recipe: {differences}; resume with the run's own "
+            f"recipe, or start a new run with --overwrite or another --run-dir"
+        )
+
+
+def recipe_differences(saved: Path, recipe: dict) -> str:
+    """The first keys (up to 3) in which ``recipe`` differs from the run recipe ``saved``, as
+    ``"train.lr is 0.01 in the run, 0.1 now"``; empty when they agree (up to
+    :data:`RESUMABLE_CHANGES`)."""
     old, new = _comparable(load_recipe(saved)), _comparable(recipe)
     differing = [key for key in dict.fromkeys([*old, *new])
                  if old.get(key, _UNSET) != new.get(key, _UNSET)]
-    if differing:
-        shown = ", ".join(f"{key} is {old.get(key, _UNSET)!r} in the run, {new.get(key, _UNSET)!r}"
-                          f" now" for key in differing[:3])
-        more = f" (and {len(differing) - 3} more)" if len(differing) > 3 else ""
-        raise ValueError(
-            f"{saved}: --resume with another recipe: {shown}{more}; resume with the run's own "
-            f"recipe, or start a new run with --overwrite or another --run-dir"
-        )
+    shown = ", ".join(f"{key} is {old.get(key, _UNSET)!r} in the run, {new.get(key, _UNSET)!r}"
+                      f" now" for key in differing[:3])
+    more = f" (and {len(differing) - 3} more)" if len(differing) > 3 else ""
+    return shown + more
 
 
 def _comparable(recipe: dict) -> dict[str, Any]:

@@ -33,14 +33,18 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
     Raises:
         RunLockedError: a live process (or one on another host) holds the lock.
     """
-    with file_lock(Path(run_dir) / LOCK_FILE) as path:
+    with file_lock(Path(run_dir) / LOCK_FILE, what="run folder",
+                   advice="wait for that training to end or stop it, or train into another "
+                          "--run-dir") as path:
         yield path
 
 
 @contextmanager
-def file_lock(path: str | Path, wait_s: float = 0.0) -> Iterator[Path]:
+def file_lock(path: str | Path, wait_s: float = 0.0, what: str = "folder",
+              advice: str = "wait for that process to end or stop it") -> Iterator[Path]:
     """Hold the lock file ``path`` for the duration of the block (the rules above), waiting up to
-    ``wait_s`` seconds for another holder to release it; yields ``path``.
+    ``wait_s`` seconds for another holder to release it; yields ``path``. ``what`` names the
+    folder (or file) the lock guards and ``advice`` ends the error when another process holds it.
 
     Raises:
         RunLockedError: the lock is still held after ``wait_s``.
@@ -49,7 +53,7 @@ def file_lock(path: str | Path, wait_s: float = 0.0) -> Iterator[Path]:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            token = _acquire(path)
+            token = _acquire(path, what, advice)
             break
         except RunLockedError:
             if time.monotonic() >= deadline:
@@ -61,7 +65,7 @@ def file_lock(path: str | Path, wait_s: float = 0.0) -> Iterator[Path]:
         _release(path, token)
 
 
-def _acquire(path: Path) -> str:
+def _acquire(path: Path, what: str, advice: str) -> str:
     """Create the lock file exclusively, taking over one stale lock; returns our token."""
     token = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                         "token": uuid.uuid4().hex})
@@ -69,15 +73,15 @@ def _acquire(path: Path) -> str:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            _take_over_if_stale(path)
+            _take_over_if_stale(path, what, advice)
             continue
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(token)
         return token
-    raise RunLockedError(f"{path}: could not take the lock of this run folder; try again")
+    raise RunLockedError(f"{path}: could not take the lock of this {what}; try again")
 
 
-def _take_over_if_stale(path: Path) -> None:
+def _take_over_if_stale(path: Path, what: str, advice: str) -> None:
     """Remove ``path`` if it is the lock of a dead process on this host, else raise."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -86,9 +90,8 @@ def _take_over_if_stale(path: Path) -> None:
     holder = _holder(path, text)
     if holder["host"] != socket.gethostname() or _alive(holder["pid"]):
         raise RunLockedError(
-            f"{path.parent}: run folder is in use by PID {holder['pid']} on host "
-            f"{holder['host']!r} (lock file {path}); wait for that training to end or stop it, "
-            f"or train into another --run-dir"
+            f"{path.parent}: {what} is in use by PID {holder['pid']} on host "
+            f"{holder['host']!r} (lock file {path}); {advice}"
         )
     grabbed = path.with_name(f"{path.name}.{os.getpid()}.stale")
     try:

@@ -144,7 +144,9 @@ def import_labels(export: str | Path, into: str | Path, overwrite_conflicts: boo
     into = Path(into)
     # one import at a time per label file: read, merge and replace it under its lock, so that two
     # imports at once both land (the second waits for the first and reads its result)
-    with file_lock(into.with_name(f".{into.name}.lock"), wait_s=IMPORT_LOCK_WAIT_S):
+    with file_lock(into.with_name(f".{into.name}.lock"), wait_s=IMPORT_LOCK_WAIT_S,
+                   what=f"label file {into.name}",
+                   advice="another import is still writing it; try again when it ends"):
         labels = read_label_file(into)
         skipped: list[str] | None = [] if skip_unreadable else None
         reviewed = reviewed_labels(tasks, labels.class_names, labels.image_names, str(export),
