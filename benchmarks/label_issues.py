@@ -98,8 +98,9 @@ def cleanlab_scores(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, 
 
     lists = [np.flatnonzero(row == 1).tolist() for row in labels]
     scores = get_label_quality_scores_per_class(lists, probs)  # (N, C)
-    flags = np.asarray(find_multilabel_issues_per_class(lists, probs, n_jobs=1))  # (C, N)
-    return scores, flags.reshape(labels.shape[1], -1).T
+    flags = np.asarray(find_multilabel_issues_per_class(lists, probs, n_jobs=1))
+    assert scores.shape == flags.shape == labels.shape
+    return scores, flags
 
 
 def score_ranking(quality: np.ndarray, flagged: np.ndarray, flips: np.ndarray) -> dict:

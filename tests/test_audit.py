@@ -22,7 +22,10 @@ def test_a_confidently_contradicted_known_label_is_flagged_an_unknown_never():
     # class 0: positives p .9 .8 .02 -> t_pos .5733; negatives 1-p .9 .8 -> t_neg .85
     # class 1: positive p .9 -> t_pos .9; negatives 1-p .9 .8 .03 -> t_neg .5767
     assert issues.thresholds == pytest.approx(np.array([[0.85, 1.72 / 3], [1.73 / 3, 0.9]]))
-    # (3, 0): given 1 at p .02, 1 - p = .98 >= t_neg .85; (4, 1): given 0 at p .97 >= t_pos .9
+    # class 0's given positives: rows 0, 1 confidently positive (p >= .5733), row 3 confidently
+    # negative (1 - p = .98 >= .85): 1 of 3 wrong, the lowest, (3, 0), and p < .5 there.
+    # class 1's given negatives: rows 0, 3 confidently negative, row 4 confidently positive
+    # (p .97 >= .9): 1 of 3 wrong, the lowest self-confidence, (4, 1), and p >= .5 there.
     assert np.argwhere(issues.flagged).tolist() == [[3, 0], [4, 1]]
     assert np.isnan(issues.quality[1, 1]) and not issues.flagged[1, 1]  # unknown at p .95
     assert issues.quality[3, 0] == pytest.approx(0.02 / (1.72 / 3))
@@ -33,6 +36,17 @@ def test_a_confidently_contradicted_known_label_is_flagged_an_unknown_never():
     truth = np.zeros(LABELS.shape, dtype=bool)
     truth[3, 0] = truth[4, 1] = True
     assert precision_at(issues.ranked(), truth, 2) == 1.0
+
+
+def test_only_as_many_labels_as_the_confident_joint_counts_are_flagged():
+    labels = np.array([[1], [1], [1], [1], [0], [0]], dtype=np.int8)
+    probs = np.array([[0.4], [0.45], [0.9], [0.95], [0.01], [0.02]])
+    # t_pos .675, t_neg .985: no given positive is confidently negative, so none is wrong,
+    # although two are below 0.5 (hard positives, not label errors)
+    assert not find_label_issues(labels, probs).flagged.any()
+    probs[1] = 0.001  # now 1 - p >= t_neg: one of four positives wrong -> the lowest one only
+    flagged = find_label_issues(labels, probs).flagged
+    assert np.argwhere(flagged).tolist() == [[1, 0]]
 
 
 def test_unknown_entries_take_no_part_in_the_thresholds():

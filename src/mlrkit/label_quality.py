@@ -18,9 +18,16 @@ model that did not see this image's labels):
   flipped uniformly (mostly negatives turned positive), the self-confidence ranks better
   (``benchmarks/label_issues.py``); the normalized score weighs missed positives and wrong
   positives alike;
-* it is *flagged* (an issue) when the model is confident of the other label: a given positive
-  with ``1 - p >= t_neg[c]``, a given negative with ``p >= t_pos[c]`` (the off-diagonal of the
-  confident joint).
+* *how many* of a class's given labels are wrong is estimated from the confident joint, over its
+  known entries only: an entry is confidently positive when ``p >= t_pos[c]``, confidently
+  negative when ``1 - p >= t_neg[c]`` (both: the likelier side, ``p`` against 0.5); among the given
+  positives that are confidently either, the share confidently negative, times the number of
+  given positives, is the number of wrong positives ``n_pos[c]`` (and alike ``n_neg[c]`` for the
+  given negatives): the calibrated confident joint of cleanlab's ``prune_by_noise_rate``;
+* *flagged* (an issue) are, per class and side, the ``n`` given labels with the lowest
+  self-confidence, among those the model decides against (``p < 0.5`` for a given positive,
+  ``p >= 0.5`` for a given negative), as cleanlab keeps only issues whose prediction differs from
+  the given label.
 
 Shapes: ``N`` images, ``C`` classes; labels are int8 ``1`` / ``0`` / ``-1`` (unknown).
 """
@@ -104,10 +111,30 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray,
         quality = confidence / np.maximum(side, np.finfo(np.float64).tiny)
     else:
         quality = confidence
-    # the model is at least as sure of the other label as the class's typical labels of it are
-    other_side = np.where(labels == 1, thresholds[None, :, 0], thresholds[None, :, 1])
-    flagged = known & (1.0 - confidence >= other_side)  # NaN thresholds compare False
+    flagged = _pruned_flags(labels, probs, thresholds, confidence)
     return LabelIssues(np.where(known, quality, np.nan), flagged, thresholds)
+
+
+def _pruned_flags(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray,
+                  confidence: np.ndarray) -> np.ndarray:
+    """``(N, C)`` the flags of the module docstring: per class and given side, the estimated
+    number of wrong labels with the lowest ``confidence``, where the model decides otherwise."""
+    decided_positive = probs >= 0.5
+    above_pos = probs >= thresholds[None, :, 1]  # NaN thresholds compare False
+    above_neg = 1.0 - probs >= thresholds[None, :, 0]
+    confident_pos = above_pos & (~above_neg | decided_positive)
+    confident_neg = above_neg & (~above_pos | ~decided_positive)
+    flagged = np.zeros(labels.shape, dtype=bool)
+    for side, same, other, disagrees in ((1, confident_pos, confident_neg, ~decided_positive),
+                                         (0, confident_neg, confident_pos, decided_positive)):
+        given = labels == side
+        for c in range(labels.shape[1]):
+            rows = np.flatnonzero(given[:, c])
+            wrong, right = int(other[rows, c].sum()), int(same[rows, c].sum())
+            count = round(wrong / (wrong + right) * len(rows)) if wrong else 0
+            lowest = rows[np.argsort(confidence[rows, c], kind="stable")[:count]]
+            flagged[lowest, c] = disagrees[lowest, c]
+    return flagged
 
 
 def precision_at(ranked: tuple[np.ndarray, np.ndarray], truth: np.ndarray, k: int) -> float:
