@@ -623,9 +623,6 @@ def _add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument("--out", required=True, help="the audit folder")
     audit.add_argument("--folds", type=_positive_int, default=5, help="K (default 5)")
     audit.add_argument("--seed", type=int, default=0, help="the folds' draw (default 0)")
-    audit.add_argument("--rounds", type=_positive_int, default=1,
-                       help="cross-fit again with the flagged labels hidden from training "
-                            "(unknown), this many rounds in all (default 1)")
     audit.add_argument("--score", choices=list(QUALITY_SCORES), default=QUALITY_SCORES[0],
                        help="label quality: the probability of the given label "
                             "(self_confidence, default) or that over its class's typical one "
@@ -637,8 +634,7 @@ def _run_audit(args: argparse.Namespace) -> int:
     from mlrkit.engine.audit import audit
 
     recipe = load_recipe(args.config, _checked_overrides(args.set))
-    print(audit(recipe, args.out, folds=args.folds, seed=args.seed, score=args.score,
-                rounds=args.rounds).summary())
+    print(audit(recipe, args.out, folds=args.folds, seed=args.seed, score=args.score).summary())
     return 0
 
 

@@ -31,7 +31,6 @@ import numpy as np
 
 from mlrkit.atomic import atomic_write
 from mlrkit.data import MultiLabelData
-from mlrkit.data.protocols import ProtocolMask, labels_checksum
 from mlrkit.engine.recipe_schema import Recipe
 from mlrkit.engine.recover import image_names
 from mlrkit.engine.run_files import CONFIG_FILE, RESULTS_FILE
@@ -84,16 +83,13 @@ def fold_recipe(recipe: dict, folds: int, index: int, seed: int) -> dict:
 
 
 def audit(recipe: dict, out_dir: str | Path, folds: int = 5, seed: int = 0,
-          score: str = "self_confidence", rounds: int = 1) -> Audit:
+          score: str = "self_confidence") -> Audit:
     """Cross-fit ``recipe`` (a resolved recipe, :func:`~mlrkit.engine.recipe.load_recipe`) over
     ``folds`` folds of its training split into ``out_dir`` and write the label issues of the
     split's known entries (see the module docstring); ``score`` is passed to
-    :func:`~mlrkit.label_quality.find_label_issues`. With ``rounds`` > 1, each further round
-    cross-fits again with the previous round's flagged labels hidden from training (unknown, as
-    a partial-label method can take them; the user's file is never changed) in
-    ``out_dir/round-<r>/``, and scores every known label with those cleaner models."""
+    :func:`~mlrkit.label_quality.find_label_issues`."""
     checked = Recipe.from_dict(recipe)
-    _check_auditable(checked, folds, rounds)
+    _check_auditable(checked, folds)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file; give a folder for the audit")
@@ -103,10 +99,6 @@ def audit(recipe: dict, out_dir: str | Path, folds: int = 5, seed: int = 0,
         with file_lock(out_dir / LOCK_FILE, what="audit folder",
                        advice="wait for that audit to end or stop it, or give another --out"):
             fitted = _cross_fit(recipe, out_dir, folds, seed)
-            for r in range(2, rounds + 1):
-                issues = find_label_issues(fitted.labels, fitted.probs, score)
-                fitted = _cross_fit(recipe, out_dir / f"round-{r}", folds, seed,
-                                    hide=(fitted, issues.flagged))
     except BaseException:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()  # failed before any fold began: leave nothing behind
@@ -121,12 +113,11 @@ def audit(recipe: dict, out_dir: str | Path, folds: int = 5, seed: int = 0,
 
 @dataclass
 class _CrossFit:
-    """One round: the data, the audited rows (ascending), each fold's held-out rows, the labels
-    as given ``(N, C)`` and the out-of-fold probabilities ``(N, C)`` of the audited rows."""
+    """The data, the audited rows (ascending), their labels as given ``(N, C)`` and their
+    out-of-fold probabilities ``(N, C)``."""
 
     data: MultiLabelData
     rows: np.ndarray
-    heldout: list[np.ndarray]
     probs: np.ndarray
 
     @property
@@ -134,40 +125,21 @@ class _CrossFit:
         return self.data.labels[self.rows]
 
 
-def _cross_fit(recipe: dict, round_dir: Path, folds: int, seed: int,
-               hide: tuple[_CrossFit, np.ndarray] | None = None) -> _CrossFit:
-    """The fold runs of one round in ``round_dir`` and their out-of-fold probabilities; ``hide``
-    is the previous round and the ``(N, C)`` flags of its audited rows, hidden from training
-    here through a known-label mask per fold (``protocol.mask_file``)."""
+def _cross_fit(recipe: dict, out_dir: Path, folds: int, seed: int) -> _CrossFit:
+    """Train (or reuse, or resume) the fold runs in ``out_dir``; their out-of-fold
+    probabilities."""
     recipes = [fold_recipe(recipe, folds, k, seed) for k in range(folds)]
-    if hide is not None:
-        round_dir.mkdir(exist_ok=True)
-        for k, fold in enumerate(recipes):
-            fold["protocol"]["mask_file"] = str(_hiding_mask(*hide, k, round_dir))
-    _check_earlier_folds(round_dir, recipes)
-    parts = [_fold_probabilities(r, round_dir / f"fold-{k}") for k, r in enumerate(recipes)]
+    _check_earlier_folds(out_dir, recipes)
+    parts = [_fold_probabilities(r, out_dir / f"fold-{k}") for k, r in enumerate(recipes)]
     rows = np.concatenate([part[1] for part in parts])
     order = np.argsort(rows)
     probs = np.concatenate([part[2] for part in parts])[order]
-    return _CrossFit(parts[0][0], rows[order], [part[1] for part in parts], probs)
+    return _CrossFit(parts[0][0], rows[order], probs)
 
 
-def _hiding_mask(previous: _CrossFit, flagged: np.ndarray, fold: int, round_dir: Path) -> Path:
-    """Write the known-label mask of fold ``fold``'s training rows (the audited rows outside the
-    fold, ascending, as :func:`~mlrkit.engine.sources.prepare_data` orders them): every given
-    label known except those ``flagged`` by the previous round."""
-    train = np.setdiff1d(previous.rows, previous.heldout[fold])
-    position = np.searchsorted(previous.rows, train)
-    labels = previous.data.labels[train]
-    mask = ProtocolMask(known=(labels >= 0) & ~flagged[position], protocol="observed",
-                        params={"hidden": "labels flagged by the previous audit round"},
-                        seed=0, labels_checksum=labels_checksum(labels))
-    return mask.save(round_dir / f"fold-{fold}-mask.npz")
-
-
-def _check_auditable(recipe: Recipe, folds: int, rounds: int) -> None:
-    """Refuse what cannot be audited: labels hidden by a simulated protocol, zero-shot, no
-    training split, fewer than 2 folds or 1 round."""
+def _check_auditable(recipe: Recipe, folds: int) -> None:
+    """Refuse what cannot be audited: labels hidden by a simulated protocol or a mask file,
+    zero-shot, no training split, fewer than 2 folds."""
     name = recipe.protocol.name
     if name != "observed":
         raise ValueError(f"protocol {name!r}: audit questions the labels as given; remove the "
@@ -178,8 +150,6 @@ def _check_auditable(recipe: Recipe, folds: int, rounds: int) -> None:
         raise ValueError(f"--folds {folds}: cross-fitting needs at least 2 folds")
     if recipe.protocol.mask_file is not None:
         raise ValueError("protocol.mask_file: audit questions the labels as given; remove it")
-    if rounds < 1:
-        raise ValueError(f"--rounds {rounds}: give at least 1")
 
 
 def _check_earlier_folds(out_dir: Path, recipes: list[dict]) -> None:
