@@ -225,7 +225,9 @@ def test_early_stopping_after_patience_evaluations_without_gain(tmp_path):
     features, labels = synthetic()
     train = FeatureBatches(features[:192], labels[:192])
     val = FeatureBatches(features[192:], labels[192:])
-    cfg = TrainConfig(epochs=10, batch_size=32, lr=0.0, patience=2, progress=False, device="cpu")
+    # steps of lr 1e-30 vanish in float32: the weights, and so validation, never change
+    cfg = TrainConfig(epochs=10, batch_size=32, lr=1e-30, patience=2, progress=False,
+                      device="cpu")
     result = fit(make_linear(train.targets, 16), train, val, labels[192:], cfg, tmp_path)
     assert result.stopped_early and result.best_epoch == 0 and len(result.history) == 3
     again = fit(make_linear(train.targets, 16), train, val, labels[192:], cfg, tmp_path,

@@ -163,3 +163,10 @@ def test_links_that_stay_inside_and_a_linked_image_folder_are_accepted(tmp_path)
     (root / "labels.csv").write_text("image,dog\na.jpg,1\nb.jpg,0\n")
     (store / "b.jpg").symlink_to(store / "a.jpg")  # a link within the image folder
     assert len(create_dataset("csv", root)) == 2
+
+
+def test_a_file_separated_by_semicolons_is_named_so(tmp_path):
+    (tmp_path / "labels.csv").write_text("image;cat;dog\na.jpg;1;0\n")
+    with pytest.raises(DataFormatError, match=r"labels\.csv:1: .*seems separated by semicolons: "
+                                              r"mlrkit reads comma-separated files"):
+        create_dataset("csv", tmp_path, check_images=False)

@@ -320,6 +320,36 @@ def test_set_value_that_is_not_yaml_names_the_option(work, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_key_given_twice_in_a_recipe_or_a_set_value_is_refused_naming_the_lines(
+    work, tmp_path, capsys
+):
+    recipe = tmp_path / "twice.yaml"  # PyYAML alone would train at lr 0.5 without a word
+    recipe.write_text(f"base: {work / 'tiny.yaml'}\nname: twice\n"
+                      "train: {lr: 0.05, epochs: 1, lr: 0.5}\n")
+    code, err = cli(capsys, "train", "--config", recipe, "--run-dir", tmp_path / "run")
+    assert_error_line(code, err, f"recipe {recipe}:3 is not valid YAML: key 'lr' given twice "
+                                 f"(lines 3 and 3); keep one")
+    code, err = cli(capsys, *train_args(work, tmp_path / "run", "--set",
+                                        "data.options={a: 1, a: 2}"))
+    assert_error_line(code, err, "--set data.options={a: 1, a: 2}: the value is not valid YAML "
+                                 "(key 'a' given twice")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.lr=-0.01", "train.lr=-0.01 must be > 0.0"),
+    ("train.lr=0", "train.lr=0.0 must be > 0.0"),
+    ("train.weight_decay=-1e-4", "train.weight_decay=-0.0001 must be >= 0.0"),
+    ("train.momentum=1.5", "train.momentum=1.5 must be >= 0.0 and <= 1.0"),
+    ("train.grad_clip=0", "train.grad_clip=0.0 must be > 0; give a positive norm, or null"),
+])
+def test_training_numbers_out_of_their_range_are_refused(work, tmp_path, capsys, override,
+                                                         message):
+    code, err = cli(capsys, *train_args(work, tmp_path / "run", "--set", override))
+    assert_error_line(code, err, message)
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_unknown_reader_option_is_one_line_listing_the_options(work, capsys):
     code, err = cli(capsys, "data", "summary", "--dataset", "csv", "--root", work / "data",
                     "-o", "colour=1")

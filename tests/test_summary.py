@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mlrkit.cli import main
 from mlrkit.data import MultiLabelData
@@ -61,3 +62,25 @@ def test_train_refuses_the_flagged_class_unless_the_recipe_allows_new_classes(tm
     section = {"dataset": "csv", "root": "d"}
     assert not DataSection.model_validate(section).allow_new_classes  # refused by default
     assert DataSection.model_validate({**section, "allow_new_classes": True}).allow_new_classes
+
+
+def test_classes_written_two_ways_are_flagged_and_refused_by_train(tmp_path, capsys):
+    from mlrkit.data.files import DataFormatError
+    from mlrkit.data.summary import near_duplicate_classes
+    from mlrkit.engine.sources import refuse_misspelt_classes
+
+    assert near_duplicate_classes(["cat", "Cat", "dog", "hot  dog", "Hot dog", "bird"]) == \
+        [["cat", "Cat"], ["hot  dog", "Hot dog"]]
+    (tmp_path / "images").mkdir()
+    for i in range(4):
+        (tmp_path / "images" / f"{i}.jpg").write_bytes(b"")
+    (tmp_path / "labels.csv").write_text("image,cat,Cat\n0.jpg,1,0\n1.jpg,0,1\n2.jpg,1,0\n"
+                                         "3.jpg,0,1\n")
+    assert main(["data", "summary", "--dataset", "csv", "--root", str(tmp_path)]) == 0
+    assert ("possible typos: classes 'cat' and 'Cat' differ only in letter case or spacing"
+            in capsys.readouterr().out)
+    data = MultiLabelData("toy", tmp_path, ["cat", "Cat"], [Path("0.jpg")],
+                          np.array([[1, 0]], dtype=np.int8))
+    with pytest.raises(DataFormatError, match=r"classes 'cat' and 'Cat' differ only in letter "
+                                              r"case .*data.allow_new_classes: true"):
+        refuse_misspelt_classes(data)

@@ -154,6 +154,16 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     return [h.strip() for h in header], rows
 
 
+def _separator_hint(header: list[str]) -> str:
+    """A hint when a one-cell header looks separated by another character than a comma."""
+    if len(header) == 1:
+        for mark, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+            if mark in header[0]:
+                return (f"; the file seems separated by {name}: mlrkit reads comma-separated "
+                        f"files (save it as CSV with commas)")
+    return ""
+
+
 def _parse_columns(
     path: Path, header: list[str], rows: list[tuple[int, list[str]]], classes: Sequence[str] | None
 ) -> tuple[list[str], np.ndarray]:
@@ -162,7 +172,7 @@ def _parse_columns(
     if not class_names or not all(class_names):
         raise DataFormatError(
             f"{path}:1: the header needs an image column then one non-empty name per class, got "
-            f"{header}"
+            f"{header}{_separator_hint(header)}"
         )
     repeated = sorted({c for c in class_names if class_names.count(c) > 1})
     if repeated:

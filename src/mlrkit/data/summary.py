@@ -26,6 +26,7 @@ class DatasetSummary:
     positives_per_class: dict[str, int]
     images_without_positive: int
     rare_classes: dict[str, int] = field(default_factory=dict)
+    near_duplicates: list[list[str]] = field(default_factory=list)
     mask_split: str | None = None
     mask_params: dict = field(default_factory=dict)
     mask_stats: dict = field(default_factory=dict)
@@ -53,6 +54,7 @@ def summarize(
         images_without_positive=int((~pos.any(axis=1)).sum()),
     )
     summary.rare_classes = rare_classes(summary.positives_per_class, data.num_images)
+    summary.near_duplicates = near_duplicate_classes(list(data.class_names))
     if mask is not None:
         masked = data if mask_split is None else data.subset(mask_split)
         summary.mask_split = mask_split or "all"
@@ -74,6 +76,15 @@ def rare_classes(positives_per_class: dict[str, int], images: int) -> dict[str, 
     rare = {name: count for name, count in positives_per_class.items()
             if count <= RARE_CLASS_IMAGES or count < limit}
     return dict(sorted(rare.items(), key=lambda kv: kv[1]))
+
+
+def near_duplicate_classes(class_names: list[str]) -> list[list[str]]:
+    """Groups of class names that differ only in letter case or spacing (``cat``, ``Cat``,
+    ``cat ``): almost always one class written two ways."""
+    groups: dict[str, list[str]] = {}
+    for name in class_names:
+        groups.setdefault(" ".join(name.casefold().split()), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def format_summary(s: DatasetSummary) -> str:
@@ -107,6 +118,9 @@ def format_summary(s: DatasetSummary) -> str:
             f"check these names in the label file, or list the classes (classes.txt) so that "
             f"unknown names are errors"
         )]
+    for names in s.near_duplicates:
+        lines += ["", (f"possible typos: classes {' and '.join(repr(n) for n in names)} differ only "
+                       f"in letter case or spacing; write them one way in the label file")]
     if s.mask_stats:
         params = ", ".join(f"{k}={v}" for k, v in s.mask_params.items())
         st = s.mask_stats

@@ -83,18 +83,48 @@ def _inherit(base: dict, child: dict) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that names a key twice (PyYAML keeps the last
+    silently: ``train: {lr: 0.1, lr: 0.01}`` would train at 0.01 without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        self.flatten_mapping(node)
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"key {key!r} given twice (lines {seen[key]} and {line}); keep "
+                                f"one", problem_mark=key_node.start_mark)
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base class says so
+                break
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML ``text`` as Python values (the safe subset), a key given twice in one mapping being a
+    :class:`yaml.YAMLError`."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def _read_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     """A recipe file with its ``base:`` chain resolved (paths relative to the including file)."""
     if path.resolve() in chain:
         names = " -> ".join(str(p) for p in (*chain, path.resolve()))
         raise ValueError(f"recipe {path}: 'base' forms a cycle: {names}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except FileNotFoundError:
         where = f" (base of {chain[-1]})" if chain else ""
         raise FileNotFoundError(f"recipe {path} not found{where}") from None
     except yaml.YAMLError as err:
-        raise ValueError(f"recipe {path} is not valid YAML: {err}") from err
+        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ValueError(f"recipe {where} is not valid YAML: "
+                         f"{problem or ' '.join(str(err).split())}") from err
     if not isinstance(raw, dict):
         raise TypeError(f"recipe {path}: expected a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("base", None)
@@ -114,7 +144,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ValueError(f"override {text!r} is not key=value (e.g. train.lr=0.01)")
-    return key.split("."), yaml.safe_load(value)
+    return key.split("."), load_yaml(value)
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict:

@@ -18,7 +18,7 @@ from mlrkit.data.feature_cache import FeatureCache, extract_features, load_featu
 from mlrkit.data.files import DataFormatError
 from mlrkit.data.protocols import ClassSplit, ProtocolMask, class_split, draw_mask
 from mlrkit.data.splits import apply_recipe_splits
-from mlrkit.data.summary import rare_classes
+from mlrkit.data.summary import near_duplicate_classes, rare_classes
 from mlrkit.distributed import current_info, resolve_device
 from mlrkit.engine.batches import FeatureBatches, ImageBatches
 from mlrkit.engine.recipe_schema import EncoderSection, FeaturesSection, Recipe
@@ -134,8 +134,17 @@ def prepare_data(recipe: Recipe) -> PreparedData:
 
 
 def refuse_misspelt_classes(data: MultiLabelData) -> None:
-    """Refuse classes that a label file without a class list names in very few images: the same
-    flag as ``mlrkit data summary`` (:func:`mlrkit.data.summary.rare_classes`)."""
+    """Refuse what ``mlrkit data summary`` flags as possible typos: classes that differ only in
+    letter case or spacing (:func:`~mlrkit.data.summary.near_duplicate_classes`), and classes
+    that a label file without a class list names in very few images
+    (:func:`~mlrkit.data.summary.rare_classes`)."""
+    twins = near_duplicate_classes(list(data.class_names))
+    if twins:
+        listed = "; ".join(" and ".join(repr(n) for n in names) for names in twins)
+        raise DataFormatError(
+            f"dataset {data.name!r} at {data.root}: classes {listed} differ only in letter case "
+            f"or spacing and are probably one class; write them one way in the label file, or "
+            f"set data.allow_new_classes: true to train on them as separate classes")
     if not data.classes_from_labels:
         return
     positives = (data.labels == POSITIVE).sum(axis=0).tolist()

@@ -114,7 +114,29 @@ class TrainConfig:
             raise ValueError(f"train.threads={self.threads} must be >= 1 (or null)")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise ValueError("train.epochs, train.batch_size and train.eval_every must be >= 1")
+        self._check_ranges()
         self._check_onecycle_and_ema()
+
+    def _check_ranges(self) -> None:
+        """Numbers outside what they mean (a negative learning rate trains uphill) are errors
+        naming the field and its range."""
+        ranges = {  # field: (lowest, lowest allowed itself, highest or None)
+            "lr": (0.0, False, None), "weight_decay": (0.0, True, None),
+            "momentum": (0.0, True, 1.0), "gamma": (0.0, False, None),
+            "min_lr_ratio": (0.0, True, 1.0), "warmup_epochs": (0.0, True, None),
+            "step_size": (1, True, None), "eval_batch_size": (1, True, None),
+            "patience": (0, True, None), "num_workers": (0, True, None),
+        }
+        for name, (low, inclusive, high) in ranges.items():
+            value = getattr(self, name)
+            if value < low or (value == low and not inclusive) or (high is not None and
+                                                                   value > high):
+                bound = f"{'>=' if inclusive else '>'} {low}" + (
+                    f" and <= {high}" if high is not None else "")
+                raise ValueError(f"train.{name}={value} must be {bound}; set it in that range")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"train.grad_clip={self.grad_clip} must be > 0; give a positive norm, "
+                             f"or null for no clipping")
 
     def _check_onecycle_and_ema(self) -> None:
         if self.schedule == "onecycle" and self.warmup_epochs > 0:
