@@ -173,3 +173,21 @@ def test_a_truncated_photo_is_listed_and_skipped_unless_strict(capsys, photos, t
     with pytest.raises(SystemExit) as stop:  # argparse's usage error
         tag(capsys, folder, "--labels", "cat", "--batch-size", "0")
     assert stop.value.code == 2 and "--batch-size: 0: give at least 1" in capsys.readouterr().err
+
+
+def test_the_out_file_name_sets_the_format_and_never_contradicts_it(capsys, tmp_path):
+    from mlrkit.tagging import save_tags, tag_format
+
+    assert tag_format(None, None) == "json" and tag_format("csv", None) == "csv"
+    assert tag_format(None, "tags.CSV") == "csv" and tag_format("json", "tags.json") == "json"
+    with pytest.raises(ValueError, match=r"--out tags.csv and --format json disagree; name the "
+                                         r"file .json or give --format csv"):
+        tag_format("json", "tags.csv")
+    with pytest.raises(ValueError, match=r"--out tags.txt: cannot tell the format"):
+        tag_format(None, "tags.txt")
+    assert tag_format("csv", "tags.txt") == "csv"
+    results = [{"image": "a.jpg", "labels": [{"label": "cat", "score": 0.9, "on": True}]}]
+    save_tags(results, None, str(tmp_path / "tags.csv"))
+    assert (tmp_path / "tags.csv").read_text().splitlines()[0] == "image,rank,label,score,on"
+    with pytest.raises(ValueError, match="is a folder; give a file name"):
+        save_tags(results, None, str(tmp_path), overwrite=True)

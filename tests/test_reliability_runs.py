@@ -543,3 +543,15 @@ def test_a_run_whose_files_changed_since_training_is_refused_naming_them(edit, r
         code, err = cli(capsys, *command)
         assert_error_line(code, err, f"run {run}: {changed} changed since training ended",
                           "restore the files or train again")
+
+
+def test_a_run_whose_data_moved_says_how_to_give_it_the_new_place(run, tmp_path, capsys):
+    unchecked(run)
+    info = json.loads((run / "run.json").read_text())
+    info["data"]["root"] = str(tmp_path / "moved-away")  # as after 'mv data elsewhere'
+    (run / "run.json").write_text(json.dumps(info))
+    for command in (["eval", "--checkpoint", run], ["recover", "--checkpoint", run, "--out",
+                                                    tmp_path / "rec"]):
+        code, err = cli(capsys, *command)
+        assert_error_line(code, err, f"{tmp_path / 'moved-away'}: the data run {run} was trained "
+                                     f"on is no longer there", "--dataset csv --root NEW_FOLDER")

@@ -38,6 +38,7 @@ from mlrkit.engine.recipe import load_recipe, parse_override
 from mlrkit.label_quality import QUALITY_SCORES
 from mlrkit.tagging import (
     DEFAULT_ON,
+    TAG_FORMATS,
     image_files,
     parse_labels,
     ranked_tags,
@@ -505,7 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files or folders of them")
     predict.add_argument("--top-k", type=int, default=None,
                          help="labels per image, at least 1 (default 5; at most all classes)")
-    predict.add_argument("--format", choices=["json", "csv"], default="json")
+    predict.add_argument("--format", choices=list(TAG_FORMATS), default=None,
+                         help="json or csv (default: from the --out file's suffix, else json)")
     predict.add_argument("--recursive", action="store_true", help="also the images in subfolders")
     predict.add_argument("--batch-size", type=_positive_int, default=16)
     _add_output_args(predict)
@@ -568,7 +570,8 @@ def _add_tag_parser(commands: argparse._SubParsersAction) -> None:
                           "probability (0 .. 1; default: on from 0.5) where the scores are "
                           "calibrated (ConSE with MiniLM and T 10, a run with a calibration), "
                           "else a cosine (-1 .. 1)")
-    tag.add_argument("--format", choices=["json", "csv"], default="json")
+    tag.add_argument("--format", choices=list(TAG_FORMATS), default=None,
+                     help="json or csv (default: from the --out file's suffix, else json)")
     _add_output_args(tag)
     tag.add_argument("--recursive", action="store_true", help="also the images in subfolders")
     tag.add_argument("--embeddings", choices=["minilm", "glove"], default=None,

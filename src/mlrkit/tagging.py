@@ -118,9 +118,33 @@ def ranked_tags(images: Sequence[str | Path], labels: Sequence[str], scores, top
     return results
 
 
-def save_tags(results: list[dict], fmt: str, out: str | None, overwrite: bool = False) -> None:
-    """Write ``results`` as :func:`write_tags` does, to stdout, or to the file ``out``
-    (atomically; an existing file only with ``overwrite``)."""
+#: What ``predict`` and ``tag`` write.
+TAG_FORMATS = ("json", "csv")
+
+
+def tag_format(fmt: str | None, out: str | None) -> str:
+    """The output format: ``fmt``, else the ``out`` file's suffix (``.json`` / ``.csv``), else
+    JSON; a suffix that contradicts ``fmt``, or that names neither format without ``fmt``, is an
+    error (a ``.csv`` file never holds JSON)."""
+    suffix = None if out is None else Path(out).suffix.lower().lstrip(".")
+    if suffix in TAG_FORMATS:
+        if fmt is not None and fmt != suffix:
+            raise ValueError(f"--out {out} and --format {fmt} disagree; name the file "
+                             f".{fmt} or give --format {suffix}")
+        return suffix
+    if out is not None and fmt is None:
+        raise ValueError(f"--out {out}: cannot tell the format from its name; name it .json or "
+                         f".csv, or give --format")
+    return fmt or "json"
+
+
+def save_tags(results: list[dict], fmt: str | None, out: str | None,
+              overwrite: bool = False) -> None:
+    """Write ``results`` as :func:`write_tags` does (in :func:`tag_format`'s format), to stdout,
+    or to the file ``out`` (atomically; an existing file only with ``overwrite``)."""
+    if out is not None and Path(out).is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name (.json or .csv)")
+    fmt = tag_format(fmt, out)
     if out is None:
         write_tags(results, fmt)
         return

@@ -295,6 +295,11 @@ def prepare_from_run(run: LoadedRun) -> PreparedData:
     ``eval_embeddings`` are the ones it stored."""
     info, recipe = run.info, load_recipe(run.run_dir / CONFIG_FILE)
     recipe["data"]["root"] = info["data"]["root"]
+    if not Path(info["data"]["root"]).is_dir():
+        raise ValueError(
+            f"{info['data']['root']}: the data run {run.run_dir} was trained on is no longer "
+            f"there; if it moved, give the run the data where it is now: --dataset "
+            f"{recipe['data']['dataset']} --root NEW_FOLDER (eval, recover)")
     section = recipe["features"] if info["end_to_end"] is None else recipe["encoder"]
     section["weights"] = info["encoder"]["weights"]
     if info["features"] is not None:
