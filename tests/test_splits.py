@@ -133,3 +133,14 @@ def test_unknown_split_name_is_an_error_unless_accepted_by_option(tmp_path):
     data = create_dataset("csv", tmp_path / "d", extra_splits=["dev"])
     assert data.split_names() == ["train", "dev", "test", "holdout"]
     assert create_dataset("csv", tmp_path / "d", extra_splits="dev").split_names()[1] == "dev"
+
+
+def test_a_negative_share_is_named_not_dropped(tmp_path, capsys):
+    from test_recipe_run import make_dataset
+
+    make_dataset(tmp_path, n=8)
+    (tmp_path / "split.csv").unlink()
+    assert main(["data", "split", "--dataset", "csv", "--root", str(tmp_path), "--train", "-0.5",
+                 "--val", "0.3", "--test", "0.1"]) == 2
+    assert capsys.readouterr().err.strip() == ("mlrkit: error: --train -0.5: a share is 0 (no "
+                                               "such split) to 1; give shares that sum to 1")

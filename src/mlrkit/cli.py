@@ -141,8 +141,12 @@ def _cmd_data_split(args: argparse.Namespace) -> int:
     from mlrkit.data.splits import random_split, write_split_file
 
     data = create_dataset(args.dataset, args.root, **dict(args.option))
-    sizes = {name: share for name, share in (("train", args.train), ("val", args.val),
-                                             ("test", args.test)) if share > 0}
+    shares = {"train": args.train, "val": args.val, "test": args.test}
+    negative = [f"--{name} {share}" for name, share in shares.items() if share < 0]
+    if negative:
+        raise ValueError(f"{', '.join(negative)}: a share is 0 (no such split) to 1; give "
+                         f"shares that sum to 1")
+    sizes = {name: share for name, share in shares.items() if share > 0}
     split = random_split(data, sizes, seed=args.seed)
     out = write_split_file(split, args.out or data.root / "split.csv", overwrite=args.overwrite)
     counts = ", ".join(f"{name} {int((split.splits == name).sum()):,}" for name in sizes)

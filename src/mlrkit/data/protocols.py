@@ -199,7 +199,8 @@ def partial_labels(
     """
     labels = _check_labels(labels)
     if not 0.0 < known <= 1.0:
-        raise ValueError(f"known must be in (0, 1], got {known}")
+        raise ValueError(f"known must be in (0, 1], got {known}; give the share of entries kept, "
+                         f"e.g. 0.1")
     if mode == "hcp":
         draws = np.random.RandomState(seed).random_sample(labels.shape)
     elif mode == "bernoulli":

@@ -116,7 +116,8 @@ def random_split(data: MultiLabelData, sizes: dict[str, float], seed: int = 0) -
             raise ValueError(f"random split: share of {split!r} must be in (0, 1], got {share!r}")
         shares[str(split)] = float(share)
     if not math.isclose(sum(shares.values()), 1.0, abs_tol=1e-6):
-        raise ValueError(f"random split: shares {shares} sum to {sum(shares.values()):.4f}, not 1")
+        raise ValueError(f"random split: shares {shares} sum to {sum(shares.values()):.4f}, not 1; "
+                         f"give shares that sum to 1")
     total = data.num_images
     counts = {s: math.floor(share * total) for s, share in shares.items()}
     for s in list(counts)[: total - sum(counts.values())]:
