@@ -83,7 +83,8 @@ def test_predict_and_eval_need_only_the_run_folder(kind, tmp_path, monkeypatch, 
                  str(tmp_path / "moved")]) == 0
     assert "all_mAP" in capsys.readouterr().out
     assert main(["eval", "--checkpoint", run_dir]) == 2  # the recipe's data has moved away
-    assert "does not exist" in capsys.readouterr().err
+    assert "is no longer there; if it moved, give the run the data where it is now: --dataset " \
+           "csv --root NEW_FOLDER" in capsys.readouterr().err
 
     labels = tmp_path / "moved" / "labels.csv"
     labels.write_text(labels.read_text().replace("blue", "yellow", 1))
