@@ -191,3 +191,13 @@ def test_the_out_file_name_sets_the_format_and_never_contradicts_it(capsys, tmp_
     assert (tmp_path / "tags.csv").read_text().splitlines()[0] == "image,rank,label,score,on"
     with pytest.raises(ValueError, match="is a folder; give a file name"):
         save_tags(results, None, str(tmp_path), overwrite=True)
+
+
+def test_dense_conse_ranks_the_animal_first_and_says_its_scores_are_cosines(capsys, photos):
+    code, out, err = tag(capsys, photos / CAT_1, photos / DOG, "--labels", "cat, aeroplane, dog",
+                         "--zero-shot", "dense-conse", "--no-progress")
+    assert code == 0, err
+    results = json.loads(out)
+    assert [ranks(r)["cat" if i == 0 else "dog"] for i, r in enumerate(results)] == [0, 0]
+    assert all(not e["on"] for r in results for e in r["labels"])  # uncalibrated: none on
+    assert "scores are cosines" in err

@@ -166,3 +166,37 @@ def test_conse_embed_on_softmax_outputs_is_bitwise_the_top_k_formula():
     weights = torch.zeros_like(probs).scatter_(1, top.indices, top.values)
     expected = weights @ vectors / top.values.sum(dim=1, keepdim=True)
     assert torch.equal(conse_embed(probs, vectors, 10, check=False), expected)
+
+
+def test_dense_conse_of_a_one_by_one_map_is_conse_and_its_local_part_the_top_k_positions():
+    from mlrkit.encoders.imagenet import pooled_probabilities
+    from mlrkit.zero_shot import dense_conse_scores
+
+    rng = np.random.default_rng(0)
+    names = ["cat", "dog", "car", "sofa"]
+    one = rng.normal(0, 1, (3, 1280, 1, 1)).astype(np.float32)
+    plain = conse_scores(pooled_probabilities(one[:, :, 0, 0]), names)
+    for k, w in ((1, 0.5), (16, 1.0), (4, 0.0)):
+        assert np.allclose(dense_conse_scores(one, names, top_k=k, local_weight=w), plain,
+                           atol=1e-5)
+    maps = rng.normal(0, 1, (2, 1280, 2, 3)).astype(np.float32)
+    # each position alone is ConSE of the classifier's head at that position
+    per_position = np.stack([conse_scores(pooled_probabilities(maps[:, :, i, j]), names)
+                             for i in range(2) for j in range(3)], axis=1)  # (2, 6, 4)
+    pooled = conse_scores(pooled_probabilities(maps.mean(axis=(2, 3))), names)
+    top2 = np.sort(per_position, axis=1)[:, -2:].mean(axis=1)
+    assert np.allclose(dense_conse_scores(maps, names, top_k=2, local_weight=1.0), top2,
+                       atol=1e-5)
+    assert np.allclose(dense_conse_scores(maps, names, top_k=99, local_weight=0.25),
+                       0.75 * pooled + 0.25 * per_position.mean(axis=1), atol=1e-5)
+    assert np.allclose(dense_conse_scores(maps, names, local_weight=0.0), pooled, atol=1e-5)
+    with pytest.raises(ValueError, match=r"local_weight is 1.5; give a share in \[0, 1\]"):
+        dense_conse_scores(maps, names, local_weight=1.5)
+
+
+def test_dense_conse_scores_real_cat_photos_cat_first():
+    from mlrkit.zero_shot import dense_conse_scores
+
+    cats = _photos("cat", 10)
+    scores = dense_conse_scores(cats, VOC)  # (10, 20): images through the classifier's trunk
+    assert (scores.argmax(1) == VOC.index("cat")).sum() >= 8

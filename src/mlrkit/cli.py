@@ -250,9 +250,15 @@ def _cmd_tag(args: argparse.Namespace) -> int:
 
 
 def _conse_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object, bool]:
-    """The images, labels and ``(N, L)`` ConSE scores of ``mlrkit tag --zero-shot conse``
-    (probabilities through the shipped calibration, where one ships), and whether calibrated."""
-    from mlrkit.zero_shot import conse_calibration, conse_scores, embed_labels
+    """The images, labels and ``(N, L)`` ConSE scores of ``mlrkit tag --zero-shot conse`` or
+    ``dense-conse`` (probabilities through the shipped calibration, where one ships), and whether
+    calibrated."""
+    from mlrkit.zero_shot import (
+        conse_calibration,
+        conse_scores,
+        dense_conse_scores,
+        embed_labels,
+    )
 
     for option, value in (("--weights", args.weights), ("--clip-model", args.clip_model)):
         if value is not None:
@@ -269,11 +275,14 @@ def _conse_tags(args: argparse.Namespace) -> tuple[list[Path], list[str], object
     except ValueError as err:
         raise ValueError(f"--labels with --embeddings {embeddings}: {err}") from None
     images = readable_images(image_files(args.images, args.recursive), args.strict)
-    scores = conse_scores(
+    scorer = dense_conse_scores if args.zero_shot == "dense-conse" else conse_scores
+    scores = scorer(
         images, labels, top_t=args.top_t, source=embeddings, templates=templates,
         label_vectors=vectors, batch_size=args.batch_size, device=args.device,
         progress=not args.no_progress,
     )  # fmt: skip
+    if scorer is dense_conse_scores:  # no calibration ships for dense ConSE's cosines
+        return images, labels, scores, False
     calibration = conse_calibration(embeddings, templates, args.top_t)
     if calibration is None:
         return images, labels, scores, False
@@ -545,7 +554,9 @@ def _add_tag_parser(commands: argparse._SubParsersAction) -> None:
         "tag", help="rank any label names for images (zero-shot, or an open-vocabulary run)",
         description="Rank candidate labels for each image with a zero-shot scorer. ConSE: an "
                     "ImageNet classifier's top-T classes, their names embedded and averaged by "
-                    "probability, compared by cosine with each label's embedding. CLIP: the "
+                    "probability, compared by cosine with each label's embedding; dense ConSE "
+                    "adds ConSE at every position of the classifier's feature map, the best "
+                    "positions per label averaged with the global score. CLIP: the "
                     "cosine of the image's CLIP embedding and the label's, averaged over CLIP's "
                     "prompt ensemble; needs a local open_clip weights file (--weights). "
                     "--checkpoint RUN: an open-vocabulary run's scores, the labels embedded as "
@@ -554,8 +565,10 @@ def _add_tag_parser(commands: argparse._SubParsersAction) -> None:
     tag.add_argument("images", nargs="+", help="image files or folders of them")
     tag.add_argument("--labels", default=None, help='candidate labels, e.g. "cat, dog, sofa"')
     tag.add_argument("--labels-file", default=None, help="candidate labels, one per line")
-    tag.add_argument("--zero-shot", choices=["conse", "clip"], default=None,
-                     help="the zero-shot scorer (default conse)")
+    tag.add_argument("--zero-shot", choices=["conse", "dense-conse", "clip"], default=None,
+                     help="the zero-shot scorer (default conse; dense-conse: ConSE at every "
+                          "position of the feature map as well, the 4 best positions per label "
+                          "averaged with the global score)")
     tag.add_argument("--weights", default=None,
                      help="clip: a local open_clip weights file (.safetensors or a state dict); "
                           "none ship with mlrkit")

@@ -49,6 +49,7 @@ from mlrkit.calibration import Calibration
 from mlrkit.encoders.imagenet import (
     conse_embed,
     conse_templates,
+    dense_probabilities,
     imagenet_class_embeddings,
     imagenet_classifier,
     unit_rows,
@@ -56,6 +57,11 @@ from mlrkit.encoders.imagenet import (
 from mlrkit.prompts import CLIP_ENSEMBLE
 
 DEFAULT_TOP_T = 10
+#: Dense ConSE: positions averaged per label, and the local score's share (see
+#: :func:`dense_conse_scores`; the best on VOC 2007's training photos, tied with one position:
+#: ``benchmarks/dense_conse.py``).
+DENSE_TOP_K = 4
+DENSE_LOCAL_WEIGHT = 0.5
 #: Calibrations of ConSE's cosines that ship with mlrkit, by label-embedding source: fitted with
 #: the default templates and ``T`` by ``benchmarks/calibration.py --write-shipped`` (on VOC 2007's
 #: training photos; its table gives the error measured on COCO-6k's other label names).
@@ -103,6 +109,82 @@ def conse_scores(
     """
     if top_t < 1:
         raise ValueError(f"top_t is {top_t}; give at least 1 (ConSE's T, default 10)")
+    labels, class_vectors = _conse_vectors(label_names, source, templates, label_vectors,
+                                           class_vectors, embedding_options)
+    if isinstance(images_or_probs, (np.ndarray, torch.Tensor)):
+        probs = _as_matrix(images_or_probs, "probabilities")
+    else:
+        probs = imagenet_probabilities(images_or_probs, classifier, batch_size=batch_size,
+                                       device=device, progress=progress)
+    embedded = conse_embed(torch.as_tensor(probs, dtype=torch.float64), class_vectors, top_t)
+    return cosine(embedded.numpy(), labels)
+
+
+def dense_conse_scores(
+    images_or_maps: Sequence[ImageInput] | np.ndarray | torch.Tensor,
+    label_names: Sequence[str],
+    *,
+    top_t: int = DEFAULT_TOP_T,
+    top_k: int = DENSE_TOP_K,
+    local_weight: float = DENSE_LOCAL_WEIGHT,
+    source: str = "minilm",
+    templates: Sequence[str] | None = None,
+    label_vectors: np.ndarray | None = None,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    **embedding_options: Any,
+) -> np.ndarray:
+    """Dense ConSE scores ``(N, L)`` float32: ConSE at every position of the classifier's last
+    feature map as well as of the pooled map, matched with each label locally and globally, as
+    SigRL matches CLIP's patch tokens and class token (and as TagCLIP / CLIP Surgery score
+    multi-label images from local tokens).
+
+    With ``f_p(x)`` ConSE's embedding (:func:`~mlrkit.encoders.imagenet.conse_embed`) of the
+    ImageNet classifier's head applied at position ``p`` of the ``H x W`` map and ``f(x)`` that of
+    the pooled map (plain ConSE)::
+
+        local(x, l)  = mean of the top_k largest cos(f_p(x), s(l)) over the positions p
+        score(x, l)  = (1 - local_weight) * cos(f(x), s(l)) + local_weight * local(x, l)
+
+    A 1 x 1 map gives plain ConSE's scores. ``local_weight`` 0 is plain ConSE.
+
+    Args:
+        images_or_maps: image files or PIL images, or ``(N, 1280, H, W)`` feature maps of the
+            ImageNet EfficientNet-Lite0 trunk (a spatial feature cache of it).
+        label_names, top_t, source, templates, label_vectors, batch_size, device, progress,
+            **embedding_options: as :func:`conse_scores`.
+        top_k: positions averaged per label (more than ``H * W``: all of them).
+        local_weight: the local score's share, in ``[0, 1]``.
+    """
+    if top_t < 1 or top_k < 1:
+        raise ValueError(f"top_t {top_t}, top_k {top_k}: give at least 1 for each")
+    if not 0.0 <= local_weight <= 1.0:
+        raise ValueError(f"local_weight is {local_weight}; give a share in [0, 1]")
+    labels, class_vectors = _conse_vectors(label_names, source, templates, label_vectors, None,
+                                           embedding_options)
+    if isinstance(images_or_maps, (np.ndarray, torch.Tensor)):
+        maps = torch.as_tensor(np.asarray(images_or_maps), dtype=torch.float32)
+    else:
+        _check_images(images_or_maps)
+        model = imagenet_classifier().to(device).eval()
+        maps = _per_batch(images_or_maps, lambda batch: model(batch).spatial.float(),
+                          model.transform(train=False), batch_size=batch_size, device=device,
+                          desc="dense ConSE", progress=progress)
+    pooled, local = dense_probabilities(maps)
+    n, positions, k = local.shape
+    global_scores = cosine(conse_embed(pooled.double(), class_vectors, top_t).numpy(), labels)
+    tokens = conse_embed(local.reshape(n * positions, k).double(), class_vectors, top_t)
+    local_cos = cosine(tokens.numpy(), labels).reshape(n, positions, len(labels))
+    top = np.sort(local_cos, axis=1)[:, ::-1][:, : min(top_k, positions)].mean(axis=1)
+    return ((1.0 - local_weight) * global_scores + local_weight * top).astype(np.float32)
+
+
+def _conse_vectors(label_names: Sequence[str], source: str, templates: Sequence[str] | None,
+                   label_vectors: np.ndarray | None, class_vectors: np.ndarray | None,
+                   embedding_options: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(L, E)`` label vectors and ``(K, E)`` ImageNet class vectors of one space (see
+    :func:`conse_scores`'s arguments)."""
     if label_vectors is None:
         labels = embed_labels(label_names, source, templates, **embedding_options)
     else:
@@ -120,13 +202,7 @@ def conse_scores(
     if labels.shape[1] != class_vectors.shape[1]:
         raise ValueError(f"label vectors have width {labels.shape[1]} but class vectors "
                          f"{class_vectors.shape[1]}; embed both with the same source")
-    if isinstance(images_or_probs, (np.ndarray, torch.Tensor)):
-        probs = _as_matrix(images_or_probs, "probabilities")
-    else:
-        probs = imagenet_probabilities(images_or_probs, classifier, batch_size=batch_size,
-                                       device=device, progress=progress)
-    embedded = conse_embed(torch.as_tensor(probs, dtype=torch.float64), class_vectors, top_t)
-    return cosine(embedded.numpy(), labels)
+    return labels, class_vectors
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
