@@ -58,16 +58,9 @@ def holdout_split(
         ``data`` with ``splits`` changed on the held-out rows only (rows stay in their order).
     """
     index = data.split_index(source)
-    if name in data.split_names():
-        raise DataFormatError(
-            f"dataset {data.name!r}: a split named {name!r} exists already; give the hold-out "
-            f"another name (data.holdout.name)"
-        )
+    _check_new_split(data, name, "the hold-out", "data.holdout.name")
     count = _count(size, len(index), f"hold-out from split {source!r}")
-    chosen = index[np.random.default_rng(seed).permutation(len(index))[:count]]
-    splits = data.splits.astype(object)
-    splits[chosen] = name
-    return replace(data, splits=splits.astype(str))
+    return _moved(data, index[np.random.default_rng(seed).permutation(len(index))[:count]], name)
 
 
 def fold_split(
@@ -87,15 +80,26 @@ def fold_split(
     if not 0 <= index < folds:
         raise ValueError(f"fold {index} is not one of the {folds} folds (0 ... {folds - 1})")
     rows = data.split_index(source)
-    if name in data.split_names():
-        raise DataFormatError(f"dataset {data.name!r}: a split named {name!r} exists already; "
-                              f"give the fold another name (data.fold.name)")
+    _check_new_split(data, name, "the fold", "data.fold.name")
     if len(rows) < folds:
         raise ValueError(f"split {source!r} has {len(rows)} images, fewer than {folds} folds; "
                          f"use at most {len(rows)} folds")
     chosen = np.array_split(rows[np.random.default_rng(seed).permutation(len(rows))], folds)[index]
+    return _moved(data, chosen, name)
+
+
+def _check_new_split(data: MultiLabelData, name: str, what: str, key: str) -> None:
+    """Refuse a new split ``name`` that ``data`` has already (``what`` and the recipe ``key``
+    that names it go into the error)."""
+    if name in data.split_names():
+        raise DataFormatError(f"dataset {data.name!r}: a split named {name!r} exists already; "
+                              f"give {what} another name ({key})")
+
+
+def _moved(data: MultiLabelData, rows: np.ndarray, name: str) -> MultiLabelData:
+    """``data`` with the images at ``rows`` in split ``name`` (rows keep their order)."""
     splits = data.splits.astype(object)
-    splits[chosen] = name
+    splits[rows] = name
     return replace(data, splits=splits.astype(str))
 
 
