@@ -1,6 +1,6 @@
 """A SigRL run trained on real photos ranks label names it never saw on held-out photos.
 
-300 coco2014-6k training photos (EfficientNet-Lite0 features, MiniLM label embeddings) with five
+200 coco2014-6k training photos (EfficientNet-Lite0 features, MiniLM label embeddings) with five
 unseen classes of COCO's 65/15 split (airplane, bear, cat, toilet, train) hidden from training; then
 ``mlrkit tag --checkpoint`` scores those five names on 40 test photos that contain exactly one of
 them. Chance: mean rank of the true class 2.0 (uniform over ranks 0..4), top-1 0.20.
@@ -24,7 +24,7 @@ UNSEEN = ["airplane", "bear", "cat", "toilet", "train"]
 
 
 def small_copy(source: Path, root: Path) -> list[tuple[str, str]]:
-    """Copy 300 train, 60 val (the next training photos) and 40 test photos (each with exactly
+    """Copy 200 train, 40 val (the next training photos) and 40 test photos (each with exactly
     one unseen class) of coco2014-6k into ``root`` as a CSV dataset of label lists; returns the
     test photos' (file, class)."""
     rows = list(csv.reader((source / "labels.csv").open()))[1:]
@@ -35,7 +35,7 @@ def small_copy(source: Path, root: Path) -> list[tuple[str, str]]:
 
     train = [r for r in rows if split[r[0]] == "train"]
     test = [r for r in rows if split[r[0]] == "test" and len(unseen(r)) == 1][:40]
-    parts = {"train": train[:300], "val": train[300:360], "test": test}
+    parts = {"train": train[:200], "val": train[200:240], "test": test}
     (root / "images").mkdir(parents=True)
     for row in [r for part in parts.values() for r in part]:
         shutil.copy(source / "images" / row[0], root / "images" / row[0])
