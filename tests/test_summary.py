@@ -40,7 +40,7 @@ def test_rare_means_at_most_two_images_or_under_a_thousandth_of_them():
 
 def test_train_refuses_the_flagged_class_unless_the_recipe_allows_new_classes(tmp_path, capsys):
     from mlrkit.data import create_dataset
-    from mlrkit.engine.sources import refuse_misspelt_classes
+    from mlrkit.data.summary import refuse_misspelt_classes
 
     _labels_with_a_typo(tmp_path / "data")
     recipe = tmp_path / "r.yaml"
@@ -66,8 +66,7 @@ def test_train_refuses_the_flagged_class_unless_the_recipe_allows_new_classes(tm
 
 def test_classes_written_two_ways_are_flagged_and_refused_by_train(tmp_path, capsys):
     from mlrkit.data.files import DataFormatError
-    from mlrkit.data.summary import near_duplicate_classes
-    from mlrkit.engine.sources import refuse_misspelt_classes
+    from mlrkit.data.summary import near_duplicate_classes, refuse_misspelt_classes
 
     assert near_duplicate_classes(["cat", "Cat", "dog", "hot  dog", "Hot dog", "bird"]) == \
         [["cat", "Cat"], ["hot  dog", "Hot dog"]]

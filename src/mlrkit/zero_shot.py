@@ -52,6 +52,7 @@ from mlrkit.encoders.imagenet import (
     dense_probabilities,
     imagenet_class_embeddings,
     imagenet_classifier,
+    pooled_probabilities,
     unit_rows,
 )
 from mlrkit.prompts import CLIP_ENSEMBLE
@@ -152,8 +153,9 @@ def dense_conse_scores(
     Args:
         images_or_maps: image files or PIL images, or ``(N, 1280, H, W)`` feature maps of the
             ImageNet EfficientNet-Lite0 trunk (a spatial feature cache of it).
-        label_names, top_t, source, templates, label_vectors, batch_size, device, progress,
+        label_names, top_t, source, templates, label_vectors, device, progress,
             **embedding_options: as :func:`conse_scores`.
+        batch_size: images (or maps) scored at a time.
         top_k: positions averaged per label (more than ``H * W``: all of them).
         local_weight: the local score's share, in ``[0, 1]``.
     """
@@ -163,21 +165,29 @@ def dense_conse_scores(
         raise ValueError(f"local_weight is {local_weight}; give a share in [0, 1]")
     labels, class_vectors = _conse_vectors(label_names, source, templates, label_vectors, None,
                                            embedding_options)
-    if isinstance(images_or_maps, (np.ndarray, torch.Tensor)):
-        maps = torch.as_tensor(np.asarray(images_or_maps), dtype=torch.float32)
-    else:
-        _check_images(images_or_maps)
-        model = imagenet_classifier().to(device).eval()
-        maps = _per_batch(images_or_maps, lambda batch: model(batch).spatial.float(),
-                          model.transform(train=False), batch_size=batch_size, device=device,
-                          desc="dense ConSE", progress=progress)
-    pooled, local = dense_probabilities(maps)
-    n, positions, k = local.shape
-    global_scores = cosine(conse_embed(pooled.double(), class_vectors, top_t).numpy(), labels)
-    tokens = conse_embed(local.reshape(n * positions, k).double(), class_vectors, top_t)
-    local_cos = cosine(tokens.numpy(), labels).reshape(n, positions, len(labels))
-    top = np.sort(local_cos, axis=1)[:, ::-1][:, : min(top_k, positions)].mean(axis=1)
-    return ((1.0 - local_weight) * global_scores + local_weight * top).astype(np.float32)
+
+    def scores_of(maps: torch.Tensor) -> np.ndarray:  # (B, D, H, W) -> (B, L)
+        local = dense_probabilities(maps)  # (B, H*W, K); refuses another shape of maps
+        pooled = pooled_probabilities(maps.mean(dim=(2, 3)))
+        global_scores = cosine(conse_embed(torch.from_numpy(pooled).double(), class_vectors,
+                                           top_t).numpy(), labels)
+        n, positions, k = local.shape
+        tokens = conse_embed(local.reshape(n * positions, k).double(), class_vectors, top_t)
+        local_cos = cosine(tokens.numpy(), labels).reshape(n, positions, len(labels))
+        top = np.sort(local_cos, axis=1)[:, ::-1][:, : min(top_k, positions)].mean(axis=1)
+        return ((1.0 - local_weight) * global_scores + local_weight * top).astype(np.float32)
+
+    if isinstance(images_or_maps, (np.ndarray, torch.Tensor)):  # a batch at a time
+        return np.concatenate([
+            scores_of(torch.as_tensor(np.asarray(images_or_maps[i : i + batch_size]),
+                                      dtype=torch.float32))
+            for i in range(0, len(images_or_maps), batch_size)])
+    _check_images(images_or_maps)
+    model = imagenet_classifier().to(device).eval()
+    return _per_batch(images_or_maps,
+                      lambda batch: torch.from_numpy(scores_of(model(batch).spatial.float().cpu())),
+                      model.transform(train=False), batch_size=batch_size, device=device,
+                      desc="dense ConSE", progress=progress).numpy()
 
 
 def _conse_vectors(label_names: Sequence[str], source: str, templates: Sequence[str] | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mlrkit.data.dataset import POSITIVE, UNKNOWN, MultiLabelData
+from mlrkit.data.files import DataFormatError
 from mlrkit.data.protocols import ProtocolMask
 
 #: A class with positives in at most this many images, or in fewer than RARE_CLASS_SHARE of them,
@@ -85,6 +86,30 @@ def near_duplicate_classes(class_names: list[str]) -> list[list[str]]:
     for name in class_names:
         groups.setdefault(" ".join(name.casefold().split()), []).append(name)
     return [names for names in groups.values() if len(names) > 1]
+
+
+def refuse_misspelt_classes(data: MultiLabelData) -> None:
+    """Refuse, before training, what :func:`format_summary` flags as possible typos: classes
+    that differ only in letter case or spacing (:func:`near_duplicate_classes`), and classes that
+    a label file without a class list names in very few images (:func:`rare_classes`)."""
+    twins = near_duplicate_classes(list(data.class_names))
+    if twins:
+        listed = "; ".join(" and ".join(repr(n) for n in names) for names in twins)
+        raise DataFormatError(
+            f"dataset {data.name!r} at {data.root}: classes {listed} differ only in letter case "
+            f"or spacing and are probably one class; write them one way in the label file, or "
+            f"set data.allow_new_classes: true to train on them as separate classes")
+    if not data.classes_from_labels:
+        return
+    positives = (data.labels == POSITIVE).sum(axis=0).tolist()
+    rare = rare_classes(dict(zip(data.class_names, positives, strict=True)), data.num_images)
+    if rare:
+        listed = ", ".join(f"{name!r} ({count} image{'s' * (count != 1)})"
+                           for name, count in rare.items())
+        raise DataFormatError(
+            f"dataset {data.name!r} at {data.root}: class(es) {listed} appear in very few images "
+            f"and are probably misspelt names; fix them in the label file, list the classes in "
+            f"classes.txt next to it, or set data.allow_new_classes: true to train on them")
 
 
 def format_summary(s: DatasetSummary) -> str:

@@ -164,21 +164,16 @@ def pooled_probabilities(pooled: np.ndarray | Tensor) -> np.ndarray:
         return head(torch.as_tensor(np.asarray(pooled), dtype=torch.float32)).softmax(-1).numpy()
 
 
-def dense_probabilities(maps: np.ndarray | Tensor) -> tuple[Tensor, Tensor]:
-    """ImageNet probabilities of :data:`CLASSIFIER` feature maps ``(N, 1280, H, W)`` (the
-    trunk's last map, e.g. a spatial feature cache of ImageNet EfficientNet-Lite0): ``(N, K)``
-    float32 of the pooled map (what :func:`imagenet_classifier` gives the photos) and
-    ``(N, H*W, K)`` float32 of the classifier's head applied at every position ("dense ConSE"'s
-    per-position class probabilities)."""
-    maps = torch.as_tensor(np.asarray(maps) if not isinstance(maps, Tensor) else maps,
-                           dtype=torch.float32)
+def dense_probabilities(maps: Tensor) -> Tensor:
+    """``(N, H*W, K)`` float32 ImageNet probabilities of the classifier's head applied at every
+    position of :data:`CLASSIFIER` feature maps ``(N, 1280, H, W)`` (the trunk's last map, e.g. a
+    spatial feature cache of ImageNet EfficientNet-Lite0): "dense ConSE"'s per-position class
+    probabilities. The pooled map's are :func:`pooled_probabilities` of ``maps.mean((2, 3))``."""
     if maps.ndim != 4:
         raise ValueError(f"feature maps must be (N, D, H, W), got shape {tuple(maps.shape)}")
     head = imagenet_classifier().model.get_classifier()
     with torch.no_grad():
-        pooled = head(maps.mean(dim=(2, 3))).softmax(-1)
-        local = head(maps.flatten(2).transpose(1, 2)).softmax(-1)  # (N, P, K)
-    return pooled, local
+        return head(maps.float().flatten(2).transpose(1, 2)).softmax(-1)
 
 
 def conse_templates(source: str, templates: Sequence[str] | None) -> Sequence[str] | None:

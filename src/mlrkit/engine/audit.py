@@ -98,43 +98,29 @@ def audit(recipe: dict, out_dir: str | Path, folds: int = 5, seed: int = 0,
     try:
         with file_lock(out_dir / LOCK_FILE, what="audit folder",
                        advice="wait for that audit to end or stop it, or give another --out"):
-            fitted = _cross_fit(recipe, out_dir, folds, seed)
+            audited, probs = _cross_fit(recipe, out_dir, folds, seed)
     except BaseException:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()  # failed before any fold began: leave nothing behind
         raise
-    audited = fitted.data.select(fitted.rows)
-    issues = find_label_issues(fitted.labels, fitted.probs, score)
-    result = Audit(out_dir, image_names(audited), list(fitted.data.class_names), fitted.labels,
-                   fitted.probs, issues)
+    issues = find_label_issues(audited.labels, probs, score)
+    result = Audit(out_dir, image_names(audited), list(audited.class_names), audited.labels,
+                   probs, issues)
     _write(result)
     return result
 
 
-@dataclass
-class _CrossFit:
-    """The data, the audited rows (ascending), their labels as given ``(N, C)`` and their
-    out-of-fold probabilities ``(N, C)``."""
-
-    data: MultiLabelData
-    rows: np.ndarray
-    probs: np.ndarray
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.data.labels[self.rows]
-
-
-def _cross_fit(recipe: dict, out_dir: Path, folds: int, seed: int) -> _CrossFit:
-    """Train (or reuse, or resume) the fold runs in ``out_dir``; their out-of-fold
-    probabilities."""
+def _cross_fit(recipe: dict, out_dir: Path, folds: int,
+               seed: int) -> tuple[MultiLabelData, np.ndarray]:
+    """Train (or reuse, or resume) the fold runs in ``out_dir``; the audited images (the
+    training split, in dataset order) and their out-of-fold probabilities ``(N, C)``."""
     recipes = [fold_recipe(recipe, folds, k, seed) for k in range(folds)]
     _check_earlier_folds(out_dir, recipes)
     parts = [_fold_probabilities(r, out_dir / f"fold-{k}") for k, r in enumerate(recipes)]
     rows = np.concatenate([part[1] for part in parts])
     order = np.argsort(rows)
     probs = np.concatenate([part[2] for part in parts])[order]
-    return _CrossFit(parts[0][0], rows[order], probs)
+    return parts[0][0].select(rows[order]), probs
 
 
 def _check_auditable(recipe: Recipe, folds: int) -> None:

@@ -13,12 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from mlrkit.data import MultiLabelData, create_dataset
-from mlrkit.data.dataset import POSITIVE
 from mlrkit.data.feature_cache import FeatureCache, extract_features, load_features
-from mlrkit.data.files import DataFormatError
 from mlrkit.data.protocols import ClassSplit, ProtocolMask, class_split, draw_mask
 from mlrkit.data.splits import apply_recipe_splits
-from mlrkit.data.summary import near_duplicate_classes, rare_classes
+from mlrkit.data.summary import refuse_misspelt_classes
 from mlrkit.distributed import current_info, resolve_device
 from mlrkit.engine.batches import FeatureBatches, ImageBatches
 from mlrkit.engine.recipe_schema import EncoderSection, FeaturesSection, Recipe
@@ -131,31 +129,6 @@ def prepare_data(recipe: Recipe) -> PreparedData:
     return PreparedData(recipe=recipe, data=data, mask=mask, rows=rows, labels=labels,
                         sources=sources, feature_shape=shape, encoder=encoder, cache=cache,
                         class_split=split, dropped_train_images=dropped)
-
-
-def refuse_misspelt_classes(data: MultiLabelData) -> None:
-    """Refuse what ``mlrkit data summary`` flags as possible typos: classes that differ only in
-    letter case or spacing (:func:`~mlrkit.data.summary.near_duplicate_classes`), and classes
-    that a label file without a class list names in very few images
-    (:func:`~mlrkit.data.summary.rare_classes`)."""
-    twins = near_duplicate_classes(list(data.class_names))
-    if twins:
-        listed = "; ".join(" and ".join(repr(n) for n in names) for names in twins)
-        raise DataFormatError(
-            f"dataset {data.name!r} at {data.root}: classes {listed} differ only in letter case "
-            f"or spacing and are probably one class; write them one way in the label file, or "
-            f"set data.allow_new_classes: true to train on them as separate classes")
-    if not data.classes_from_labels:
-        return
-    positives = (data.labels == POSITIVE).sum(axis=0).tolist()
-    rare = rare_classes(dict(zip(data.class_names, positives, strict=True)), data.num_images)
-    if rare:
-        listed = ", ".join(f"{name!r} ({count} image{'s' * (count != 1)})"
-                           for name, count in rare.items())
-        raise DataFormatError(
-            f"dataset {data.name!r} at {data.root}: class(es) {listed} appear in very few images "
-            f"and are probably misspelt names; fix them in the label file, list the classes in "
-            f"classes.txt next to it, or set data.allow_new_classes: true to train on them")
 
 
 def _feature_sources(recipe: Recipe, data: MultiLabelData, rows: dict[str, np.ndarray],
