@@ -2,12 +2,14 @@
 
 - ``help``: ``mlrkit --help`` (no torch import);
 - ``tag``: ``mlrkit tag PHOTO --labels "cat, dog, sofa"`` (ConSE; the label and ImageNet-name
-  embeddings come from the on-disk cache, filled by a first, untimed call);
+  embeddings and the classifier frozen to ONNX, :mod:`mlrkit.encoders.frozen`, come from the
+  on-disk cache, filled by a first, untimed call);
 - ``predict``: ``mlrkit predict --checkpoint RUN PHOTO`` with a linear head trained on cached
   EfficientNet-Lite0 features of VOC 2007 (the 10%-known recipe of ``calibration.py``; trained or
   reused first, untimed);
-- the floor under both: ``python -c "import torch"`` and ``"import torch, timm"`` (timm imports
-  torchvision, whose ops import ``torch._dynamo``).
+- the floor under both: ``python -c "import torch"`` and ``"import torch, onnxruntime"``, and
+  what building the encoder in torch would add, ``"import torch, timm"`` (timm imports
+  torchvision, whose ops import ``torch._dynamo``), and ``tag`` with ``MLRKIT_FROZEN=0``.
 
 Each figure is wall time of a new process from start to exit, on VOC 2007 photo 000077 (a cat).
 
@@ -57,7 +59,10 @@ def main() -> None:
         "predict": [*MLRKIT, "predict", "--checkpoint", str(run), str(PHOTO)],
         # the floor of any command that runs a model: the libraries it cannot do without
         "import_torch": [sys.executable, "-c", "import torch"],
+        "import_torch_onnxruntime": [sys.executable, "-c", "import torch, onnxruntime"],
         "import_torch_timm": [sys.executable, "-c", "import torch, timm"],
+        "tag_unfrozen": ["env", "MLRKIT_FROZEN=0", *MLRKIT, "tag", str(PHOTO), "--labels",
+                         "cat, dog, sofa", "--no-progress"],
     }
     load = os.getloadavg()[0]
     rows, data = [], {}
@@ -65,6 +70,7 @@ def main() -> None:
         times = wall_times(command, args.repeats)
         median = statistics.median(times)
         shown = " ".join(["mlrkit", *command[3:]] if command[:3] == MLRKIT else
+                         ["MLRKIT_FROZEN=0 mlrkit", *command[5:]] if command[0] == "env" else
                          ["python", *command[1:]])
         data[name] = {"median_s": median, "times_s": times, "command": shown}
         rows.append([name, f"{median:.2f}", " ".join(f"{t:.2f}" for t in times),
@@ -72,7 +78,7 @@ def main() -> None:
         print(f"{name}: median {median:.2f} s", flush=True)
     body = [
         (f"Wall time of fresh `mlrkit` processes, median of {args.repeats} after one untimed run "
-        "(caches filled: label embeddings, feature extractor weights). The machine's load at the "
+        "(caches filled: label embeddings, feature extractor weights, the encoders frozen to ONNX). The machine's load at the "
         f"time moves these figures: rerun on a quiet machine to compare (1-minute load average "
         f"at the start: {load:.2f} on {os.cpu_count()} cores)."),
         "",

@@ -48,3 +48,8 @@ SLOW_MODULES = ("test_sigrl_real.py", "test_recipe_run.py", "test_metrics.py", "
 def pytest_collection_modifyitems(items: list) -> None:
     rank = {name: i for i, name in enumerate(SLOW_MODULES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+# Encoders are not frozen to ONNX in the suite (tests/test_frozen.py turns it on and compares):
+# the torch encoder is the reference, and an export per random test encoder would cost seconds.
+os.environ["MLRKIT_FROZEN"] = "0"

@@ -230,3 +230,40 @@ def test_eval_cli_prints_zsl_and_gzsl(zero_shot_run, capsys):
     assert main(["eval", "--checkpoint", str(zero_shot_run)]) == 0
     out = capsys.readouterr().out
     assert "test_zsl_mAP" in out and "test_gzsl_mAP" in out and "test_zsl_AP[blue]" in out
+
+
+@pytest.mark.parametrize("method", ["sigrl", "devise"])
+def test_the_conse_student_starts_as_conse_and_trains_its_own_classifier(method):
+    from mlrkit.encoders.imagenet import pooled_probabilities
+    from mlrkit.zero_shot import conse_scores
+
+    names = ["cat", "dog", "sofa", "car"]
+    vectors = torch.as_tensor(label_embeddings(names, "minilm", templates=["a photo of a {}"]))
+    shape = (1280, 2, 2) if method == "sigrl" else (1280,)
+    spec = TaskSpec(4, shape, np.zeros((2, 4), dtype=np.int8), vectors, tuple(names))
+    options = {"gat_dropout": 0.0} if method == "sigrl" else {}
+    head = create_method(method, spec, student="conse", distill_weight=1.0, conse_lr_mult=0.1,
+                         distill_templates=["a photo of a {}"], **options).eval()
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0)).abs()
+    pooled = x.flatten(2).mean(dim=2) if method == "sigrl" else x
+    logits, image, teacher_input = head.score_parts(x, vectors)
+    # before any step: z_g is ConSE's embedding of the pooled features, the teacher's too ...
+    torch.testing.assert_close(image, head.teacher(teacher_input), rtol=0, atol=0)
+    want = conse_scores(pooled_probabilities(pooled), names, label_vectors=vectors.numpy())
+    got = F.normalize(image, dim=-1) @ F.normalize(vectors, dim=-1).T
+    torch.testing.assert_close(got, torch.from_numpy(want), rtol=1e-4, atol=1e-5)  # ... ConSE's
+    if method == "sigrl":  # each local token is ConSE at its position (dense ConSE's tokens)
+        tokens = head.student(x)[0]
+        torch.testing.assert_close(tokens[:, 3], head.teacher(x[:, :, 1, 1]), rtol=1e-5, atol=1e-6)
+    targets = torch.tensor([[1, 0, 0, -1], [0, 1, 0, 0], [0, 0, 1, 0]], dtype=torch.int8)
+    head.train()
+    out = head(x, targets)
+    assert out.logs["distill"] == pytest.approx(0.0, abs=1e-6)
+    out.loss.backward()
+    student = head.conse if method == "sigrl" else head.projection
+    assert student.classifier_weight.grad.abs().sum() > 0
+    assert "classifier_weight" in dict(student.named_parameters())  # saved with the run
+    assert not any(k.startswith("teacher") for k in head.state_dict())  # rebuilt, not saved
+    [moved] = [g for g in head.param_groups() if g.get("lr_mult") == 0.1]
+    assert {id(p) for p in moved["params"]} == {id(p) for p in student.parameters()}
+    assert sum(len(g["params"]) for g in head.param_groups()) == len(list(head.parameters()))

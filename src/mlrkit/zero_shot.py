@@ -51,7 +51,8 @@ from mlrkit.encoders.imagenet import (
     conse_templates,
     dense_probabilities,
     imagenet_class_embeddings,
-    imagenet_classifier,
+    imagenet_head,
+    imagenet_scorer,
     pooled_probabilities,
     unit_rows,
 )
@@ -183,7 +184,7 @@ def dense_conse_scores(
                                       dtype=torch.float32))
             for i in range(0, len(images_or_maps), batch_size)])
     _check_images(images_or_maps)
-    model = imagenet_classifier().to(device).eval()
+    model = imagenet_scorer(device)
     return _per_batch(images_or_maps,
                       lambda batch: torch.from_numpy(scores_of(model(batch).spatial.float().cpu())),
                       model.transform(train=False), batch_size=batch_size, device=device,
@@ -228,14 +229,21 @@ def imagenet_probabilities(
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> np.ndarray:
-    """``(N, K)`` float32 softmax of ``classifier.classify`` for image files or PIL images.
+    """``(N, K)`` float32 softmax of ``classifier.classify`` for image files or PIL images
+    (default: :func:`~mlrkit.encoders.imagenet.imagenet_head` over
+    :func:`~mlrkit.encoders.imagenet.imagenet_scorer`'s pooled features, the same logits).
 
     Every file is checked before any compute: missing or unreadable ones raise
     :class:`~mlrkit.data.images.UnreadableImagesError` naming all of them.
     """
     _check_images(images)
-    model = (classifier if classifier is not None else imagenet_classifier()).to(device).eval()
-    probs = _per_batch(images, lambda batch: model.classify(batch).float().softmax(dim=-1),
+    if classifier is not None:
+        model = classifier.to(device).eval()
+        step = lambda batch: model.classify(batch)
+    else:
+        model, head = imagenet_scorer(device), imagenet_head().to(device)
+        step = lambda batch: head(model(batch).pooled.float())
+    probs = _per_batch(images, lambda batch: step(batch).float().softmax(dim=-1),
                        model.transform(train=False), batch_size=batch_size, device=device,
                        desc="ConSE", progress=progress)
     return probs.numpy()

@@ -18,11 +18,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import timm
 import torch
-from huggingface_hub import is_offline_mode
-from timm.data import create_transform, resolve_model_data_config
-from timm.models import get_pretrained_cfg, split_model_name_tag
 from torch import Tensor, nn
 
 from mlrkit.encoders.names import CLIP_PREFIX
@@ -126,6 +122,8 @@ class ImageEncoder(nn.Module):
             **overrides: further ``create_transform`` arguments, e.g.
                 ``auto_augment="rand-m9-mstd0.5-inc1"``.
         """
+        from timm.data import create_transform
+
         return create_transform(**{**self.data_config, **overrides}, is_training=train)
 
     def _feature_map(self, features: Tensor, image_hw: torch.Size) -> Tensor:
@@ -179,6 +177,11 @@ def create_image_encoder(
         WeightsUnavailableError: hub weights while offline, or a weights package not installed.
         WeightsMismatchError: a state dict that does not fit the model (the first bad key named).
     """
+    # timm (with torchvision and torch._dynamo under it, ~2.5 s) only when a model is built: a
+    # frozen encoder (mlrkit.encoders.frozen) runs without it
+    from timm.data import resolve_model_data_config
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
     if name.startswith(CLIP_PREFIX):
         from mlrkit.encoders.clip import create_clip_image_encoder  # open_clip only when asked
 
@@ -213,6 +216,8 @@ def _build(
     name: str, spec: WeightSpec, seed: int, timm_kwargs: dict[str, Any]
 ) -> tuple[nn.Module, str, bool]:
     """(model with its weights, weights_id, whether the weights id covers the classifier)."""
+    import timm
+
     if spec.kind == "hub":
         model = _create_from_hub(name, timm_kwargs)
         cfg = model.pretrained_cfg
@@ -231,6 +236,9 @@ def _build(
 
 
 def _create_from_hub(name: str, timm_kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+    from huggingface_hub import is_offline_mode
+
     try:
         return timm.create_model(name, pretrained=True, **timm_kwargs)
     except OSError as err:  # huggingface_hub's LocalEntryNotFoundError, URLError, ...

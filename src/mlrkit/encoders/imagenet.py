@@ -13,9 +13,12 @@ embeddings (:func:`imagenet_class_embeddings`). Scores of label names: ``mlrkit.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import warnings
 from collections.abc import Sequence
 from functools import cache
+from importlib.metadata import version
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mlrkit.atomic import atomic_write
+from mlrkit.encoders.weights import PYPI_WEIGHTS, read_state_dict
+from mlrkit.paths import cache_root
 from mlrkit.prompts import CONSE_TEMPLATES
 
 CLASSIFIER = "tf_efficientnet_lite0"
@@ -60,31 +66,43 @@ def conse_embed(probs: Tensor | np.ndarray, class_vectors: Tensor | np.ndarray, 
 
 
 class ConseEmbedding(nn.Module):
-    """ConSE's image embedding ``f(x)`` ``(B, E)`` from pooled ``tf_efficientnet_lite0``
-    features ``(B, 1280)``: the ImageNet classifier's top-``T`` classes, their name embeddings
-    weighted by probability and divided by the sum of those probabilities. Nothing is learned;
-    the classifier and the class-name vectors are rebuilt from the package weights (not saved).
+    """ConSE's image embedding ``f(x)`` ``(..., E)`` from ``tf_efficientnet_lite0`` features
+    ``(..., 1280)`` (pooled, or one per position of a feature map: "dense ConSE"): the ImageNet
+    classifier's top-``T`` classes, their name embeddings weighted by probability and divided by
+    the sum of those probabilities. The class-name vectors are rebuilt from the package weights
+    (not saved).
 
     Args:
         feature_dim: ``D`` of the inputs (checked against the classifier's input).
         top_t: ``T`` (ConSE(10) by default).
         source, templates: how the ImageNet class names are embedded
             (:func:`imagenet_class_embeddings`).
+        temperature: the classifier's logits are divided by it before the softmax (1: ConSE).
+        trainable: the classifier's weight and bias are parameters, initialised from the
+            pretrained head (and saved with a checkpoint): a ConSE *student* (SigRL's and
+            DeViSE's ``student: conse``) that starts as ConSE and is fine-tuned; otherwise they
+            are fixed buffers rebuilt from the package (nothing is learned: ConSE, a teacher).
     """
 
     def __init__(self, feature_dim: int, top_t: int = 10, source: str = "minilm",
-                 templates: list[str] | None = None) -> None:
+                 templates: list[str] | None = None, temperature: float = 1.0,
+                 trainable: bool = False) -> None:
         super().__init__()
-        if top_t < 1:
-            raise ValueError(f"top_t is {top_t}; give at least 1 (ConSE's T, default 10)")
-        self.top_t, self.source = top_t, source
-        head = imagenet_classifier().model.get_classifier()
+        if top_t < 1 or temperature <= 0:
+            raise ValueError(f"top_t {top_t}, temperature {temperature}: give T >= 1 (ConSE's, "
+                             f"default 10) and a temperature > 0 (default 1)")
+        self.top_t, self.source, self.temperature = top_t, source, temperature
+        head = imagenet_head()
         if head.in_features != feature_dim:
-            raise ValueError(f"ConSE needs the pooled {head.in_features}-d features of {CLASSIFIER} "
+            raise ValueError(f"ConSE needs the {head.in_features}-d features of {CLASSIFIER} "
                              f"(its ImageNet classifier's input), got {feature_dim}-d features")
         vectors = torch.as_tensor(imagenet_class_embeddings(source, templates))
-        self.register_buffer("classifier_weight", head.weight.detach().clone(), persistent=False)
-        self.register_buffer("classifier_bias", head.bias.detach().clone(), persistent=False)
+        weight, bias = head.weight.detach().clone(), head.bias.detach().clone()
+        if trainable:
+            self.classifier_weight, self.classifier_bias = nn.Parameter(weight), nn.Parameter(bias)
+        else:
+            self.register_buffer("classifier_weight", weight, persistent=False)
+            self.register_buffer("classifier_bias", bias, persistent=False)
         self.register_buffer("imagenet_vectors", vectors, persistent=False)
 
     @property
@@ -92,22 +110,36 @@ class ConseEmbedding(nn.Module):
         return self.imagenet_vectors.shape[1]
 
     def forward(self, inputs: Tensor) -> Tensor:
-        """``f(x)`` ``(B, E)`` for pooled features ``(B, D)``."""
-        probs = F.linear(inputs.float(), self.classifier_weight, self.classifier_bias).softmax(-1)
-        return conse_embed(probs, self.imagenet_vectors, self.top_t, check=False)
+        """``f(x)`` ``(..., E)`` for features ``(..., D)``."""
+        logits = F.linear(inputs.float(), self.classifier_weight, self.classifier_bias)
+        probs = (logits / self.temperature).softmax(-1)
+        flat = conse_embed(probs.reshape(-1, probs.shape[-1]), self.imagenet_vectors, self.top_t,
+                           check=False)
+        return flat.reshape(*inputs.shape[:-1], flat.shape[-1])
 
 
+@cache
 def imagenet_synonyms() -> list[tuple[str, ...]]:
     """The 1000 ImageNet-1k classes in classifier order, each as its WordNet synonyms, from timm's
     offline ``ImageNetInfo``: ``[("tench", "Tinca tinca"), ("goldfish", "Carassius auratus"),
-    ...]``."""
+    ...]``. Cached on disk per timm version (``$MLRKIT_CACHE/imagenet_synonyms-<version>.json``):
+    importing timm costs ~2.5 s that ``mlrkit tag`` need not pay twice."""
+    path = cache_root() / f"imagenet_synonyms-{version('timm')}.json"
+    if path.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            synonyms = [tuple(group) for group in json.loads(path.read_text())]
+            if len(synonyms) == 1000:
+                return synonyms
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo()
-    return [
+    synonyms = [
         tuple(s.strip() for s in info.index_to_description(i).split(",") if s.strip())
         for i in range(info.num_classes())
     ]
+    with atomic_write(path, "w") as f:
+        json.dump(synonyms, f)
+    return synonyms
 
 
 def imagenet_class_embeddings(
@@ -155,11 +187,39 @@ def imagenet_classifier() -> Any:
     return encoder.eval()
 
 
+@cache
+def imagenet_head() -> nn.Linear:
+    """The ``1280 -> 1000`` ImageNet classifier of :func:`imagenet_classifier`, read from the PyPI
+    package's state dict alone (no timm model built): the same tensors as
+    ``imagenet_classifier().model.get_classifier()`` (a test)."""
+    weights = PYPI_WEIGHTS[CLASSIFIER]
+    state = read_state_dict(weights.path())
+    weight, bias = state[f"{weights.head_prefix}weight"], state[f"{weights.head_prefix}bias"]
+    head = nn.Linear(weight.shape[1], weight.shape[0])
+    head.load_state_dict({"weight": weight, "bias": bias})
+    return head.eval().requires_grad_(False)
+
+
+def imagenet_scorer(device: str | torch.device = "cpu") -> Any:
+    """What scores images for ConSE on ``device``: the frozen encoder of :func:`imagenet_classifier`
+    on a CPU (:mod:`mlrkit.encoders.frozen`; no timm import once exported), else the torch
+    classifier. Either maps images ``(B, 3, H, W)`` to an ``EncoderOutput``, has
+    ``transform(train=False)``, and is followed by :func:`imagenet_head`."""
+    from mlrkit.encoders.frozen import frozen_encoder
+
+    if torch.device(device).type == "cpu":
+        frozen = frozen_encoder(CLASSIFIER, PYPI_WEIGHTS[CLASSIFIER].weights_id(), None,
+                                imagenet_classifier)
+        if frozen is not None:
+            return frozen
+    return imagenet_classifier().to(device).eval()
+
+
 def pooled_probabilities(pooled: np.ndarray | Tensor) -> np.ndarray:
     """``(N, 1000)`` float32 ImageNet probabilities of pooled :data:`CLASSIFIER` features
     ``(N, 1280)`` (e.g. a feature cache of ImageNet EfficientNet-Lite0): the classifier's head and
     a softmax, what :func:`imagenet_classifier` gives the same photos."""
-    head = imagenet_classifier().model.get_classifier()
+    head = imagenet_head()
     with torch.no_grad():
         return head(torch.as_tensor(np.asarray(pooled), dtype=torch.float32)).softmax(-1).numpy()
 
@@ -171,7 +231,7 @@ def dense_probabilities(maps: Tensor) -> Tensor:
     probabilities. The pooled map's are :func:`pooled_probabilities` of ``maps.mean((2, 3))``."""
     if maps.ndim != 4:
         raise ValueError(f"feature maps must be (N, D, H, W), got shape {tuple(maps.shape)}")
-    head = imagenet_classifier().model.get_classifier()
+    head = imagenet_head()
     with torch.no_grad():
         return head(maps.float().flatten(2).transpose(1, 2)).softmax(-1)
 

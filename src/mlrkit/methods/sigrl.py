@@ -14,6 +14,13 @@ From image features and label embeddings ``T`` ``(C, E)``:
    - ``"projection"`` (default): a feature map ``(B, D, h, w)`` of any timm encoder,
      ``Z = W x_p`` and ``z_g = W mean_p x_p``, one learned projection ``W`` into the label space
      shared by both (as CLIP's ``W_proj`` is);
+   - ``"conse"``: the ``tf_efficientnet_lite0`` ImageNet feature map ``(B, 1280, h, w)``,
+     ``Z = f(x_p)`` and ``z_g = f(mean_p x_p)`` with ``f`` ConSE's embedding
+     (:class:`~mlrkit.encoders.imagenet.ConseEmbedding`) through a *trainable* copy of the
+     ImageNet classifier, initialised from the pretrained head (``conse_lr_mult`` scales its
+     learning rate): the student starts as ConSE, in the label space, on unseen classes too, as
+     the released student starts as CLIP; ``z_g`` is then dense ConSE's global embedding and
+     ``Z`` its local tokens (:func:`mlrkit.zero_shot.dense_conse_scores`);
 
 2. GMC: two GATv2 layers over the fully connected graph of the ``C`` label nodes
    (:class:`GATv2`): 4 heads x 32 concatenated, ELU, then one head back to ``E``; shared weights,
@@ -32,7 +39,8 @@ From image features and label embeddings ``T`` ``(C, E)``:
    embedding of the same (augmented) image: row 1 of the layout, which the encoder gives when
    built with ``teacher`` (recipe ``encoder.teacher: true``). With ``"projection"`` it is ConSE's
    embedding of the image (:class:`ConseEmbedding`, pooled ``tf_efficientnet_lite0`` features),
-   which lies in the same label space.
+   which lies in the same label space; with ``"conse"`` the frozen initial copy of the student
+   (the same ``T`` and temperature), exactly as the release distils to the frozen CLIP tower.
 
 Memory. Steps 3 and 5 materialise ``(B, C, P, E)`` in the release (32 x 1006 x 196 x 512 floats,
 13 GB, for NUS-WIDE GZSL). Here both run class chunk by class chunk (``class_chunk``) with
@@ -69,12 +77,12 @@ from torch.utils.checkpoint import checkpoint
 
 from mlrkit.methods.base import OpenVocabularyMethod, register_method
 from mlrkit.methods.losses import create_loss
-from mlrkit.methods.open_vocabulary import conse_embedding
+from mlrkit.methods.open_vocabulary import conse_embedding, student_param_groups
 from mlrkit.methods.task import TaskSpec
 
 BRANCHES = ("both", "global", "local")
 MIXING_NORMS = ("image", "batch")
-STUDENTS = ("projection", "clip")
+STUDENTS = ("projection", "clip", "conse")
 NO_TEACHER_ROW = (
     "sigrl with student 'clip' and distill_weight > 0 distils z_g to the frozen CLIP tower's "
     "embedding, but the encoder's tokens have no teacher row: set encoder.teacher: true (an "
@@ -224,8 +232,9 @@ class SigRL(OpenVocabularyMethod):
     Args (release values from ``OV/train_nus.py`` and ``OV/models``):
         spec: the task; ``label_embeddings`` ``(C, E)`` of the training classes (the student's
             label space).
-        student: ``"clip"`` (released: the CLIP token layout, ``spec.feature_shape`` ``(R, E)``)
-            or ``"projection"`` (``(D, h, w)`` features through a learned projection).
+        student: ``"clip"`` (released: the CLIP token layout, ``spec.feature_shape`` ``(R, E)``),
+            ``"projection"`` (``(D, h, w)`` features through a learned projection) or
+            ``"conse"`` (ImageNet ``tf_efficientnet_lite0`` maps through a trainable ConSE).
         gat_hidden, gat_heads, gat_dropout: GMC (128 = 4 x 32, 4 heads, 0.3).
         top_k: positions averaged by the local score (16).
         use_gmc, use_svfr: the two modules (ablations).
@@ -235,7 +244,11 @@ class SigRL(OpenVocabularyMethod):
             With ``student="clip"`` it needs the layout's teacher row.
         distill_top_t, distill_source, distill_templates: the ConSE teacher of
             ``student="projection"`` (pooled ``tf_efficientnet_lite0`` features; the same label
-            space as ``label_embeddings``).
+            space as ``label_embeddings``); source and templates also embed the ImageNet names
+            of ``student="conse"``.
+        conse_top_t, conse_temperature, conse_lr_mult: ``student="conse"``'s ConSE ``T``, the
+            temperature of its softmax, and the learning-rate factor of its classifier (its
+            teacher uses the same ``T`` and temperature).
         class_chunk: classes per chunk of the decoupling and SVFR.
         loss, loss_options: the registered loss on ``s`` (release: ``rank``).
     """
@@ -259,6 +272,9 @@ class SigRL(OpenVocabularyMethod):
         distill_top_t: int = 10,
         distill_source: str = "minilm",
         distill_templates: list[str] | None = None,
+        conse_top_t: int = 10,
+        conse_temperature: float = 1.0,
+        conse_lr_mult: float = 1.0,
         class_chunk: int = 4,
         loss: str = "rank",
         loss_options: dict | None = None,
@@ -268,20 +284,26 @@ class SigRL(OpenVocabularyMethod):
             raise ValueError(f"student must be one of {STUDENTS}, branches one of {BRANCHES} and "
                              f"mixing_norm one of {MIXING_NORMS}; got {student!r}, {branches!r}, "
                              f"{mixing_norm!r}")
-        if top_k < 1 or class_chunk < 1 or distill_weight < 0:
-            raise ValueError("top_k and class_chunk must be >= 1 and distill_weight >= 0")
+        if top_k < 1 or class_chunk < 1 or distill_weight < 0 or conse_lr_mult <= 0:
+            raise ValueError("top_k and class_chunk must be >= 1, distill_weight >= 0 and "
+                             "conse_lr_mult > 0")
         dim = self.embedding_dim
         self.student_type = student
         self.top_k, self.branches, self.mixing_norm = top_k, branches, mixing_norm
         self.use_gmc, self.use_svfr, self.class_chunk = use_gmc, use_svfr, class_chunk
+        self.conse_lr_mult = conse_lr_mult
+        conse = {"top_t": conse_top_t, "source": distill_source, "templates": distill_templates,
+                 "temperature": conse_temperature}
         if student == "clip":
             self._check_clip_tokens(spec.feature_shape, distill_weight)
-        else:
-            if len(spec.feature_shape) != 3:
-                raise ValueError(f"sigrl with student 'projection' needs spatial (D, h, w) "
-                                 f"features, got {spec.feature_shape}; for the tokens of a "
-                                 f"clip:ARCH encoder set method.student: clip")
+        elif len(spec.feature_shape) != 3:
+            raise ValueError(f"sigrl with student {student!r} needs spatial (D, h, w) "
+                             f"features, got {spec.feature_shape}; for the tokens of a "
+                             f"clip:ARCH encoder set method.student: clip")
+        elif student == "projection":
             self.projection = nn.Linear(spec.feature_dim, dim)
+        else:  # a trainable copy of the ImageNet head: ConSE at every position and pooled
+            self.conse = conse_embedding(spec.feature_dim, dim, **conse, trainable=True)
         self.gmc = GATv2(dim, gat_hidden, gat_heads, gat_dropout) if use_gmc and use_svfr else None
         if use_svfr:
             self.decouple_fc = nn.Linear(dim, dim)
@@ -289,10 +311,14 @@ class SigRL(OpenVocabularyMethod):
             self.reconstruct_fc = nn.Linear(dim, dim)
         self.distill_weight = distill_weight
         self.teacher = None
-        if distill_weight > 0:
-            # clip: the frozen tower's embedding arrives as the teacher row, taken as it is
-            self.teacher = nn.Identity() if student == "clip" else conse_embedding(
-                spec.feature_dim, dim, distill_top_t, distill_source, distill_templates)
+        if distill_weight > 0 and student == "clip":
+            # the frozen tower's embedding arrives as the teacher row, taken as it is
+            self.teacher = nn.Identity()
+        elif distill_weight > 0 and student == "conse":  # the frozen initial copy of the student
+            self.teacher = conse_embedding(spec.feature_dim, dim, **conse)
+        elif distill_weight > 0:
+            self.teacher = conse_embedding(spec.feature_dim, dim, distill_top_t, distill_source,
+                                           distill_templates)
         self.loss = create_loss(loss, spec, **(loss_options or {}))
 
     def _check_clip_tokens(self, shape: tuple[int, ...], distill_weight: float) -> None:
@@ -324,7 +350,14 @@ class SigRL(OpenVocabularyMethod):
             return tokens.patches, tokens.embedding, tokens.teacher
         maps = inputs.float().flatten(2).transpose(1, 2)  # (B, P, D)
         pooled = maps.mean(dim=1)
-        return self.projection(maps), self.projection(pooled), pooled
+        embed = self.conse if self.student_type == "conse" else self.projection
+        return embed(maps), embed(pooled), pooled
+
+    def param_groups(self) -> list[dict]:
+        """:meth:`Method.param_groups`, the ConSE student's classifier at ``conse_lr_mult``."""
+        if self.student_type != "conse":
+            return super().param_groups()
+        return student_param_groups(super().param_groups(), self.conse, self.conse_lr_mult)
 
     def reconstruct(self, tokens: Tensor, text: Tensor, direct: bool = False) -> Tensor:
         """SVFR's reconstructed tokens ``R`` ``(B, P, E)`` (``Z`` itself without SVFR)."""
