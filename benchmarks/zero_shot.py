@@ -11,15 +11,21 @@ Class splits (cached EfficientNet-Lite0 features, MiniLM label embeddings of "a 
 Rows, each on the dataset's test split (``docs/protocols.md``, "Zero-shot"):
 
 - ``conse``: ConSE(10), training-free (``configs/conse_<dataset>_zero-shot.yaml``);
+- ``dense-conse``: dense ConSE, training-free (``configs/dense-conse_<dataset>_zero-shot.yaml``);
 - ``devise``: the learned baseline, a linear projection into the label space trained on the seen
   classes with the ranking loss (``configs/devise_<dataset>_zero-shot.yaml``);
 - ``devise+distill``: the same with the L1 distillation of the projection to ConSE's embedding
   (``method.distill_weight``, :data:`DISTILL_WEIGHT`);
-- ``sigrl``: SigRL (``configs/sigrl_<dataset>_zero-shot.yaml``, GMC + SVFR + local / global
-  matching, rank loss + L1 distillation to ConSE's embedding at the released weight 1), and
-  ``sigrl+distill1000`` at the distillation weight of ``devise+distill``; its ablations (without
-  GMC, without SVFR, without distillation, global or local score only) at the first seed, on the
-  first split of ``--sigrl-splits`` (see :data:`SIGRL`);
+- ``devise-conse``: DeViSE whose projection is a trainable ConSE (the ConSE student,
+  ``configs/devise-conse_<dataset>_zero-shot.yaml``);
+- ``sigrl``: SigRL with the projection student (``configs/sigrl_<dataset>_zero-shot.yaml``, GMC +
+  SVFR + local / global matching, rank loss + L1 distillation to ConSE's embedding at the
+  released weight 1) and ``sigrl-conse`` with the ConSE student
+  (``configs/sigrl-conse_<dataset>_zero-shot.yaml``: the student starts as ConSE, dense tokens);
+  with ``--ablations``, ``sigrl+distill1000`` (the distillation weight of ``devise+distill``) and
+  the ablations of ``sigrl-conse`` (without GMC, without SVFR, without distillation, global or
+  local score only) at the first seed, on the first split of ``--sigrl-splits`` (see
+  :data:`SIGRL`);
 - ``supervised``: the bound, a linear head trained on every class with its true labels
   (``configs/linear_<dataset>_partial.yaml`` with ``protocol.name=full``), its AP on the unseen
   columns (ZSL) and all columns (GZSL).
@@ -81,27 +87,35 @@ DATASETS = {
     },
 }
 DISTILL_WEIGHT = 1000.0
+TRAINING_FREE = {"conse": "conse_{dataset}_zero-shot",
+                 "dense-conse": "dense-conse_{dataset}_zero-shot"}
 LEARNED = {
     "devise": ("devise_{dataset}_zero-shot", []),
     "devise+distill": ("devise_{dataset}_zero-shot",
                        [f"method.distill_weight={DISTILL_WEIGHT}",
                         'method.distill_templates=["a photo of a {}"]']),
+    "devise-conse": ("devise-conse_{dataset}_zero-shot", []),
 }
 #: SigRL and its ablations: one recipe, 6 epochs (the seen-class hold-out peaks by epoch 3 in a
 #: 20-epoch run; a run costs ~40 s per epoch here), at the recipe's lr / weight decay (not tuned:
 #: the grid would cost 4 runs more per row), ``SIGRL_SEEDS`` seeds for the main rows and the
 #: first seed for the ablations.
 SIGRL = {
-    "sigrl": [],
-    "sigrl+distill1000": [f"method.distill_weight={DISTILL_WEIGHT}"],
+    "sigrl": ("sigrl_{dataset}_zero-shot", []),
+    "sigrl-conse": ("sigrl-conse_{dataset}_zero-shot", []),
 }
 SIGRL_ABLATIONS = {
-    "sigrl-no-gmc": ["method.use_gmc=false"],
-    "sigrl-no-svfr": ["method.use_svfr=false"],
-    "sigrl-no-distill": ["method.distill_weight=0"],
-    "sigrl-global-only": ["method.branches=global"],
-    "sigrl-local-only": ["method.branches=local"],
+    "sigrl+distill1000": ("sigrl_{dataset}_zero-shot", [f"method.distill_weight={DISTILL_WEIGHT}"]),
+    **{name: ("sigrl-conse_{dataset}_zero-shot", extra) for name, extra in {
+        "sigrl-conse-no-gmc": ["method.use_gmc=false"],
+        "sigrl-conse-no-svfr": ["method.use_svfr=false"],
+        "sigrl-conse-no-distill": ["method.distill_weight=0"],
+        "sigrl-conse-global-only": ["method.branches=global"],
+        "sigrl-conse-local-only": ["method.branches=local"],
+    }.items()},
 }
+#: The rows whose ``zsl <split> <method> ...`` lines close the table (the methods' names there).
+SUMMARY_ROWS = ("conse", "dense-conse", "devise", "devise-conse", "sigrl", "sigrl-conse")
 SIGRL_EPOCHS = ["train.epochs=6"]
 COLUMNS = ["zsl_mAP", "zsl_mAP_5pos", "zsl_F1@3", "zsl_F1@5", "gzsl_mAP", "gzsl_mAP_5pos",
            "gzsl_F1@3", "gzsl_F1@5", "seen_mAP"]
@@ -136,9 +150,11 @@ def split_rows(dataset: str, split: str, seeds: list[int], with_sigrl: bool,
     """The table rows and the data of one class split."""
     folder = ROOT / "runs" / "bench" / "zero_shot" / dataset / split.replace("/", "-")
     overrides = DATASETS[dataset]["splits"][split]
-    conse = run_recipe(f"conse_{dataset}_zero-shot", overrides, folder / "conse")
+    entries = {name: {"runs": [run_recipe(config.format(dataset=dataset), overrides,
+                                          folder / name)], "chosen": None}
+               for name, config in TRAINING_FREE.items()}
+    conse = entries["conse"]["runs"][0]
     unseen = list(conse["test_zsl_AP"])
-    entries = {"conse": {"runs": [conse], "chosen": None}}
     for name, (config, extra) in LEARNED.items():
         tuned = tuned_runs(config.format(dataset=dataset), [*overrides, *extra], seeds,
                            folder / name)
@@ -146,8 +162,8 @@ def split_rows(dataset: str, split: str, seeds: list[int], with_sigrl: bool,
     if with_sigrl:
         rows_seeds = [(SIGRL, seeds), (SIGRL_ABLATIONS if ablations else {}, seeds[:1])]
         for table, row_seeds in rows_seeds:
-            for name, extra in table.items():
-                tuned = tuned_runs(f"sigrl_{dataset}_zero-shot",
+            for name, (config, extra) in table.items():
+                tuned = tuned_runs(config.format(dataset=dataset),
                                    [*overrides, *SIGRL_EPOCHS, *extra], row_seeds, folder / name,
                                    tune=False)
                 entries[name] = {"runs": tuned.runs, "chosen": tuned.chosen}
@@ -215,8 +231,8 @@ def main() -> None:
     parser.add_argument("--sigrl-splits", nargs="*", default=None,
                         help="the splits SigRL runs on (default: the first; its ablations: the "
                              "first of these)")
-    parser.add_argument("--no-ablations", dest="ablations", action="store_false",
-                        help="skip SigRL's ablations")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also SigRL's ablations (one seed each)")
     parser.add_argument("--clip-weights", type=Path, default=None,
                         help="a local open_clip weights file for the CLIP zero-shot rows")
     parser.add_argument("--clip-model", default="ViT-B-32-quickgelu")
@@ -246,8 +262,8 @@ def main() -> None:
     averaged = "; ".join(f"{split}: {averaged_classes(d)}" for split, d in data["splits"].items())
     body = [
         (f"{setting['test']}, {len(args.seeds)} training seeds for the learned rows (mean ± std); "
-         "ConSE is deterministic. ZSL: the unseen classes only (top-k among them); GZSL: all "
-         "classes. mAP averages the classes with a test positive, mAP 5+ those with at least 5 "
+         "ConSE and dense ConSE are deterministic. ZSL: a forward over the unseen classes only "
+         "(as MKT and SigRL score it; top-k among them); GZSL: one forward over all classes. mAP averages the classes with a test positive, mAP 5+ those with at least 5 "
          f"({averaged}). F1@k over all test images, as MKT / SigRL compute it: a photo without "
          "an unseen class still counts, so ZSL F1@k is low for every method. seen mAP: the seen "
          "classes of the test split. Percent."),
@@ -270,12 +286,32 @@ def main() -> None:
                               "worst / best class AP"], free_rows)]
     if args.clip_weights is None:
         body += ["", "CLIP zero-shot: not run (no CLIP weights here; pass --clip-weights FILE)."]
+    body += ["", *summary_lines(data)]
     stem = f"zero_shot_{args.dataset}"
     text = write_result(args.out_dir, stem,
                         f"Zero-shot multi-label recognition: {args.dataset} seen / unseen splits",
                         body, data)
     print(text)
     print(plot_zero_shot(args.out_dir / f"{stem}.json"))
+
+
+def summary_lines(data: dict) -> list[str]:
+    """``zsl <split> <method> zsl_map= zsl_std= gzsl_map= gzsl_std=`` (percent) per split and
+    :data:`SUMMARY_ROWS` method."""
+    lines = []
+    for split, split_data in data["splits"].items():
+        for name in SUMMARY_ROWS:
+            if name not in split_data["methods"]:
+                continue
+            summary = split_data["methods"][name]["summary"]
+            figures = []
+            for setting in ("zsl", "gzsl"):
+                values = [100 * v for v in summary[f"{setting}_mAP"]["values"]]
+                spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                figures += [f"{setting}_map={statistics.fmean(values):.2f}",
+                            f"{setting}_std={spread:.2f}"]
+            lines.append(f"zsl {split} {name} {' '.join(figures)}")
+    return lines
 
 
 def averaged_classes(split_data: dict) -> str:

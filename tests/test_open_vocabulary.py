@@ -90,7 +90,12 @@ def test_zero_shot_eval_scores_all_classes_as_zsl_and_gzsl(zero_shot_run):
     assert prepared.eval_embeddings.shape == (3, 50)
     run.method.set_classes(prepared.eval_embeddings, CLASSES)
     logits = evaluate_logits(run.method, prepared.sources["test"], 16, torch.device("cpu"))
-    expected = zero_shot_metrics(logits, prepared.labels["test"], prepared.class_split, "test_")
+    unseen = prepared.class_split.unseen  # ZSL: a forward over the unseen classes only
+    run.method.set_classes(prepared.eval_embeddings[unseen], [CLASSES[i] for i in unseen])
+    zsl_logits = evaluate_logits(run.method, prepared.sources["test"], 16, torch.device("cpu"))
+    expected = zero_shot_metrics(logits, prepared.labels["test"], prepared.class_split, "test_",
+                                 zsl_logits=zsl_logits)
+    assert expected["test_zsl_forward"] == "unseen"
     evaluated = evaluate_run(zero_shot_run)
     assert evaluated.keys() == expected.keys() and set(evaluated) <= set(results)
     for key, value in expected.items():
@@ -246,7 +251,7 @@ def test_the_conse_student_starts_as_conse_and_trains_its_own_classifier(method)
                          distill_templates=["a photo of a {}"], **options).eval()
     x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0)).abs()
     pooled = x.flatten(2).mean(dim=2) if method == "sigrl" else x
-    logits, image, teacher_input = head.score_parts(x, vectors)
+    _, image, teacher_input = head.score_parts(x, vectors)
     # before any step: z_g is ConSE's embedding of the pooled features, the teacher's too ...
     torch.testing.assert_close(image, head.teacher(teacher_input), rtol=0, atol=0)
     want = conse_scores(pooled_probabilities(pooled), names, label_vectors=vectors.numpy())
@@ -267,3 +272,53 @@ def test_the_conse_student_starts_as_conse_and_trains_its_own_classifier(method)
     [moved] = [g for g in head.param_groups() if g.get("lr_mult") == 0.1]
     assert {id(p) for p in moved["params"]} == {id(p) for p in student.parameters()}
     assert sum(len(g["params"]) for g in head.param_groups()) == len(list(head.parameters()))
+
+
+def test_zsl_is_scored_with_a_forward_over_the_unseen_classes_only():
+    from mlrkit.data.protocols import ClassSplit
+    from mlrkit.engine.batches import FeatureBatches
+    from mlrkit.engine.inference import scores_report
+    from mlrkit.methods.base import OpenVocabularyMethod
+
+    class SoftmaxOverClasses(OpenVocabularyMethod):  # a score that depends on the class set
+        input_kind = "pooled"
+
+        def score(self, inputs, embeddings):
+            return (inputs @ embeddings.T).softmax(dim=-1)
+
+    names = ["seen", "u1", "u2"]
+    spec = TaskSpec(1, (3,), np.zeros((2, 1), dtype=np.int8), torch.eye(3)[:1], ("seen",))
+    head = SoftmaxOverClasses(spec)
+    features = np.array([[5.0, 1.0, 0.0], [0.0, 0.5, 0.0]], dtype=np.float32)
+    labels = np.array([[1, 1, 0], [0, 0, 1]], dtype=np.int8)
+    split = ClassSplit(names, np.array([0]), np.array([1, 2]), {"source": "test"})
+    source = FeatureBatches(features, labels)
+
+    def report(zsl_forward):
+        return scores_report(head, source, labels, 2, torch.device("cpu"), "", split,
+                             torch.eye(3), zsl_forward=zsl_forward)
+
+    # over u1, u2 only photo 0 ranks first for u1 (e^1 / (e^1 + 1) against e^.5 / (e^.5 + 1));
+    # among all three classes the seen class's e^5 pushes it below photo 1: AP(u1) 1 vs 0.5
+    unseen, sliced = report("unseen"), report("slice")
+    assert unseen["zsl_AP"] == {"u1": 1.0, "u2": 1.0} and unseen["zsl_mAP"] == 1.0
+    assert sliced["zsl_AP"] == {"u1": 0.5, "u2": 1.0} and sliced["zsl_mAP"] == 0.75
+    assert unseen["gzsl_mAP"] == sliced["gzsl_mAP"]  # GZSL: one forward over every class
+    assert (unseen["zsl_forward"], sliced["zsl_forward"]) == ("unseen", "slice")
+
+
+def test_the_dense_conse_method_equals_dense_conse_scores():
+    from mlrkit.encoders.imagenet import pooled_probabilities
+    from mlrkit.zero_shot import conse_scores, dense_conse_scores
+
+    names = ["cat", "dog", "sofa"]
+    vectors = torch.as_tensor(label_embeddings(names, "minilm", templates=["a photo of a {}"]))
+    spec = TaskSpec(3, (1280, 3, 2), np.zeros((2, 3), dtype=np.int8), vectors, tuple(names))
+    head = create_method("dense-conse", spec, templates=["a photo of a {}"], top_k=2).eval()
+    maps = torch.randn(4, 1280, 3, 2, generator=torch.Generator().manual_seed(0)).abs()
+    want = dense_conse_scores(maps.numpy(), names, top_k=2, label_vectors=vectors.numpy())
+    torch.testing.assert_close(head(maps).logits, torch.from_numpy(want), rtol=1e-4, atol=1e-5)
+    one = maps.mean(dim=(2, 3), keepdim=True)  # a 1 x 1 map: ConSE
+    conse = conse_scores(pooled_probabilities(one.flatten(1)), names,
+                         label_vectors=vectors.numpy())
+    torch.testing.assert_close(head(one).logits, torch.from_numpy(conse), rtol=1e-4, atol=1e-5)

@@ -3,6 +3,7 @@ step on hand-built predictions, and a recipe with a CLIP teacher from a local we
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +263,17 @@ def test_a_clip_teacher_without_weights_is_a_recipe_error(tmp_path):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.raises(ValueError, match="pseudo_labels.*needs weights"):
         load_recipe(tmp_path / "r.yaml")
+
+
+def test_the_dense_conse_teacher_scores_cached_maps_as_dense_conse(monkeypatch):
+    from mlrkit.engine.pseudo_labels import teacher_scores
+    from mlrkit.engine.recipe_schema import PseudoLabelsSection
+    from mlrkit.zero_shot import dense_conse_scores
+
+    section = PseudoLabelsSection(teacher="dense-conse", templates=["a photo of a {}"])
+    maps = np.abs(np.random.default_rng(0).normal(size=(3, 1280, 2, 2))).astype(np.float16)
+    names = ["cat", "dog", "car"]
+    got = teacher_scores(section, names, [Path(f"{i}.jpg") for i in range(3)], maps_lite0=maps)
+    want = dense_conse_scores(maps, names, templates=["a photo of a {}"])
+    np.testing.assert_allclose(got, want, rtol=0, atol=0)
+    assert got.shape == (3, 3) and not np.allclose(got, got[:, :1])  # labels are told apart

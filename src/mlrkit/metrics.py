@@ -707,10 +707,12 @@ ZERO_SHOT_TOP_KS = (3, 5)
 
 
 def zero_shot_metrics(logits: Tensor, labels: np.ndarray, split,
-                      prefix: str = "") -> dict:
+                      prefix: str = "", zsl_logits: Tensor | None = None) -> dict:
     """ZSL and GZSL figures of ``logits`` ``(N, C)`` over all classes against ``labels``, for a
     seen / unseen ``split`` (a :class:`~mlrkit.data.protocols.ClassSplit`: ``class_names``,
-    ``seen`` and ``unseen`` column indices).
+    ``seen`` and ``unseen`` column indices). The ZSL figures come from ``zsl_logits``
+    ``(N, U)`` when given (a forward over the unseen classes only, in ``split.unseen``'s order),
+    else from the unseen columns of ``logits``.
 
     Keys (after ``prefix``): ``zsl_mAP``, ``gzsl_mAP``, ``seen_mAP``, ``*_classes_averaged``
     (the classes with a test positive); ``zsl_mAP_5pos`` and
@@ -718,30 +720,42 @@ def zero_shot_metrics(logits: Tensor, labels: np.ndarray, split,
     number: ``*_classes_averaged_5pos``); for each ``k`` of
     :data:`ZERO_SHOT_TOP_KS` (capped at the unseen class count), ``zsl_P@k``, ``zsl_R@k``, ``zsl_F1@k``
     and the ``gzsl_`` ones; ``zsl_AP``: ``{unseen class: AP}``; ``zsl_positives``: ``{unseen
-    class: test positives}``. Fractions, as the other metrics.
+    class: test positives}``; ``zsl_forward``: ``"unseen"`` or ``"slice"``. Fractions, as the
+    other metrics.
     """
     scores = logits.double()
+    unseen = torch.as_tensor(np.asarray(split.unseen), dtype=torch.long)
+    zsl_scores = scores
+    if zsl_logits is not None:
+        if tuple(zsl_logits.shape) != (scores.shape[0], len(unseen)):
+            raise ValueError(f"zsl_logits must be (N, U) = {(scores.shape[0], len(unseen))}, "
+                             f"got {tuple(zsl_logits.shape)}")
+        zsl_scores = scores.index_copy(1, unseen, zsl_logits.double())
     ks = sorted({min(k, len(split.unseen)) for k in ZERO_SHOT_TOP_KS})
     report = zero_shot_report(scores, labels, split.unseen, ks=ks)
+    zsl_report = zero_shot_report(zsl_scores, labels, split.unseen, ks=ks)
     per_class = report.gzsl.mean_ap.per_class  # (C,) AP of every column, NaN without a positive
-    out: dict = {"zsl_mAP": report.zsl.mean_ap.value, "gzsl_mAP": report.gzsl.mean_ap.value,
+    zsl_per_class = zsl_report.gzsl.mean_ap.per_class
+    out: dict = {"zsl_mAP": zsl_report.zsl.mean_ap.value, "gzsl_mAP": report.gzsl.mean_ap.value,
                  "seen_mAP": mean_of_class_aps(per_class[split.seen],
                                                        labels[:, split.seen]).value,
-                 "zsl_classes_averaged": report.zsl.mean_ap.num_classes_averaged,
+                 "zsl_classes_averaged": zsl_report.zsl.mean_ap.num_classes_averaged,
                  "gzsl_classes_averaged": report.gzsl.mean_ap.num_classes_averaged}
-    for setting, columns in (("zsl", split.unseen), ("gzsl", slice(None))):
-        frequent = mean_of_class_aps(per_class[columns], labels[:, columns],
+    for setting, aps, columns in (("zsl", zsl_per_class, split.unseen),
+                                  ("gzsl", per_class, slice(None))):
+        frequent = mean_of_class_aps(aps[columns], labels[:, columns],
                                              min_positives=FEW_POSITIVES)
         out[f"{setting}_mAP_5pos"] = frequent.value
         out[f"{setting}_classes_averaged_5pos"] = frequent.num_classes_averaged
-    for setting, part in (("zsl", report.zsl), ("gzsl", report.gzsl)):
+    for setting, part in (("zsl", zsl_report.zsl), ("gzsl", report.gzsl)):
         for k, top in part.at_k.items():
             out.update({f"{setting}_P@{k}": top.precision, f"{setting}_R@{k}": top.recall,
                         f"{setting}_F1@{k}": top.f1})
     positives = (np.asarray(labels)[:, split.unseen] == 1).sum(0)
-    out["zsl_AP"] = {split.class_names[c]: float(per_class[c]) for c in split.unseen}
+    out["zsl_AP"] = {split.class_names[c]: float(zsl_per_class[c]) for c in split.unseen}
     out["zsl_positives"] = {split.class_names[c]: int(n)
                             for c, n in zip(split.unseen, positives.tolist(), strict=True)}
+    out["zsl_forward"] = "slice" if zsl_logits is None else "unseen"
     return {f"{prefix}{k}": v for k, v in out.items()}
 
 

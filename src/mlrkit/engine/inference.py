@@ -54,14 +54,25 @@ from mlrkit.tagging import DEFAULT_ON, ranked_tags
 
 def scores_report(method: Method, source, labels: np.ndarray, batch_size: int,
                   device: torch.device, prefix: str, split: ClassSplit | None,
-                  all_embeddings: Tensor | None) -> dict:
-    """Metrics of ``method`` on ``source``; with a class ``split`` scored over every class
-    (``all_embeddings``) as ZSL / GZSL."""
+                  all_embeddings: Tensor | None, zsl_forward: str = "unseen") -> dict:
+    """Metrics of ``method`` on ``source``; with a class ``split``, ZSL / GZSL
+    (:func:`~mlrkit.metrics.zero_shot_metrics`): GZSL from one forward over every class, ZSL from
+    a forward over the unseen classes only (``zsl_forward="unseen"``, as MKT and SigRL score it:
+    a head that normalises over classes, or relates them in a graph, scores a class differently
+    among other classes) or from the unseen columns of the GZSL forward (``"slice"``)."""
     if split is None:
         return score_report(evaluate_logits(method, source, batch_size, device), labels, prefix)
+    if zsl_forward not in ("unseen", "slice"):
+        raise ValueError(f"zsl_forward must be 'unseen' or 'slice', got {zsl_forward!r}")
     with scoring_classes(method, all_embeddings, split.class_names):
         logits = evaluate_logits(method, source, batch_size, device)
-    return zero_shot_metrics(logits, labels, split, prefix)
+    zsl_logits = None
+    if zsl_forward == "unseen":
+        unseen = torch.as_tensor(np.asarray(split.unseen), dtype=torch.long)
+        with scoring_classes(method, all_embeddings[unseen.to(all_embeddings.device)],
+                             [split.class_names[i] for i in split.unseen]):
+            zsl_logits = evaluate_logits(method, source, batch_size, device)
+    return zero_shot_metrics(logits, labels, split, prefix, zsl_logits=zsl_logits)
 
 
 @dataclass

@@ -130,12 +130,15 @@ def _pseudo_labels(section: PseudoLabelsSection, features: FeaturesSection | Non
                    data: MultiLabelData, train_rows: np.ndarray, class_names: Sequence[str],
                    cache) -> PseudoLabels:
     """The teacher pseudo-labels of the training rows; the ConSE teacher reads cached pooled
-    ImageNet ``tf_efficientnet_lite0`` features when the recipe's ``features`` are exactly
-    those."""
-    pooled = None
-    if (section.teacher == "conse" and cache is not None and features is not None
-            and (features.encoder, features.weights) == (CLASSIFIER, "imagenet")):
+    ImageNet ``tf_efficientnet_lite0`` features (dense ConSE its cached maps) when the recipe's
+    ``features`` are exactly those."""
+    pooled = maps = None
+    lite0 = (cache is not None and features is not None
+             and (features.encoder, features.weights) == (CLASSIFIER, "imagenet"))
+    if lite0 and section.teacher == "conse":
         pooled = np.asarray(cache.pooled[train_rows])
+    if lite0 and section.teacher == "dense-conse" and cache.spatial is not None:
+        maps = cache.spatial[train_rows]  # memory-mapped; scored a batch at a time
     images = [Path(p) for p in np.asarray(data.image_paths, dtype=object)[train_rows]]
-    scores = teacher_scores(section, class_names, images, pooled)
+    scores = teacher_scores(section, class_names, images, pooled, maps)
     return vlpl_pseudo_labels(scores, section.tau, section.theta, section.negatives)

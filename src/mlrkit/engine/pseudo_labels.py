@@ -4,14 +4,16 @@
 A recipe asks for them with a ``pseudo_labels`` section::
 
     pseudo_labels:
-      teacher: conse        # conse | run | clip
+      teacher: conse        # conse | dense-conse | run | clip
       tau: 0.01             # softmax temperature over the classes (VLPL 0.01, SigRL 0.03)
       theta: 0.3            # positive where q_c > theta
       negatives: 0          # the `negatives` lowest-q classes of each image become negatives
 
 The teacher scores every training image for the dataset's class names: ``conse`` is ConSE's
 zero-shot scorer (from the cached ``tf_efficientnet_lite0`` features when the recipe caches them,
-else from the image files), ``run`` any trained open-vocabulary run folder (``run: PATH``), ``clip``
+else from the image files), ``dense-conse`` dense ConSE (:func:`mlrkit.zero_shot.dense_conse_scores`:
+ConSE at every position of the feature map as well; from cached feature maps of that encoder when
+the recipe caches them, else from the files), ``run`` any trained open-vocabulary run folder (``run: PATH``), ``clip``
 an open_clip model with a local weights file (``weights: FILE``, ``clip_model``), as the release
 does with CLIP. ``q = softmax_c(score / tau)``; :func:`vlpl_pseudo_labels` thresholds it.
 
@@ -85,7 +87,8 @@ def pseudo_label_quality(labels: np.ndarray, truth: np.ndarray) -> dict[str, flo
 
 
 def teacher_scores(section: PseudoLabelsSection, class_names: Sequence[str], images: Sequence[Path],
-                   pooled_lite0: np.ndarray | None = None) -> np.ndarray:
+                   pooled_lite0: np.ndarray | None = None,
+                   maps_lite0: np.ndarray | None = None) -> np.ndarray:
     """``(N, C)`` float32 scores of the ``teacher`` of a ``pseudo_labels`` recipe section for
     ``N`` training images and the ``C`` class names.
 
@@ -95,10 +98,19 @@ def teacher_scores(section: PseudoLabelsSection, class_names: Sequence[str], ima
         images: the training images' files, in training-row order.
         pooled_lite0: ``(N, 1280)`` cached pooled ImageNet ``tf_efficientnet_lite0`` features of
             the same images, used by the ConSE teacher instead of the files when given.
+        maps_lite0: ``(N, 1280, h, w)`` cached feature maps of the same encoder, used by the
+            dense ConSE teacher instead of the files when given.
     """
     teacher = section.teacher
     if teacher == "conse":
         return _conse_scores(section, class_names, images, pooled_lite0)
+    if teacher == "dense-conse":
+        from mlrkit.zero_shot import dense_conse_scores
+
+        options = section.model_dump(include={"top_t", "source", "templates"})
+        source = list(images) if maps_lite0 is None else maps_lite0
+        return dense_conse_scores(source, list(class_names), batch_size=section.batch_size,
+                                  **options)
     if teacher == "run":
         from mlrkit.engine.inference import score_label_names
 

@@ -213,7 +213,7 @@ class ZeroShotProtocol(_Section):
 class PseudoLabelsSection(_Section):
     """``pseudo_labels``: VLPL's teacher pseudo-labels (:mod:`mlrkit.engine.pseudo_labels`)."""
 
-    teacher: Literal["conse", "run", "clip"]
+    teacher: Literal["conse", "dense-conse", "run", "clip"]
     tau: float = Field(0.01, gt=0)
     theta: float = Field(0.3, ge=0, le=1)
     negatives: int = Field(0, ge=0)

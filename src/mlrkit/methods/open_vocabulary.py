@@ -187,3 +187,48 @@ class ConSE(OpenVocabularyMethod):
 
     def score(self, inputs: Tensor, embeddings: Tensor) -> Tensor:
         return F.normalize(self.embedding(inputs), dim=-1) @ F.normalize(embeddings, dim=-1).T
+
+
+@register_method("dense-conse")
+class DenseConSE(OpenVocabularyMethod):
+    """Dense ConSE on ``tf_efficientnet_lite0`` feature maps ``(B, 1280, h, w)``; nothing is
+    trained: ConSE at every position and of the pooled map, each label matched with its
+    ``top_k`` best positions (local) and the pooled embedding (global)::
+
+        score(x, l) = (1 - local_weight) * cos(f(mean_p x_p), s(l))
+                      + local_weight * mean of the top_k cos(f(x_p), s(l)) over positions p
+
+    equal to :func:`mlrkit.zero_shot.dense_conse_scores` of the same maps (a test). A ``1 x 1`` map
+    or ``local_weight=0`` gives ConSE's scores.
+
+    Args:
+        spec: the task; ``label_embeddings`` from the same ``source`` and templates.
+        top_t, source, templates: of :class:`ConseEmbedding`.
+        top_k, local_weight: positions averaged per label and the local score's share
+            (:data:`mlrkit.zero_shot.DENSE_TOP_K`, :data:`~mlrkit.zero_shot.DENSE_LOCAL_WEIGHT`).
+    """
+
+    input_kind = "spatial"
+    training_free = True
+
+    def __init__(self, spec: TaskSpec, top_t: int = 10, top_k: int = 4,
+                 local_weight: float = 0.5, source: str = "minilm",
+                 templates: list[str] | None = None) -> None:
+        super().__init__(spec)
+        if len(spec.feature_shape) != 3:
+            raise ValueError(f"dense-conse needs feature maps (D, h, w), got "
+                             f"{spec.feature_shape}; cache spatial features (features.spatial)")
+        if top_k < 1 or not 0.0 <= local_weight <= 1.0:
+            raise ValueError(f"top_k {top_k}, local_weight {local_weight}: give top_k >= 1 and "
+                             f"a share in [0, 1]")
+        self.top_k, self.local_weight = top_k, local_weight
+        self.embedding = conse_embedding(spec.feature_dim, self.embedding_dim, top_t, source,
+                                         templates)
+
+    def score(self, inputs: Tensor, embeddings: Tensor) -> Tensor:
+        maps = inputs.float().flatten(2).transpose(1, 2)  # (B, P, D)
+        text = F.normalize(embeddings.float(), dim=-1)
+        global_scores = F.normalize(self.embedding(maps.mean(dim=1)), dim=-1) @ text.T
+        local = F.normalize(self.embedding(maps), dim=-1) @ text.T  # (B, P, L)
+        top = local.topk(min(self.top_k, local.shape[1]), dim=1).values.mean(dim=1)
+        return (1.0 - self.local_weight) * global_scores + self.local_weight * top
