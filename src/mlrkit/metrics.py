@@ -784,3 +784,100 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, bins: int = 
     count = torch.bincount(which, minlength=bins).double()
     gap = torch.bincount(which, weights=y - p, minlength=bins).abs()
     return round(float(gap.sum() / count.sum()), 12)
+
+
+# --- known entries only: labels too large for (N, C) ---------------------------------------------
+
+
+def known_entry_average_precision(classes: np.ndarray, scores: np.ndarray, values: np.ndarray,
+                                  num_classes: int) -> np.ndarray:
+    """Per-class AP ``(C,)`` float64 (NaN: no positive) from the known entries alone, each given
+    as its class, score and value (1 / 0): :func:`average_precision` (``"none"``, tied scores one
+    step) of the dense matrix those entries make, whose other entries are unknown, without the
+    matrix. Memory and time grow with the known entries, not with ``N x C``.
+    """
+    classes = np.asarray(classes, dtype=np.int64)
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(values) == 1
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite: a known entry was never scored, or is NaN/inf")
+    order = np.lexsort((-scores, classes))  # by class, then by descending score
+    klass, score, positive = classes[order], scores[order], positive[order]
+    count = len(klass)
+    first_of_class = np.searchsorted(klass, klass, side="left")
+    new_group = np.ones(count, dtype=bool)
+    new_group[1:] = (klass[1:] != klass[:-1]) | (score[1:] != score[:-1])
+    group_last = np.append(np.flatnonzero(new_group)[1:], count) - 1
+    end = group_last[np.cumsum(new_group) - 1]  # last entry of each entry's tie group
+    positives_through = np.concatenate([[0], np.cumsum(positive)])
+    true_positives = positives_through[end + 1] - positives_through[first_of_class]
+    precision = true_positives / (end - first_of_class + 1)
+    sums = np.bincount(klass[positive], weights=precision[positive], minlength=num_classes)
+    num_positive = np.bincount(klass[positive], minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(num_positive > 0, sums / np.maximum(num_positive, 1), np.nan)
+
+
+class KnownEntryScores:
+    """A model's scores at the known entries of a :class:`~mlrkit.data.sparse_labels.SparseLabels`
+    store, filled a batch at a time (any order, any rank's rows): what mAP and the F1 figures need
+    when the ``(N, C)`` scores would not fit. Equal to the dense metrics (tests).
+
+        scores = KnownEntryScores(labels)
+        for rows, logits in batches:          # rows (B,) image indices, logits (B, C)
+            scores.update(rows, logits)
+        scores.mean_average_precision(), scores.precision_recall_f1(threshold=0.0)
+    """
+
+    def __init__(self, labels) -> None:
+        self.labels = labels
+        self.scores = np.full(labels.nnz, np.nan, dtype=np.float32)  # aligned with the entries
+
+    def update(self, rows: ArrayLike, logits: ArrayLike) -> None:
+        """Keep ``logits`` ``(B, C)`` of images ``rows`` ``(B,)`` at their known entries."""
+        from mlrkit.data.sparse_labels import entry_positions
+
+        rows = np.asarray(rows, dtype=np.int64)
+        logits = logits.detach().float().cpu().numpy() if isinstance(logits, Tensor) else \
+            np.asarray(logits, dtype=np.float32)
+        if logits.shape != (len(rows), self.labels.num_classes):
+            raise ValueError(f"logits must be (B={len(rows)}, C={self.labels.num_classes}), got "
+                             f"{logits.shape}")
+        starts = self.labels.indptr[rows]
+        lengths = self.labels.indptr[rows + 1] - starts
+        positions = entry_positions(starts, lengths)
+        self.scores[positions] = logits[np.repeat(np.arange(len(rows)), lengths),
+                                        self.labels.classes[positions]]
+
+    def average_precision(self) -> np.ndarray:
+        """``(C,)`` AP of each class (NaN without a known positive)."""
+        return known_entry_average_precision(self.labels.classes, self.scores,
+                                             self.labels.values, self.labels.num_classes)
+
+    def mean_average_precision(self) -> MAPResult:
+        """:func:`mean_average_precision` (``"exclude"``) of the scored entries."""
+        per_class = torch.from_numpy(self.average_precision())
+        averaged = ~torch.isnan(per_class)
+        value = float(per_class[averaged].mean()) if averaged.any() else float("nan")
+        return MAPResult(value, per_class, int(averaged.sum()))
+
+    def precision_recall_f1(self, *, threshold: float) -> PrecisionRecallF1:
+        """:func:`precision_recall_f1` without ``top_k`` (which needs every class of an image)."""
+        _check_threshold(threshold)
+        if np.isnan(self.scores).any():
+            raise ValueError("some known entries were never scored: update with every image")
+        if self.labels.nnz == 0:
+            nan = float("nan")
+            return PrecisionRecallF1(nan, nan, nan, nan, nan, nan, 0)
+        count = self.labels.num_classes
+        klass, positive = self.labels.classes, np.asarray(self.labels.values) == 1
+        predicted = self.scores >= threshold
+        n_correct = np.bincount(klass[predicted & positive], minlength=count).astype(np.float64)
+        n_predicted = np.maximum(np.bincount(klass[predicted], minlength=count), 1).astype(float)
+        n_positive = np.bincount(klass[positive], minlength=count).astype(np.float64)
+        averaged = n_positive > 0
+        cp = float((n_correct / n_predicted)[averaged].mean()) if averaged.any() else float("nan")
+        cr = float((n_correct / np.maximum(n_positive, 1))[averaged].mean()) if averaged.any() \
+            else float("nan")
+        op = float(n_correct.sum() / n_predicted.sum())
+        or_ = float(n_correct.sum() / n_positive.sum()) if n_positive.sum() else float("nan")
+        return PrecisionRecallF1(cp, cr, _f1(cp, cr), op, or_, _f1(op, or_), int(averaged.sum()))

@@ -219,6 +219,33 @@ def partial_labels(
 SINGLE_POSITIVE_MODES = ("uniform", "cole")
 
 
+def partial_labels_sparse(labels, known: float, seed: int = 0, chunk_rows: int = 4096):
+    """:func:`partial_labels` (``"bernoulli"``) of a
+    :class:`~mlrkit.data.sparse_labels.SparseLabels` store, never holding the ``(N, C)`` draws:
+    they are drawn ``chunk_rows`` rows at a time from the same generator, so the kept entries are
+    exactly the dense protocol's (a test). Returns the store of the kept entries."""
+    from mlrkit.data.sparse_labels import SparseLabels, entry_positions
+
+    if not 0.0 < known <= 1.0:
+        raise ValueError(f"known must be in (0, 1], got {known}; give the share of entries kept, "
+                         f"e.g. 0.1")
+    rng = np.random.default_rng(seed)
+    num_images, num_classes = labels.shape
+    kept = np.zeros(labels.nnz, dtype=bool)
+    for start in range(0, num_images, chunk_rows):
+        rows = np.arange(start, min(start + chunk_rows, num_images))
+        draws = rng.random((len(rows), num_classes))
+        lengths = labels.indptr[rows + 1] - labels.indptr[rows]
+        positions = entry_positions(labels.indptr[rows], lengths)
+        local = np.repeat(rows - start, lengths)
+        kept[positions] = draws[local, labels.classes[positions]] < known
+    owner = np.repeat(np.arange(num_images), np.diff(labels.indptr))
+    counts = np.bincount(owner[kept], minlength=num_images)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return SparseLabels(indptr, np.asarray(labels.classes)[kept],
+                        np.asarray(labels.values)[kept], num_classes)
+
+
 def single_positive(labels: np.ndarray, seed: int = 1200, mode: str = "uniform") -> ProtocolMask:
     """Keep one positive per image, chosen uniformly among its positives; everything else unknown.
 

@@ -42,7 +42,30 @@ class FeatureBatches(torch.utils.data.Dataset):
         order = np.argsort(index, kind="stable")
         rows = np.empty((len(index), *self.features.shape[1:]), dtype=np.float32)
         rows[order] = self.features[index[order]]  # sorted reads are faster on memmaps
-        return torch.from_numpy(rows), torch.from_numpy(self.targets[index]), torch.from_numpy(index)
+        return torch.from_numpy(rows), torch.from_numpy(self.target_rows(index)), \
+            torch.from_numpy(index)
+
+    def target_rows(self, index: np.ndarray) -> np.ndarray:
+        """``(B, C)`` int8 targets of rows ``index``."""
+        return self.targets[index]
+
+
+class SparseFeatureBatches(FeatureBatches):
+    """:class:`FeatureBatches` whose targets are a
+    :class:`~mlrkit.data.sparse_labels.SparseLabels` store: each batch's target rows are made
+    dense when it is drawn (``(B, C)``, what every loss takes), never the ``(N, C)`` matrix.
+    Batches equal those of ``FeatureBatches(features, labels.to_dense())`` (a test)."""
+
+    def __init__(self, features: np.ndarray, labels) -> None:
+        if len(features) != labels.shape[0]:
+            raise ValueError(f"{len(features)} feature rows but {labels.shape[0]} label rows")
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def target_rows(self, index: np.ndarray) -> np.ndarray:
+        return self.labels.rows(index)
 
 
 class ImageBatches(torch.utils.data.Dataset):
