@@ -1,6 +1,8 @@
 """The sparse label store: dense round trips, batches of rows, entries in any order, refusals,
 and a memory-mapped folder."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -180,3 +182,58 @@ def test_sparse_and_dense_paths_agree_on_voc2007():
     np.testing.assert_allclose(known.precision_recall_f1(threshold=0.0),
                                metrics.precision_recall_f1(logits, test, threshold=0.0),
                                rtol=0, atol=1e-6)
+
+
+def test_sharded_features_index_like_an_array(tmp_path):
+    from mlrkit.data.sharded_features import ShardedFeatures, write_sharded_features
+
+    rows = np.random.default_rng(0).normal(size=(23, 4, 2)).astype(np.float16)
+    written = write_sharded_features(tmp_path, np.array_split(rows, 4), shard_rows=5)
+    assert [stop - start for _, start, stop in written.shards] == [5, 5, 5, 5, 3]
+    features = ShardedFeatures(tmp_path)
+    picked = np.array([22, 0, 7, 7, 13])
+    np.testing.assert_array_equal(features[picked], rows[picked])
+    ranks = [features.rows_of_rank(r, 2) for r in range(2)]
+    np.testing.assert_array_equal(np.concatenate(ranks), np.arange(23))
+    assert len(features.rows_of_rank(1, 2)) == 13  # shards 2..4: whole shards only
+    with pytest.raises(IndexError):
+        features[np.array([23])]
+
+
+def test_torchrun_training_from_shards_and_a_sparse_store_equals_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    from mlrkit.data.sharded_features import write_sharded_features
+
+    rng = np.random.default_rng(1)
+    truth = rng.random((96, 6)) < 0.3
+    features = (truth @ rng.normal(size=(6, 8)) + 0.3 * rng.normal(size=(96, 8)))
+    # three known labels per image: every rank's half of a batch has as many known entries as
+    # the other's, so the mean over a rank's known entries averaged over the ranks (what DDP
+    # does with any per-batch mean) is the one process's mean over the batch
+    known = np.argsort(rng.random((96, 6)), axis=1)[:, :3]
+    labels = np.full((96, 6), -1, dtype=np.int8)
+    np.put_along_axis(labels, known, np.take_along_axis(truth, known, axis=1), axis=1)
+    SparseLabels.from_dense(labels).save(tmp_path / "data" / "labels")
+    write_sharded_features(tmp_path / "data" / "features",
+                           np.array_split(features.astype(np.float32), 3), shard_rows=20)
+    script = Path(__file__).parent / "scripts" / "ddp_sparse.py"
+    launchers = {"one": [], "two": ["-m", "torch.distributed.run", "--standalone",
+                                    "--nproc_per_node=2"]}
+    for name, launcher in launchers.items():
+        done = subprocess.run([sys.executable, *launcher, str(script), str(tmp_path / "data"),
+                               str(tmp_path / name)], check=False, timeout=300,
+                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
+    one, two = (load_file(tmp_path / n / "head.safetensors") for n in launchers)
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6)
+    figures = [json.loads((tmp_path / n / "figures.json").read_text()) for n in launchers]
+    assert figures[1]["mAP"] == pytest.approx(figures[0]["mAP"], abs=1e-6) and figures[0]["mAP"] > 0.6
+    assert figures[1]["OF1"] == pytest.approx(figures[0]["OF1"], abs=1e-6)

@@ -848,6 +848,20 @@ class KnownEntryScores:
         self.scores[positions] = logits[np.repeat(np.arange(len(rows)), lengths),
                                         self.labels.classes[positions]]
 
+    def merge_across_ranks(self) -> None:
+        """Combine the scores every rank of the process group filled for its own rows (an
+        all-reduce of ``(known entries,)`` floats; a no-op in one process)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        scored = ~np.isnan(self.scores)
+        sums = torch.from_numpy(np.where(scored, self.scores, 0.0).astype(np.float32))
+        counts = torch.from_numpy(scored.astype(np.int32))
+        dist.all_reduce(sums)
+        dist.all_reduce(counts)
+        self.scores = np.where(counts.numpy() > 0, sums.numpy(), np.nan).astype(np.float32)
+
     def average_precision(self) -> np.ndarray:
         """``(C,)`` AP of each class (NaN without a known positive)."""
         return known_entry_average_precision(self.labels.classes, self.scores,
