@@ -21,6 +21,23 @@ def check_pair(logits: Tensor, targets: Tensor) -> None:
         )
 
 
+def mean_over_known(total: Tensor, known: Tensor) -> Tensor:
+    """``total / known`` (at least 1): a loss summed over a batch's known entries, averaged over
+    them. In a training step under DDP (a process group of ``W`` ranks, gradients on), ``known``
+    is summed over the ranks first and the mean multiplied by ``W``: DDP averages the ranks'
+    gradients, which then equal one process's on the whole batch even when the ranks' slices
+    hold different numbers of known entries (the partial-label case; ``docs/scaling.md``).
+    Every rank must reach it the same number of times per step (one all-reduce of a number)."""
+    import torch.distributed as dist
+
+    if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized() and \
+            dist.get_world_size() > 1:
+        count = known.detach().to(total.dtype).clone()
+        dist.all_reduce(count)
+        return total * dist.get_world_size() / count.clamp(min=1)
+    return total / known.clamp(min=1)
+
+
 def partial_bce(logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
     """Binary cross-entropy over the known entries only, averaged over them
     (``docs/methods.md`` §1.5).
@@ -39,7 +56,7 @@ def partial_bce(logits: Tensor, targets: Tensor, weights: Tensor | None = None) 
     )
     if weights is not None:
         losses = losses * weights
-    return (losses * known).sum() / known.sum().clamp(min=1)
+    return mean_over_known((losses * known).sum(), known.sum())
 
 
 
@@ -123,4 +140,4 @@ def asymmetric_loss(
         base = base if focus_grad else base.detach()
         losses = losses * base.pow(gamma_pos * target + gamma_neg * (1 - target))
     total = torch.where(known, losses, 0.0).sum()
-    return total if reduction == "sum" else total / known.sum().clamp(min=1)
+    return total if reduction == "sum" else mean_over_known(total, known.sum())
