@@ -222,7 +222,7 @@ def test_lr_decay_needs_numbered_blocks():
     ((32, 4, 4), {}, r"needs the CLIP tokens \(R, E\).*student: projection"),
     ((19, 32), {}, r"19 rows are no CLIP token layout"),
     ((17, 32), {"student": "projection"}, r"student 'projection' needs spatial.*student: clip"),
-    ((17, 32), {"student": "vit"}, r"student must be one of \('projection', 'clip'\)"),
+    ((17, 32), {"student": "vit"}, r"student must be one of \('projection', 'clip', 'conse'\)"),
 ])
 def test_sigrl_refuses_what_its_student_cannot_read(shape, options, message):
     with pytest.raises(ValueError, match=message):
