@@ -514,10 +514,16 @@ def precision_recall_f1(
     if not known.any():
         nan = float("nan")
         return PrecisionRecallF1(nan, nan, nan, nan, nan, nan, 0)
-    n_correct = (predicted & positive).sum(0, dtype=torch.float64)
-    n_predicted = (predicted & known).sum(0, dtype=torch.float64).clamp(min=1)
-    n_positive = positive.sum(0, dtype=torch.float64)
+    return _precision_recall_f1_of_counts((predicted & positive).sum(0, dtype=torch.float64),
+                                          (predicted & known).sum(0, dtype=torch.float64),
+                                          positive.sum(0, dtype=torch.float64))
 
+
+def _precision_recall_f1_of_counts(n_correct: Tensor, n_predicted: Tensor,
+                                   n_positive: Tensor) -> PrecisionRecallF1:
+    """:func:`precision_recall_f1` from the per-class float64 counts ``(C,)`` of true positives,
+    predicted positives (unclamped) and positives, over the known entries."""
+    n_predicted = n_predicted.clamp(min=1)
     averaged = n_positive > 0
     cp = float((n_correct / n_predicted)[averaged].mean()) if averaged.any() else float("nan")
     cr = float((n_correct / n_positive)[averaged].mean()) if averaged.any() else float("nan")
@@ -733,7 +739,8 @@ def zero_shot_metrics(logits: Tensor, labels: np.ndarray, split,
         zsl_scores = scores.index_copy(1, unseen, zsl_logits.double())
     ks = sorted({min(k, len(split.unseen)) for k in ZERO_SHOT_TOP_KS})
     report = zero_shot_report(scores, labels, split.unseen, ks=ks)
-    zsl_report = zero_shot_report(zsl_scores, labels, split.unseen, ks=ks)
+    zsl_report = report if zsl_logits is None else zero_shot_report(zsl_scores, labels,
+                                                                     split.unseen, ks=ks)
     per_class = report.gzsl.mean_ap.per_class  # (C,) AP of every column, NaN without a positive
     zsl_per_class = zsl_report.gzsl.mean_ap.per_class
     out: dict = {"zsl_mAP": zsl_report.zsl.mean_ap.value, "gzsl_mAP": report.gzsl.mean_ap.value,
@@ -885,13 +892,6 @@ class KnownEntryScores:
         count = self.labels.num_classes
         klass, positive = self.labels.classes, np.asarray(self.labels.values) == 1
         predicted = self.scores >= threshold
-        n_correct = np.bincount(klass[predicted & positive], minlength=count).astype(np.float64)
-        n_predicted = np.maximum(np.bincount(klass[predicted], minlength=count), 1).astype(float)
-        n_positive = np.bincount(klass[positive], minlength=count).astype(np.float64)
-        averaged = n_positive > 0
-        cp = float((n_correct / n_predicted)[averaged].mean()) if averaged.any() else float("nan")
-        cr = float((n_correct / np.maximum(n_positive, 1))[averaged].mean()) if averaged.any() \
-            else float("nan")
-        op = float(n_correct.sum() / n_predicted.sum())
-        or_ = float(n_correct.sum() / n_positive.sum()) if n_positive.sum() else float("nan")
-        return PrecisionRecallF1(cp, cr, _f1(cp, cr), op, or_, _f1(op, or_), int(averaged.sum()))
+        counts = [np.bincount(klass[chosen], minlength=count).astype(np.float64)
+                  for chosen in (predicted & positive, predicted, positive)]
+        return _precision_recall_f1_of_counts(*map(torch.from_numpy, counts))

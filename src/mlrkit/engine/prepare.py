@@ -138,7 +138,7 @@ def _pseudo_labels(section: PseudoLabelsSection, features: FeaturesSection | Non
     if lite0 and section.teacher == "conse":
         pooled = np.asarray(cache.pooled[train_rows])
     if lite0 and section.teacher == "dense-conse" and cache.spatial is not None:
-        maps = cache.spatial[train_rows]  # memory-mapped; scored a batch at a time
+        maps = cache.spatial[train_rows]  # read into memory (N x D x h x w, float16)
     images = [Path(p) for p in np.asarray(data.image_paths, dtype=object)[train_rows]]
     scores = teacher_scores(section, class_names, images, pooled, maps)
     return vlpl_pseudo_labels(scores, section.tau, section.theta, section.negatives)
