@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from mlrkit import metrics
 from mlrkit.data.sharded_features import ShardedFeatures
 from mlrkit.data.sparse_labels import SparseLabels
-from mlrkit.distributed import current_info
+from mlrkit.distributed import current_info, end_distributed_process
 from mlrkit.engine.batches import SparseFeatureBatches
 from mlrkit.engine.trainer import TrainConfig, fit
 from mlrkit.methods import TaskSpec, create_method
@@ -36,3 +36,4 @@ if info.rank == 0:
     result = known.mean_average_precision()
     f1 = known.precision_recall_f1(threshold=0.0)
     (out / "figures.json").write_text(json.dumps({"mAP": result.value, "OF1": f1.overall_f1}))
+end_distributed_process(0)  # leaves without the interpreter's finalization (gloo threads)
