@@ -322,3 +322,31 @@ def test_the_dense_conse_method_equals_dense_conse_scores():
     conse = conse_scores(pooled_probabilities(one.flatten(1)), names,
                          label_vectors=vectors.numpy())
     torch.testing.assert_close(head(one).logits, torch.from_numpy(conse), rtol=1e-4, atol=1e-5)
+
+
+def test_the_sigrl_conse_student_with_cosine_matching_and_a_zero_gate_starts_as_dense_conse():
+    from mlrkit.zero_shot import dense_conse_scores
+
+    names = ["cat", "dog", "sofa", "car"]
+    vectors = torch.as_tensor(label_embeddings(names, "minilm", templates=["a photo of a {}"]))
+    spec = TaskSpec(4, (1280, 3, 2), np.zeros((2, 4), dtype=np.int8), vectors, tuple(names))
+    options = {"student": "conse", "score_norm": "cosine", "top_k": 2, "gat_dropout": 0.0,
+               "distill_templates": ["a photo of a {}"]}
+    gated = create_method("sigrl", spec, svfr_gate="zero", **options).eval()
+    maps = torch.randn(3, 1280, 3, 2, generator=torch.Generator().manual_seed(0)).abs()
+    want = dense_conse_scores(maps.numpy(), names, top_k=2, label_vectors=vectors.numpy())
+    # SVFR and GMC are on, but the gate keeps the tokens as they are: dense ConSE, to float error
+    torch.testing.assert_close(gated(maps).logits, torch.from_numpy(want), rtol=1e-4, atol=1e-5)
+    # a gate of ones is the released reconstruction (z * the summed weights; cosines ignore the
+    # constant P / C), with the same weights
+    released = create_method("sigrl", spec, svfr_gate="one", **options).eval()
+    gated.load_state_dict({**released.state_dict(), "svfr_gate": torch.ones(384)})
+    torch.testing.assert_close(gated(maps).logits, released(maps).logits, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        gated.svfr_gate.zero_()
+    gated.train()
+    targets = torch.tensor([[1, 0, 0, -1], [0, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.int8)
+    gated(maps, targets).loss.backward()
+    assert gated.svfr_gate.grad.abs().sum() > 0  # the gate learns from zero
+    with pytest.raises(ValueError, match="svfr_gate"):
+        create_method("sigrl", spec, svfr_gate="half", **options)

@@ -29,10 +29,17 @@ From image features and label embeddings ``T`` ``(C, E)``:
    (a softmax over positions for each channel, :func:`decouple`);
 4. text mixing: ``M = relu(S^T T) / (|S|_F |T|_F)`` ``(E, E)``, rows L2-normalised,
    ``S' = S M``; then ``H = [S' ; G]`` ``(C, 2E)``;
-5. SVFR: ``k_c = fc1(h_c)`` (no bias) and ``r_{p,d} = z_{p,d} sum_c softmax_p(fc3'(tanh(z_p *
-   k_c)))_{p,d}`` (:func:`reconstruction_weights`);
+5. SVFR: ``k_c = fc1(h_c)`` (no bias) and ``r_{p,d} = z_{p,d} w_{p,d}`` with ``w_{p,d} = sum_c
+   softmax_p(fc3'(tanh(z_p * k_c)))_{p,d}`` (:func:`reconstruction_weights`; ``svfr_gate="one"``,
+   released); with ``svfr_gate="zero"``, ``r_{p,d} = z_{p,d} (1 + g_d (w_{p,d} P / C - 1))``, a
+   learned per-channel gate ``g`` that starts at 0 (``R = Z``) and equals the released form, to a
+   constant factor the scores ignore, at ``g = 1``;
 6. scores: ``s_loc_c`` the mean of the top-16 of ``(R T^T)_{p,c}`` over positions, ``s_glob = z_g
-   T^T``, each L2-normalised over the classes, ``s = (s_loc + s_glob) / 2``;
+   T^T``, each L2-normalised over the classes, ``s = (s_loc + s_glob) / 2`` (``score_norm=
+   "classes"``, released); with ``score_norm="cosine"`` every token, ``z_g`` and label embedding
+   is L2-normalised first and the two cosine scores are averaged as they are (ConSE's and
+   CLIP's matching: an image's score for a class does not depend on which other classes are
+   scored with it);
 7. losses: the ranking loss (``rank``, ``docs/methods.md`` §4.2) on ``s`` over the known entries,
    plus ``distill_weight *`` the L1 distance of ``z_g`` to a frozen teacher's embedding. With
    ``student="clip"`` the teacher is, as released, the frozen initial CLIP image tower's
@@ -56,6 +63,12 @@ Departures from the release (options where they can be):
   scale: both give the same ``S'`` (``tests/test_sigrl.py``); the option documents the quirk.
 - ``student="projection"`` puts any timm encoder's spatial features in the place of CLIP's tokens,
   with a learned projection and the ConSE teacher.
+- ``score_norm="cosine"`` and ``svfr_gate="zero"`` (the ``student="conse"`` recipes) make the
+  untrained head score exactly as dense ConSE (:func:`mlrkit.zero_shot.dense_conse_scores`,
+  ``local_weight`` 0.5, a test). Released matching L2-normalises each image's scores over the
+  classes scored together: over VOC 2007's 5 unseen classes that alone took the untrained
+  student from dense ConSE's 58.3 ZSL mAP to 53.8, and training (which then moved the random SVFR
+  away from identity) to 40.4 (``docs/methods.md`` §4).
 
 Ablations: ``use_gmc=False`` (``H = S'``, ``fc1`` ``E -> E``), ``use_svfr=False`` (``R = Z``:
 neither decoupling, mixing nor GMC is used), ``distill_weight=0``, ``branches="global"`` or
@@ -82,6 +95,8 @@ from mlrkit.methods.task import TaskSpec
 
 BRANCHES = ("both", "global", "local")
 MIXING_NORMS = ("image", "batch")
+SCORE_NORMS = ("classes", "cosine")
+SVFR_GATES = ("one", "zero")
 STUDENTS = ("projection", "clip", "conse")
 NO_TEACHER_ROW = (
     "sigrl with student 'clip' and distill_weight > 0 distils z_g to the frozen CLIP tower's "
@@ -240,6 +255,10 @@ class SigRL(OpenVocabularyMethod):
         use_gmc, use_svfr: the two modules (ablations).
         branches: ``"both"`` (released), ``"global"`` or ``"local"``.
         mixing_norm: ``"image"`` (default) or ``"batch"`` (released), see :func:`text_mixing`.
+        score_norm: ``"classes"`` (released: dot products L2-normalised over the classes) or
+            ``"cosine"`` (module docstring, step 6).
+        svfr_gate: ``"one"`` (released) or ``"zero"`` (a learned per-channel gate from 0,
+            step 5).
         distill_weight: weight of the L1 distillation of ``z_g`` (release 1; 0 disables it).
             With ``student="clip"`` it needs the layout's teacher row.
         distill_top_t, distill_source, distill_templates: the ConSE teacher of
@@ -268,6 +287,8 @@ class SigRL(OpenVocabularyMethod):
         use_svfr: bool = True,
         branches: str = "both",
         mixing_norm: str = "image",
+        score_norm: str = "classes",
+        svfr_gate: str = "one",
         distill_weight: float = 1.0,
         distill_top_t: int = 10,
         distill_source: str = "minilm",
@@ -280,16 +301,19 @@ class SigRL(OpenVocabularyMethod):
         loss_options: dict | None = None,
     ) -> None:
         super().__init__(spec)
-        if student not in STUDENTS or branches not in BRANCHES or mixing_norm not in MIXING_NORMS:
-            raise ValueError(f"student must be one of {STUDENTS}, branches one of {BRANCHES} and "
-                             f"mixing_norm one of {MIXING_NORMS}; got {student!r}, {branches!r}, "
-                             f"{mixing_norm!r}")
+        if (student not in STUDENTS or branches not in BRANCHES or mixing_norm not in MIXING_NORMS
+                or score_norm not in SCORE_NORMS or svfr_gate not in SVFR_GATES):
+            raise ValueError(f"student must be one of {STUDENTS}, branches one of {BRANCHES}, "
+                             f"mixing_norm one of {MIXING_NORMS} and score_norm one of "
+                             f"{SCORE_NORMS}, svfr_gate one of {SVFR_GATES}; got {student!r}, "
+                             f"{branches!r}, {mixing_norm!r}, {score_norm!r}, {svfr_gate!r}")
         if top_k < 1 or class_chunk < 1 or distill_weight < 0 or conse_lr_mult <= 0:
             raise ValueError("top_k and class_chunk must be >= 1, distill_weight >= 0 and "
                              "conse_lr_mult > 0")
         dim = self.embedding_dim
         self.student_type = student
         self.top_k, self.branches, self.mixing_norm = top_k, branches, mixing_norm
+        self.score_norm = score_norm
         self.use_gmc, self.use_svfr, self.class_chunk = use_gmc, use_svfr, class_chunk
         self.conse_lr_mult = conse_lr_mult
         conse = {"top_t": conse_top_t, "source": distill_source, "templates": distill_templates,
@@ -309,6 +333,9 @@ class SigRL(OpenVocabularyMethod):
             self.decouple_fc = nn.Linear(dim, dim)
             self.key = nn.Linear(2 * dim if self.gmc is not None else dim, dim, bias=False)
             self.reconstruct_fc = nn.Linear(dim, dim)
+            # per-channel share of the reconstruction: fixed at 1 as released, or learned from 0
+            self.svfr_gate = (nn.Parameter(torch.zeros(dim)) if svfr_gate == "zero"
+                              else None)
         self.distill_weight = distill_weight
         self.teacher = None
         if distill_weight > 0 and student == "clip":
@@ -373,19 +400,30 @@ class SigRL(OpenVocabularyMethod):
         else:  # fc1 [S' ; G] = W_s S' + W_g G: G's part once for the batch, no (B, C, 2E)
             weight_s, weight_g = self.key.weight.split(mixed.shape[-1], dim=1)
             keys = mixed @ weight_s.T + self.gmc(text) @ weight_g.T
-        return tokens * reconstruction_weights(tokens, keys, self.reconstruct_fc,
-                                               self.class_chunk, direct)
+        weights = reconstruction_weights(tokens, keys, self.reconstruct_fc, self.class_chunk,
+                                         direct)
+        if self.svfr_gate is None:
+            return tokens * weights
+        # the weights sum to C over the P positions: C / P on average, 1 once rescaled
+        relative = weights * (tokens.shape[1] / keys.shape[1]) - 1.0
+        return tokens * (1.0 + self.svfr_gate * relative)
 
     def scores_from(self, tokens: Tensor, image: Tensor, text: Tensor,
                     direct: bool = False) -> Tensor:
         """``s`` ``(B, C)`` from the student's tokens and global embedding."""
+        # "classes" (released): dot products, then L2 over the classes; "cosine": unit vectors
+        cosine = self.score_norm == "cosine"
+        unit = F.normalize if cosine else (lambda x, dim: x)
+        per_image = (lambda x: x) if cosine else (lambda x: F.normalize(x, dim=-1))
+        text_rows = unit(text, dim=-1)
         parts = []
         if self.branches in ("both", "global"):
-            parts.append(F.normalize(image @ text.T, dim=-1))
+            parts.append(per_image(unit(image, dim=-1) @ text_rows.T))
         if self.branches in ("both", "local"):
-            similarity = self.reconstruct(tokens, text, direct) @ text.T  # (B, P, C)
+            tokens = unit(self.reconstruct(tokens, text, direct), dim=-1)
+            similarity = tokens @ text_rows.T  # (B, P, C)
             top = similarity.topk(min(self.top_k, similarity.shape[1]), dim=1).values
-            parts.append(F.normalize(top.mean(dim=1), dim=-1))
+            parts.append(per_image(top.mean(dim=1)))
         return torch.stack(parts).mean(dim=0)
 
     def score(self, inputs: Tensor, embeddings: Tensor, direct: bool = False) -> Tensor:
