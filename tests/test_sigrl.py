@@ -190,3 +190,54 @@ def test_a_sigrl_run_tags_unseen_labels_through_its_checkpoint(tmp_path, capsys)
     for entry, row in zip(printed, expected.tolist(), strict=True):
         order = sorted(range(3), key=lambda c: -row[c])
         assert [e["label"] for e in entry["labels"]] == [labels[c] for c in order]
+
+
+def test_a_sigrl_conse_run_ranks_unseen_coco_names_on_held_out_photos(tmp_path, capsys):
+    import json
+
+    import yaml
+    from conftest import real_data
+
+    from mlrkit.cli import main
+    from mlrkit.data import create_dataset
+    from mlrkit.engine.recipe import load_recipe
+    from mlrkit.engine.run import train_run
+    from mlrkit.metrics import mean_average_precision
+
+    root = real_data("coco-mini")
+    unseen = ["airplane", "train", "cat", "bear", "toilet"]  # of COCO's 15 unseen classes
+    recipe = {
+        "name": "coco-mini-sigrl-conse",
+        "data": {"dataset": "coco", "root": str(root), "val_split": None, "test_split": "val"},
+        "features": {"encoder": "tf_efficientnet_lite0", "weights": "imagenet", "spatial": True,
+                     "image_size": 224, "cache": str(tmp_path / "cache"), "num_workers": 0},
+        "protocol": {"name": "zero_shot", "unseen": unseen},
+        "label_embeddings": {"source": "minilm", "templates": ["a photo of a {}"]},
+        "method": {"name": "sigrl", "student": "conse", "score_norm": "cosine",
+                   "svfr_gate": "zero", "conse_lr_mult": 0.1, "top_k": 4, "gat_hidden": 8,
+                   "distill_templates": ["a photo of a {}"], "class_chunk": 80},
+        "train": {"epochs": 1, "batch_size": 16, "lr": 0.001, "progress": False,
+                  "device": "cpu", "no_decay_1d": True},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    results = train_run(load_recipe(tmp_path / "r.yaml"), tmp_path / "run")
+    data = create_dataset("coco", str(root))
+    held_out = data.split_index("val")
+    columns = [list(data.class_names).index(name) for name in unseen]
+    labels = data.labels[held_out][:, columns]
+    alone = np.flatnonzero(labels.sum(axis=1) == 1)  # photos with exactly one of the names
+    images = [str(p) for p in np.asarray(data.image_paths)[held_out][alone]]
+    capsys.readouterr()
+    assert main(["tag", *images, "--labels", ", ".join(unseen), "--checkpoint",
+                 str(tmp_path / "run"), "--top-k", "5"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    firsts = [entry["labels"][0]["label"] for entry in printed]
+    truth = [unseen[int(np.argmax(row))] for row in labels[alone]]
+    assert len(firsts) == len(alone) >= 8
+    scores = np.array([[{e["label"]: e["score"] for e in entry["labels"]}[n] for n in unseen]
+                       for entry in printed])
+    # ranked by the printed scores, each name's photos come first (1.0 would be every one);
+    # 8 of the 10 photos have their own class at the top (two cats: "bear", "airplane")
+    assert mean_average_precision(scores, labels[alone]).value >= 0.9
+    assert sum(f == t for f, t in zip(firsts, truth, strict=True)) >= 8
+    assert results["test_zsl_mAP"] >= 0.8  # every held-out photo, ZSL: the unseen names only
