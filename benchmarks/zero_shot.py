@@ -21,7 +21,8 @@ Rows, each on the dataset's test split (``docs/protocols.md``, "Zero-shot"):
 - ``sigrl``: SigRL with the projection student (``configs/sigrl_<dataset>_zero-shot.yaml``, GMC +
   SVFR + local / global matching, rank loss + L1 distillation to ConSE's embedding at the
   released weight 1) and ``sigrl-conse`` with the ConSE student
-  (``configs/sigrl-conse_<dataset>_zero-shot.yaml``: the student starts as ConSE, dense tokens);
+  (``configs/sigrl-conse_<dataset>_zero-shot.yaml``: cosine matching and SVFR gated from zero,
+  so the untrained student scores exactly as dense ConSE);
   with ``--ablations``, ``sigrl+distill1000`` (the distillation weight of ``devise+distill``) and
   the ablations of ``sigrl-conse`` (without GMC, without SVFR, without distillation, global or
   local score only) at the first seed, on the first split of ``--sigrl-splits`` (see
