@@ -236,3 +236,17 @@ def test_dtype_follows_module() -> None:
     head = make_head().double()
     out = head(torch.randn(2, D, 3, 3, dtype=torch.float64))
     assert out.logits.dtype == torch.float64
+
+
+def test_the_residual_form_starts_as_the_linear_head_on_pooled_features_and_trains_the_graph():
+    torch.manual_seed(0)
+    targets = np.array([[1, 0, -1], [0, 1, 1], [1, -1, 0], [0, 0, 1]], dtype=np.int8)
+    spec = TaskSpec(3, (8, 2, 2), targets, torch.randn(3, 5), ("a", "b", "c"))
+    head = create_method("ssgrl", spec, image_dim=4, inter_dim=6, residual=True).eval()
+    x = torch.randn(4, 8, 2, 2)
+    pooled = x.mean(dim=(2, 3))
+    torch.testing.assert_close(head(x).logits, head.base(pooled))  # the linear head, exactly
+    head.train()
+    head(x, torch.as_tensor(targets)).loss.backward()
+    assert head.classifier.weight.grad.abs().sum() > 0 and head.base.weight.grad.abs().sum() > 0
+    assert create_method("ssgrl", spec, image_dim=4, inter_dim=6).base is None  # the reference

@@ -9,6 +9,11 @@ Pipeline (``docs/methods.md`` §1.2-1.5), from a feature map ``(B, D, h, w)``:
    positives, ``T`` steps → ``H`` ``(B, C, d)``;
 4. ``o_c = tanh(Linear(2d, d_out)([h_c ; f_c]))`` and the per-class score ``<w_c, o_c> + b_c``.
 
+With ``residual=True`` (not in the reference) the score is a linear head on the pooled input map
+plus the graph's score, ``s_c = <v_c, mean_p x_p> + a_c + <w_c, o_c> + b_c``, with ``w`` and ``b``
+starting at zero: the head starts as the linear head it contains and the decoupling and the graph
+add what they can to it (``docs/methods.md`` §1, "Residual form").
+
 :meth:`SemanticGraphHead.decouple`, :meth:`~SemanticGraphHead.propagate` and
 :meth:`~SemanticGraphHead.classify` are the three stages as separate calls, so methods that edit
 class features between them (SARB's blending) reuse this head.
@@ -49,6 +54,8 @@ class SemanticGraphHead(Method):
         loss_options: the loss's keyword options, e.g. ``{"expected_positives": "voc"}``.
         input_pool: average-pool the input map with kernel = stride = ``input_pool`` first.
             Reference: 2 (ResNet-101 at 448 px: 14x14 -> 7x7); 1 on cached 7x7 features.
+        residual: add a linear head on the pooled input and start the graph's classifier at
+            zero (module docstring). Reference: no.
     """
 
     input_kind = "spatial"
@@ -64,6 +71,7 @@ class SemanticGraphHead(Method):
         loss: str = "partial_bce",
         loss_options: dict | None = None,
         input_pool: int = 1,
+        residual: bool = False,
     ) -> None:
         super().__init__(spec)
         if len(spec.feature_shape) != 3:
@@ -80,6 +88,10 @@ class SemanticGraphHead(Method):
         self.gnn = GatedGNN(dim, cooccurrence_adjacency(spec.train_targets), time_steps)
         self.fc = nn.Linear(2 * dim, output_dim)
         self.classifier = ElementWiseClassifier(spec.num_classes, output_dim)
+        self.base = nn.Linear(in_dim, spec.num_classes) if residual else None
+        if residual:
+            nn.init.zeros_(self.classifier.weight)
+            nn.init.zeros_(self.classifier.bias)
         self.loss = create_loss(loss, spec, **(loss_options or {}))
 
     def decouple(self, inputs: Tensor, direct: bool = False) -> Tensor:
@@ -104,6 +116,8 @@ class SemanticGraphHead(Method):
         of :meth:`training_loss` and its ``logs``."""
         features = self.decouple(inputs)
         logits = self.classify(self.propagate(features), features)
+        if self.base is not None:
+            logits = logits + self.base(self.input_pool(inputs).mean(dim=(2, 3)))
         if targets is None:
             return MethodOutput(logits)
         return self.training_loss(features, logits, targets, index, step)
