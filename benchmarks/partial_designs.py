@@ -26,7 +26,8 @@ DESIGNS = {
     "linear": ("linear", []),
     "ssgrl (reference form)": ("ssgrl", []),
     "ssgrl residual": ("ssgrl", ["method.residual=true"]),
-    "ssgrl residual, 20 epochs": ("ssgrl", ["method.residual=true", "train.epochs=20"]),
+    "ssgrl residual, graph at 0.1 x lr, 20 epochs": (
+        "ssgrl", ["method.residual=true", "method.graph_lr_mult=0.1", "train.epochs=20"]),
 }
 
 

@@ -250,3 +250,11 @@ def test_the_residual_form_starts_as_the_linear_head_on_pooled_features_and_trai
     head(x, torch.as_tensor(targets)).loss.backward()
     assert head.classifier.weight.grad.abs().sum() > 0 and head.base.weight.grad.abs().sum() > 0
     assert create_method("ssgrl", spec, image_dim=4, inter_dim=6).base is None  # the reference
+    slow = create_method("ssgrl", spec, image_dim=4, inter_dim=6, residual=True,
+                         graph_lr_mult=0.1)
+    fast, graph = slow.param_groups()
+    assert {id(p) for p in fast["params"]} == {id(p) for p in slow.base.parameters()}
+    assert graph["lr_mult"] == 0.1 and len(fast["params"]) + len(graph["params"]) == len(
+        [p for p in slow.parameters() if p.requires_grad])
+    with pytest.raises(ValueError, match="only with residual"):
+        create_method("ssgrl", spec, image_dim=4, inter_dim=6, graph_lr_mult=0.1)

@@ -56,6 +56,9 @@ class SemanticGraphHead(Method):
             Reference: 2 (ResNet-101 at 448 px: 14x14 -> 7x7); 1 on cached 7x7 features.
         residual: add a linear head on the pooled input and start the graph's classifier at
             zero (module docstring). Reference: no.
+        graph_lr_mult: with ``residual``, the learning-rate factor of everything but the linear
+            head (the decoupling, the graph and its classifier), so the graph adds to a linear
+            head that has learned first.
     """
 
     input_kind = "spatial"
@@ -72,8 +75,13 @@ class SemanticGraphHead(Method):
         loss_options: dict | None = None,
         input_pool: int = 1,
         residual: bool = False,
+        graph_lr_mult: float = 1.0,
     ) -> None:
         super().__init__(spec)
+        if graph_lr_mult <= 0 or (graph_lr_mult != 1.0 and not residual):
+            raise ValueError(f"graph_lr_mult is {graph_lr_mult}: give a factor > 0, and only "
+                             f"with residual: true (it slows the graph against the linear head)")
+        self.graph_lr_mult = graph_lr_mult
         if len(spec.feature_shape) != 3:
             raise ValueError(f"ssgrl needs spatial (D, h, w) features, got {spec.feature_shape}")
         embeddings = require_label_embeddings(spec, "ssgrl")
@@ -93,6 +101,17 @@ class SemanticGraphHead(Method):
             nn.init.zeros_(self.classifier.weight)
             nn.init.zeros_(self.classifier.bias)
         self.loss = create_loss(loss, spec, **(loss_options or {}))
+
+    def param_groups(self) -> list[dict]:
+        """:meth:`Method.param_groups`; with ``graph_lr_mult`` the parameters outside the linear
+        head in a group of their own at that factor."""
+        groups = super().param_groups()
+        if self.graph_lr_mult == 1.0:
+            return groups
+        base = {id(p) for p in self.base.parameters()}
+        graph = [p for p in groups[0]["params"] if id(p) not in base]
+        return [{"params": list(self.base.parameters())},
+                {"params": graph, "lr_mult": self.graph_lr_mult}, *groups[1:]]
 
     def decouple(self, inputs: Tensor, direct: bool = False) -> Tensor:
         """Class features ``F`` ``(B, C, d)`` from feature maps ``(B, D, h, w)``.
