@@ -213,9 +213,11 @@ def test_a_sigrl_conse_run_ranks_unseen_coco_names_on_held_out_photos(tmp_path, 
                      "image_size": 224, "cache": str(tmp_path / "cache"), "num_workers": 0},
         "protocol": {"name": "zero_shot", "unseen": unseen},
         "label_embeddings": {"source": "minilm", "templates": ["a photo of a {}"]},
+        # without SVFR (75 classes x 49 positions x 384 channels: 2 s a batch on one thread),
+        # which the projection student's tag test above carries through a checkpoint
         "method": {"name": "sigrl", "student": "conse", "score_norm": "cosine",
-                   "svfr_gate": "zero", "conse_lr_mult": 0.1, "top_k": 4, "gat_hidden": 8,
-                   "distill_templates": ["a photo of a {}"], "class_chunk": 80},
+                   "use_svfr": False, "conse_lr_mult": 0.1, "top_k": 4,
+                   "distill_templates": ["a photo of a {}"]},
         "train": {"epochs": 1, "batch_size": 16, "lr": 0.001, "progress": False,
                   "device": "cpu", "no_decay_1d": True},
     }
