@@ -239,6 +239,14 @@ def text_mixing(decoupled: Tensor, text: Tensor, norm: str = "image") -> Tensor:
     return decoupled @ mixing
 
 
+def _match(embeddings: Tensor, text: Tensor, cosine: bool) -> Tensor:
+    """``embeddings`` ``(..., E)`` against label embeddings ``text`` ``(C, E)`` → ``(..., C)``:
+    cosine similarities, or dot products as released."""
+    if cosine:
+        return F.normalize(embeddings, dim=-1) @ F.normalize(text, dim=-1).T
+    return embeddings @ text.T
+
+
 @register_method("sigrl")
 class SigRL(OpenVocabularyMethod):
     """SigRL's open-vocabulary head on CLIP tokens ``(B, R, E)`` or ``(B, D, h, w)`` features
@@ -411,19 +419,18 @@ class SigRL(OpenVocabularyMethod):
     def scores_from(self, tokens: Tensor, image: Tensor, text: Tensor,
                     direct: bool = False) -> Tensor:
         """``s`` ``(B, C)`` from the student's tokens and global embedding."""
-        # "classes" (released): dot products, then L2 over the classes; "cosine": unit vectors
         cosine = self.score_norm == "cosine"
-        unit = F.normalize if cosine else (lambda x, dim: x)
-        per_image = (lambda x: x) if cosine else (lambda x: F.normalize(x, dim=-1))
-        text_rows = unit(text, dim=-1)
+
+        def over_classes(scores: Tensor) -> Tensor:  # released: L2 over the classes scored
+            return scores if cosine else F.normalize(scores, dim=-1)
+
         parts = []
         if self.branches in ("both", "global"):
-            parts.append(per_image(unit(image, dim=-1) @ text_rows.T))
+            parts.append(over_classes(_match(image, text, cosine)))
         if self.branches in ("both", "local"):
-            tokens = unit(self.reconstruct(tokens, text, direct), dim=-1)
-            similarity = tokens @ text_rows.T  # (B, P, C)
+            similarity = _match(self.reconstruct(tokens, text, direct), text, cosine)  # (B,P,C)
             top = similarity.topk(min(self.top_k, similarity.shape[1]), dim=1).values
-            parts.append(per_image(top.mean(dim=1)))
+            parts.append(over_classes(top.mean(dim=1)))
         return torch.stack(parts).mean(dim=0)
 
     def score(self, inputs: Tensor, embeddings: Tensor, direct: bool = False) -> Tensor:
