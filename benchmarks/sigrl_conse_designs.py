@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 
-from recipe_grid import ROOT, markdown_table, run_recipe, write_result
+from recipe_grid import ROOT, markdown_table, mean_std, run_recipe, write_result
 
 EPOCHS = ["train.epochs=6"]
 DESIGNS = {
@@ -54,7 +53,7 @@ def main() -> None:
                            folder / "sigrl-conse") for seed in args.seeds]
         zsl = [r["test_zsl_mAP"] for r in runs]
         gzsl = [r["test_gzsl_mAP"] for r in runs]
-        rows.append([name, " ".join(DESIGNS[name]) or "-", text(zsl), text(gzsl),
+        rows.append([name, " ".join(DESIGNS[name]) or "-", mean_std(zsl)[1], mean_std(gzsl)[1],
                      " ".join(str(r["best_epoch"]) for r in runs)])
         data[name] = {"overrides": DESIGNS[name], "zsl": zsl, "gzsl": gzsl,
                       "run_dirs": [r["run_dir"] for r in runs]}
@@ -68,11 +67,6 @@ def main() -> None:
     ]
     print(write_result(ROOT / "benchmarks" / "results", f"sigrl_conse_designs_{args.dataset}",
                        f"SigRL with the ConSE student: designs ({args.dataset})", body, data))
-
-
-def text(values: list[float]) -> str:
-    mean = 100 * statistics.fmean(values)
-    return f"{mean:.1f}" + (f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else "")
 
 
 if __name__ == "__main__":

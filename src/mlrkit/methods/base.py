@@ -10,7 +10,7 @@ training images. Observed labels follow the mlrkit convention: ``int8`` 1 / 0 / 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import ClassVar
 
@@ -203,6 +203,19 @@ register_method = METHODS.register_class
 list_methods = METHODS.names
 #: The class registered under a name; an unknown name is a ``ValueError`` listing the known ones.
 method_class = METHODS.get
+
+
+def moved_param_groups(groups: list[dict], params: Iterable[nn.Parameter],
+                       lr_mult: float) -> list[dict]:
+    """``groups`` (a :meth:`Method.param_groups` list) with ``params`` moved out of the first
+    group into a group of their own at ``lr_mult`` (``groups`` as they are when it is 1)."""
+    if lr_mult == 1.0:
+        return groups
+    moved = list(params)
+    ids = {id(p) for p in moved}
+    rest = [p for p in groups[0]["params"] if id(p) not in ids]
+    return [*([{"params": rest}] if rest else []), {"params": moved, "lr_mult": lr_mult},
+            *groups[1:]]
 
 
 def create_method(name: str, spec: TaskSpec, **hparams) -> Method:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlrkit.encoders.imagenet import ConseEmbedding
-from mlrkit.methods.base import OpenVocabularyMethod, register_method
+from mlrkit.methods.base import OpenVocabularyMethod, moved_param_groups, register_method
 from mlrkit.methods.losses import create_loss
 from mlrkit.methods.task import TaskSpec
 
@@ -120,7 +120,8 @@ class LabelProjection(OpenVocabularyMethod):
         """:meth:`Method.param_groups`, a ConSE student's classifier at ``conse_lr_mult``."""
         if self.student != "conse":
             return super().param_groups()
-        return student_param_groups(super().param_groups(), self.projection, self.conse_lr_mult)
+        return moved_param_groups(super().param_groups(), self.projection.parameters(),
+                                  self.conse_lr_mult)
 
     def score(self, inputs: Tensor, embeddings: Tensor) -> Tensor:
         return self.score_parts(inputs, embeddings)[0]
@@ -131,17 +132,6 @@ class LabelProjection(OpenVocabularyMethod):
         image = F.normalize(projected, dim=-1)
         logits = self.log_scale.exp() * image @ F.normalize(embeddings, dim=-1).T
         return logits, projected, inputs
-
-
-def student_param_groups(groups: list[dict], student: nn.Module, lr_mult: float) -> list[dict]:
-    """``groups`` (a :meth:`Method.param_groups` list) with ``student``'s parameters moved out of
-    the first group into their own at ``lr_mult`` (when it is not 1)."""
-    if lr_mult == 1.0:
-        return groups
-    own = {id(p) for p in student.parameters()}
-    rest = [p for p in groups[0]["params"] if id(p) not in own]
-    moved = {"params": list(student.parameters()), "lr_mult": lr_mult}
-    return [*([{"params": rest}] if rest else []), moved, *groups[1:]]
 
 
 def conse_embedding(feature_dim: int, width: int, top_t: int = 10, source: str = "minilm",

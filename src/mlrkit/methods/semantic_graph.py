@@ -24,7 +24,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mlrkit.methods.base import Method, register_method, require_label_embeddings
+from mlrkit.methods.base import (
+    Method,
+    moved_param_groups,
+    register_method,
+    require_label_embeddings,
+)
 from mlrkit.methods.layers import (
     ElementWiseClassifier,
     GatedGNN,
@@ -106,12 +111,11 @@ class SemanticGraphHead(Method):
         """:meth:`Method.param_groups`; with ``graph_lr_mult`` the parameters outside the linear
         head in a group of their own at that factor."""
         groups = super().param_groups()
-        if self.graph_lr_mult == 1.0:
+        if self.base is None:
             return groups
         base = {id(p) for p in self.base.parameters()}
         graph = [p for p in groups[0]["params"] if id(p) not in base]
-        return [{"params": list(self.base.parameters())},
-                {"params": graph, "lr_mult": self.graph_lr_mult}, *groups[1:]]
+        return moved_param_groups(groups, graph, self.graph_lr_mult)
 
     def decouple(self, inputs: Tensor, direct: bool = False) -> Tensor:
         """Class features ``F`` ``(B, C, d)`` from feature maps ``(B, D, h, w)``.

@@ -88,9 +88,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mlrkit.methods.base import OpenVocabularyMethod, register_method
+from mlrkit.methods.base import OpenVocabularyMethod, moved_param_groups, register_method
 from mlrkit.methods.losses import create_loss
-from mlrkit.methods.open_vocabulary import conse_embedding, student_param_groups
+from mlrkit.methods.open_vocabulary import conse_embedding
 from mlrkit.methods.task import TaskSpec
 
 BRANCHES = ("both", "global", "local")
@@ -392,7 +392,8 @@ class SigRL(OpenVocabularyMethod):
         """:meth:`Method.param_groups`, the ConSE student's classifier at ``conse_lr_mult``."""
         if self.student_type != "conse":
             return super().param_groups()
-        return student_param_groups(super().param_groups(), self.conse, self.conse_lr_mult)
+        return moved_param_groups(super().param_groups(), self.conse.parameters(),
+                                  self.conse_lr_mult)
 
     def reconstruct(self, tokens: Tensor, text: Tensor, direct: bool = False) -> Tensor:
         """SVFR's reconstructed tokens ``R`` ``(B, P, E)`` (``Z`` itself without SVFR)."""
